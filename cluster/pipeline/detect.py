@@ -1,0 +1,192 @@
+"""MTCNN face detection (P-, R-, O-Net cascade) on ONNX Runtime: boxes, five landmarks and a confidence per face."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from cluster.settings import DetectorSettings
+
+# A net maps an NHWC float32 batch to its named outputs.
+Net = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+PNET_CELL = 12
+PNET_STRIDE = 2
+
+
+@dataclass
+class Detections:
+    """Faces in one image: boxes (n, 4) x1 y1 x2 y2; landmarks (n, 5, 2) left eye, right eye, nose, mouth left, right."""
+
+    boxes: np.ndarray
+    landmarks: np.ndarray
+    scores: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32), np.zeros(0, np.float32))
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def onnx_net(session: object) -> Net:
+    names = [o.name for o in session.get_outputs()]  # type: ignore[attr-defined]
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(names, {"images": batch}), strict=True))  # type: ignore[attr-defined]
+
+    return run
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "union") -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression, best score first."""
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    x1, y1, x2, y2 = boxes.T
+    area = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        inter = w * h
+        denom = np.minimum(area[i], area[rest]) if method == "min" else area[i] + area[rest] - inter
+        order = rest[inter / denom <= threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _square(boxes: np.ndarray) -> np.ndarray:
+    out = boxes.copy()
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    side = np.maximum(w, h)
+    out[:, 0] = boxes[:, 0] + w * 0.5 - side * 0.5
+    out[:, 1] = boxes[:, 1] + h * 0.5 - side * 0.5
+    out[:, 2:4] = out[:, 0:2] + side[:, None]
+    return out
+
+
+def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
+    w = boxes[:, 2] - boxes[:, 0] + 1
+    h = boxes[:, 3] - boxes[:, 1] + 1
+    return boxes + reg * np.stack([w, h, w, h], axis=1)
+
+
+def _crop(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+    """Crop box (zero outside the image) and resize to size x size."""
+    height, width = image.shape[:2]
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    bw, bh = max(x2 - x1, 1), max(y2 - y1, 1)
+    patch = np.zeros((bh, bw, 3), dtype=np.float32)
+    sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x1 + bw, width), min(y1 + bh, height)
+    if sx2 > sx1 and sy2 > sy1:
+        patch[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] = image[sy1:sy2, sx1:sx2]
+    interpolation = cv2.INTER_AREA if bw > size else cv2.INTER_LINEAR
+    return cv2.resize(patch, (size, size), interpolation=interpolation)
+
+
+def _scales(height: int, width: int, config: DetectorSettings) -> list[float]:
+    base = PNET_CELL / config.min_face_size
+    scales = []
+    side = min(height, width) * base
+    scale = base
+    while side >= PNET_CELL:
+        scales.append(scale)
+        scale *= config.scale_factor
+        side *= config.scale_factor
+    return scales
+
+
+class DetectFaces:
+    """Batch stage: RGB uint8 images in, one Detections per image out."""
+
+    def __init__(self, pnet: Net, rnet: Net, onet: Net, config: DetectorSettings) -> None:
+        self.pnet, self.rnet, self.onet = pnet, rnet, onet
+        self.config = config
+
+    def __call__(self, images: list[np.ndarray]) -> list[Detections]:
+        normalized = [(img.astype(np.float32) - 127.5) / 128.0 for img in images]
+        candidates = [self._propose(img) for img in normalized]
+        candidates = self._refine(normalized, candidates)
+        return self._output(normalized, candidates)
+
+    def _propose(self, image: np.ndarray) -> np.ndarray:
+        """P-Net over the image pyramid -> square candidate boxes with scores, shape (n, 5)."""
+        height, width = image.shape[:2]
+        found = []
+        for scale in _scales(height, width, self.config):
+            size = (math.ceil(width * scale), math.ceil(height * scale))
+            resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            out = self.pnet(resized[None])
+            prob, reg = out["prob"][0, :, :, 1], out["bbox_reg"][0]
+            ys, xs = np.nonzero(prob > self.config.thresholds[0])
+            if len(ys) == 0:
+                continue
+            x1, y1 = xs * PNET_STRIDE, ys * PNET_STRIDE
+            boxes = np.stack([x1, y1, x1 + PNET_CELL, y1 + PNET_CELL], axis=1).astype(np.float32)
+            boxes = (boxes + reg[ys, xs] * PNET_CELL) / scale
+            scores = prob[ys, xs]
+            keep = nms(boxes, scores, self.config.nms[0])
+            found.append(np.column_stack([boxes[keep], scores[keep]]))
+        if not found:
+            return np.zeros((0, 5), np.float32)
+        merged = np.concatenate(found)
+        merged = merged[nms(merged[:, :4], merged[:, 4], self.config.nms[1])]
+        merged[:, :4] = _square(merged[:, :4])
+        return merged
+
+    def _patches(self, images: list[np.ndarray], candidates: list[np.ndarray], size: int) -> np.ndarray:
+        crops = [_crop(img, box, size) for img, boxes in zip(images, candidates, strict=True) for box in boxes[:, :4]]
+        return np.stack(crops) if crops else np.zeros((0, size, size, 3), np.float32)
+
+    def _split(self, candidates: list[np.ndarray], values: np.ndarray) -> list[np.ndarray]:
+        bounds = np.cumsum([len(c) for c in candidates])[:-1]
+        return np.split(values, bounds)
+
+    def _refine(self, images: list[np.ndarray], candidates: list[np.ndarray]) -> list[np.ndarray]:
+        patches = self._patches(images, candidates, 24)
+        if len(patches) == 0:
+            return candidates
+        out = self.rnet(patches)
+        refined = []
+        for boxes, prob, reg in zip(
+            candidates, self._split(candidates, out["prob"]), self._split(candidates, out["bbox_reg"]), strict=True
+        ):
+            mask = prob[:, 1] > self.config.thresholds[1]
+            boxes, scores, reg = boxes[mask, :4], prob[mask, 1], reg[mask]
+            keep = nms(boxes, scores, self.config.nms[2])
+            boxes = _square(_regress(boxes[keep], reg[keep]))
+            refined.append(np.column_stack([boxes, scores[keep]]).astype(np.float32))
+        return refined
+
+    def _output(self, images: list[np.ndarray], candidates: list[np.ndarray]) -> list[Detections]:
+        patches = self._patches(images, candidates, 48)
+        if len(patches) == 0:
+            return [Detections.empty() for _ in images]
+        out = self.onet(patches)
+        results = []
+        for boxes, prob, reg, marks in zip(
+            candidates,
+            self._split(candidates, out["prob"]),
+            self._split(candidates, out["bbox_reg"]),
+            self._split(candidates, out["landmarks"]),
+            strict=True,
+        ):
+            mask = prob[:, 1] > self.config.thresholds[2]
+            boxes, scores, reg, marks = boxes[mask, :4], prob[mask, 1], reg[mask], marks[mask]
+            w = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
+            h = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
+            points = np.stack([boxes[:, 0:1] + marks[:, 0:5] * w, boxes[:, 1:2] + marks[:, 5:10] * h], axis=2)
+            boxes = _regress(boxes, reg)
+            keep = nms(boxes, scores, self.config.nms[2], method="min")
+            results.append(
+                Detections(boxes[keep].astype(np.float32), points[keep].astype(np.float32), scores[keep].astype(np.float32))
+            )
+        return results

@@ -1,0 +1,120 @@
+"""The face pipeline composed: decode -> detect -> align -> quality -> embed, batch in, records out; no Ray needed."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cluster.models.registry import EMBEDDER_ID, ModelRegistry
+from cluster.pipeline.align import AlignFaces
+from cluster.pipeline.decode import DecodeImages
+from cluster.pipeline.detect import DetectFaces, onnx_net
+from cluster.pipeline.embed import EmbedFaces, normalize
+from cluster.pipeline.errors import ImageError
+from cluster.pipeline.quality import FaceQuality, QualityFilter, SkipReason, assess, reasons_to_skip
+from cluster.pipeline.runtime import create_session
+from cluster.settings import Settings
+
+
+@dataclass
+class Face:
+    bbox: np.ndarray  # x1, y1, x2, y2 in pixels of the upright image
+    landmarks: np.ndarray  # (5, 2)
+    confidence: float
+    quality: FaceQuality
+    embedding: np.ndarray | None = None  # unit-length 128-D, only for indexed faces
+    skip_reasons: list[SkipReason] = field(default_factory=list)
+
+
+@dataclass
+class ImageFaces:
+    width: int
+    height: int
+    faces: list[Face]  # kept and embedded, largest first
+    skipped: list[Face]  # found but not kept, each with its reasons
+
+
+@dataclass
+class StageTimes:
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def add(self, stage: str, started: float) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] += now - started
+        return now
+
+
+class FacePipeline:
+    """Loads the models once; call it with image bytes or decoded arrays, a batch at a time."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry | None = None) -> None:
+        registry = registry or ModelRegistry(settings.model_dir)
+        sessions = {
+            model_id: create_session(registry.ensure(model_id), settings.runtime)
+            for model_id in ("mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet", EMBEDDER_ID)
+        }
+        self.model_id = EMBEDDER_ID
+        self.model_sha256 = (registry.card(EMBEDDER_ID) or {})["sha256"]
+        self.decode = DecodeImages(settings.max_image_pixels)
+        self.detect = DetectFaces(
+            onnx_net(sessions["mtcnn-pnet"]),
+            onnx_net(sessions["mtcnn-rnet"]),
+            onnx_net(sessions["mtcnn-onet"]),
+            settings.detector,
+        )
+        self.align = AlignFaces()
+        self.embed = EmbedFaces(sessions[EMBEDDER_ID], settings.runtime.embed_batch_size)
+        self.times = StageTimes()
+
+    def __call__(
+        self,
+        blobs: list[bytes],
+        max_faces: int | None = None,
+        quality_filter: QualityFilter = QualityFilter.NONE,
+    ) -> list[ImageFaces | ImageError]:
+        started = time.perf_counter()
+        decoded = self.decode(blobs)
+        self.times.add("decode", started)
+        images = [d for d in decoded if not isinstance(d, ImageError)]
+        found = iter(self.from_arrays(images, max_faces, quality_filter))
+        return [d if isinstance(d, ImageError) else next(found) for d in decoded]
+
+    def from_arrays(
+        self,
+        images: list[np.ndarray],
+        max_faces: int | None = None,
+        quality_filter: QualityFilter = QualityFilter.NONE,
+    ) -> list[ImageFaces]:
+        started = time.perf_counter()
+        detections = self.detect(images) if images else []
+        started = self.times.add("detect", started)
+        results: list[ImageFaces] = []
+        kept_chips: list[np.ndarray] = []
+        kept_faces: list[Face] = []
+        for image, found in zip(images, detections, strict=True):
+            chips = self.align(image, found.landmarks)
+            order = np.argsort(-(found.boxes[:, 2] - found.boxes[:, 0]) * (found.boxes[:, 3] - found.boxes[:, 1]))
+            result = ImageFaces(width=image.shape[1], height=image.shape[0], faces=[], skipped=[])
+            for i in order:
+                quality = assess(found.boxes[i], found.landmarks[i], found.scores[i], chips[i])
+                face = Face(found.boxes[i], found.landmarks[i], float(found.scores[i]), quality)
+                face.skip_reasons = reasons_to_skip(quality, quality_filter)
+                if not face.skip_reasons and max_faces is not None and len(result.faces) >= max_faces:
+                    face.skip_reasons = [SkipReason.EXCEEDS_MAX_FACES]
+                if face.skip_reasons:
+                    result.skipped.append(face)
+                else:
+                    result.faces.append(face)
+                    kept_faces.append(face)
+                    kept_chips.append(chips[i])
+            results.append(result)
+        started = self.times.add("align_quality", started)
+        if kept_chips:
+            vectors = normalize(self.embed(np.stack(kept_chips)))
+            for face, vector in zip(kept_faces, vectors, strict=True):
+                face.embedding = vector
+        self.times.add("embed", started)
+        return results

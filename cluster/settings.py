@@ -1,0 +1,45 @@
+"""Typed settings for everything that runs in the cluster (env prefix FACEGRID_)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from platformdirs import user_cache_dir, user_data_dir
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DetectorSettings(BaseModel):
+    # MTCNN's published defaults (Zhang et al. 2016; ipazc/mtcnn), except min_face_size, which LFW-sized photos allow.
+    min_face_size: int = 20
+    scale_factor: float = 0.709
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.8)
+    nms: tuple[float, float, float] = (0.5, 0.7, 0.7)
+
+
+class RuntimeSettings(BaseModel):
+    # None lets ONNX Runtime pick one thread per core: right for a lone process, too many inside Ray actors.
+    intra_op_threads: int | None = None
+    providers: list[str] | None = None
+    embed_batch_size: int = 32
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FACEGRID_", env_nested_delimiter="__", extra="ignore")
+
+    model_dir: Path = Field(default_factory=lambda: Path(user_cache_dir("facegrid")) / "models")
+    store: str = Field(default_factory=lambda: str(Path(user_data_dir("facegrid")) / "store"))
+    s3_endpoint: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_region: str = "us-east-1"
+    s3_secure: bool = False
+    max_image_pixels: int = 40_000_000
+    detector: DetectorSettings = DetectorSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

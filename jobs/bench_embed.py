@@ -1,0 +1,92 @@
+"""Benchmark: our pipeline against dlib's reference pipeline (HOG, 5-point shape predictor, descriptor), per core."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from cluster.models.registry import ModelRegistry
+from cluster.pipeline.decode import decode_image
+from cluster.pipeline.faces import FacePipeline
+from cluster.settings import RuntimeSettings, Settings
+
+BATCH_SIZES = (1, 8, 32, 128)
+
+
+def _reference_models() -> tuple[Any, Any, Any]:
+    import dlib
+    import face_recognition_models
+
+    folder = Path(face_recognition_models.__file__).parent / "models"
+    return (
+        dlib.get_frontal_face_detector(),
+        dlib.shape_predictor(str(folder / "shape_predictor_5_face_landmarks.dat")),
+        dlib.face_recognition_model_v1(str(folder / "dlib_face_recognition_resnet_model_v1.dat")),
+    )
+
+
+def _images(folder: Path, limit: int) -> list[bytes]:
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:limit]
+    return [p.read_bytes() for p in paths]
+
+
+def run_embed_benchmark(settings: Settings, folder: Path, limit: int, console: Console) -> dict[str, Any]:
+    # Per core: one intra-op thread for ONNX Runtime; dlib's CPU path is single-threaded here too.
+    single = settings.model_copy(update={"runtime": RuntimeSettings(intra_op_threads=1, embed_batch_size=32)})
+    pipeline = FacePipeline(single, ModelRegistry(settings.model_dir))
+    blobs = _images(folder, limit)
+    pipeline(blobs[:4])  # warm-up: session initialisation is not throughput
+    console.print(f"ours: {len(blobs)} images")
+    started = time.perf_counter()
+    ours = pipeline(blobs)
+    ours_s = time.perf_counter() - started
+    ours_faces = sum(len(r.faces) for r in ours if not isinstance(r, Exception))
+
+    import dlib
+
+    detector, predictor, recogniser = _reference_models()
+    console.print(f"reference (dlib): {len(blobs)} images")
+    chips = []
+    started = time.perf_counter()
+    for blob in blobs:
+        image = decode_image(blob, settings.max_image_pixels)
+        for rect in detector(image, 1):
+            chip = dlib.get_face_chip(image, predictor(image, rect), 150, 0.25)
+            recogniser.compute_face_descriptor(chip)
+            chips.append(chip)
+    reference_s = time.perf_counter() - started
+
+    sample = np.stack(chips[:128]) if chips else np.zeros((0, 150, 150, 3), np.uint8)
+    started = time.perf_counter()
+    for chip in sample:
+        recogniser.compute_face_descriptor(chip)
+    reference_embed = len(sample) / (time.perf_counter() - started)
+    per_batch = {}
+    for size in BATCH_SIZES:
+        pipeline.embed.batch_size = size
+        pipeline.embed(sample[:size])
+        started = time.perf_counter()
+        pipeline.embed(sample)
+        per_batch[str(size)] = round(len(sample) / (time.perf_counter() - started), 1)
+    ours_embed = max(per_batch.values())
+    ours_rate, reference_rate = len(blobs) / ours_s, len(blobs) / reference_s
+    return {
+        "images": len(blobs),
+        "threads": 1,
+        "cpu_count": os.cpu_count(),
+        "ours_faces": ours_faces,
+        "reference_faces": len(chips),
+        "ours_images_per_s": round(ours_rate, 2),
+        "reference_images_per_s": round(reference_rate, 2),
+        "ratio": round(ours_rate / reference_rate, 2),
+        "ours_embed_faces_per_s": ours_embed,
+        "reference_embed_faces_per_s": round(reference_embed, 2),
+        "embed_ratio": round(ours_embed / reference_embed, 2),
+        "embed_faces_per_s_by_batch": per_batch,
+        "ours_stage_seconds": {k: round(v, 3) for k, v in pipeline.times.seconds.items()},
+    }

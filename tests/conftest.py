@@ -1,0 +1,58 @@
+"""Shared fixtures: the real models built once per session, and the lfw-dev photos (skipped where absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cluster.models.registry import ModelRegistry
+from cluster.settings import Settings
+
+LFW = Path(os.environ.get("FACEGRID_LFW_DEV", Path(__file__).resolve().parents[1] / ".." / "shared" / "lfw-dev"))
+
+
+@pytest.fixture(scope="session")
+def lfw_images() -> Path:
+    images = LFW / "images"
+    if not images.is_dir():
+        pytest.skip(f"lfw-dev photos not found at {images}: set FACEGRID_LFW_DEV to the lfw-dev folder")
+    return images
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    shared = os.environ.get("FACEGRID_TEST_MODEL_DIR")
+    return Path(shared) if shared else tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def settings(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(model_dir=model_dir, store=str(tmp_path_factory.mktemp("store")))
+
+
+@pytest.fixture(scope="session")
+def registry(settings: Settings) -> ModelRegistry:
+    registry = ModelRegistry(settings.model_dir)
+    registry.build_all()
+    return registry
+
+
+@pytest.fixture(scope="session")
+def pipeline(settings: Settings, registry: ModelRegistry):  # type: ignore[no-untyped-def]
+    from cluster.pipeline.faces import FacePipeline
+
+    return FacePipeline(settings, registry)
+
+
+def lfw_photos(images: Path, people: int, per_person: int = 1) -> list[Path]:
+    """The first photos of the first people (sorted) that have at least `per_person` photos."""
+    found = []
+    for person in sorted(p for p in images.iterdir() if p.is_dir()):
+        photos = sorted(person.glob("*.jpg"))
+        if len(photos) >= per_person:
+            found.extend(photos[:per_person])
+            if len(found) >= people * per_person:
+                break
+    return found
