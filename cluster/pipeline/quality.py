@@ -39,13 +39,13 @@ class QualityBar:
     min_confidence: float
 
 
-# Measured on lfw-dev chips: sharpness (variance of the Laplacian of the grey chip) has its 5th percentile near 40
-# and brightness (mean grey level) near 60, so LOW drops only clear failures and HIGH keeps about the best half.
+# Measured on 421 lfw-dev faces (median: 97 px, sharpness 50, brightness 115, |yaw| 11, |roll| 2; 5th percentile of
+# sharpness 19, of brightness 75). LOW drops only clear failures, MEDIUM about the worst 5%, HIGH keeps the best ~70%.
 QUALITY_BARS = {
     QualityFilter.NONE: QualityBar(0, 0, 0, 180, 180, 180, 0),
-    QualityFilter.LOW: QualityBar(20, 10, 25, 60, 50, 60, 0.90),
-    QualityFilter.MEDIUM: QualityBar(40, 30, 40, 45, 35, 45, 0.95),
-    QualityFilter.HIGH: QualityBar(64, 80, 60, 30, 25, 30, 0.99),
+    QualityFilter.LOW: QualityBar(20, 5, 30, 60, 60, 60, 0.90),
+    QualityFilter.MEDIUM: QualityBar(40, 15, 50, 45, 45, 45, 0.95),
+    QualityFilter.HIGH: QualityBar(80, 30, 70, 25, 25, 25, 0.99),
 }
 
 _TEMPLATE_EYE_NOSE = UNIT_TEMPLATE[2, 1] - UNIT_TEMPLATE[0, 1]
@@ -80,7 +80,7 @@ def estimate_pose(points: np.ndarray) -> tuple[float, float, float]:
     upper, lower = no[1] - eye_mid[1], mouth_mid[1] - no[1]
     frontal = _TEMPLATE_EYE_NOSE / (_TEMPLATE_EYE_NOSE + _TEMPLATE_NOSE_MOUTH)
     ratio = upper / max(upper + lower, 1e-6)
-    pitch = math.degrees(math.asin(float(np.clip((ratio - frontal) * 4, -1, 1))))
+    pitch = math.degrees(math.asin(float(np.clip((ratio - frontal) * 2, -1, 1))))
     return yaw, pitch, roll
 
 

@@ -1,0 +1,85 @@
+"""Detection of many faces in one photo, the similarity transform, and quality reasons on real faces."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from cluster.pipeline.align import TEMPLATE, similarity_transform
+from cluster.pipeline.decode import decode_image
+from cluster.pipeline.detect import nms
+from cluster.pipeline.quality import QualityFilter, SkipReason, estimate_pose
+from tests.conftest import lfw_photos
+
+
+def _group_photo(images: Path, count: int) -> np.ndarray:
+    faces = [decode_image(p.read_bytes(), 10**8) for p in lfw_photos(images, people=count)]
+    return np.concatenate([np.concatenate(faces[i : i + 3], axis=1) for i in range(0, count, 3)], axis=0)
+
+
+def test_many_faces_in_one_photo(lfw_images: Path, pipeline) -> None:  # type: ignore[no-untyped-def]
+    group = _group_photo(lfw_images, 6)  # 2 rows x 3 columns of 250x250 portraits
+    found = pipeline.detect([group])[0]
+    centres = (found.boxes[:, :2] + found.boxes[:, 2:]) / 2
+    cells = {(int(x // 250), int(y // 250)) for x, y in centres}
+    assert cells >= {(c, r) for r in range(2) for c in range(3)}
+    assert found.landmarks.shape[1:] == (5, 2) and (found.scores > 0.8).all()
+
+
+def test_min_face_size_is_respected(lfw_images: Path, pipeline) -> None:  # type: ignore[no-untyped-def]
+    image = decode_image(lfw_photos(lfw_images, people=1)[0].read_bytes(), 10**8)
+    small = image[::5, ::5].copy()  # faces of about 20 px
+    default_min = pipeline.detect.config.min_face_size
+    try:
+        pipeline.detect.config.min_face_size = 60
+        assert len(pipeline.detect([small])[0]) == 0
+    finally:
+        pipeline.detect.config.min_face_size = default_min
+
+
+def test_nms_keeps_best_of_overlapping() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], dtype=np.float32)
+    keep = nms(boxes, np.array([0.9, 0.95, 0.5]), 0.5)
+    assert keep.tolist() == [1, 2]
+
+
+def test_similarity_transform_recovers_known_transform() -> None:
+    angle, scale, shift = math.radians(17), 1.7, np.array([12.0, -4.0])
+    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    src = (TEMPLATE - shift) @ np.linalg.inv(scale * rotation).T
+    matrix = similarity_transform(src, TEMPLATE)
+    assert np.allclose(src @ matrix[:, :2].T + matrix[:, 2], TEMPLATE, atol=1e-6)
+
+
+def test_pose_from_landmarks() -> None:
+    frontal = TEMPLATE.copy()
+    yaw, pitch, roll = estimate_pose(frontal)
+    assert abs(yaw) < 1 and abs(pitch) < 1 and abs(roll) < 1e-6
+    turned = frontal.copy()
+    turned[2, 0] += 0.9 * (frontal[1, 0] - frontal[0, 0]) / 2  # nose almost at the right eye: a profile
+    assert abs(estimate_pose(turned)[0]) > 60
+    angle = math.radians(30)
+    rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    assert abs(estimate_pose(frontal @ rot.T)[2] - 30) < 1e-6
+
+
+def test_quality_filter_and_max_faces(lfw_images: Path, pipeline) -> None:  # type: ignore[no-untyped-def]
+    group = _group_photo(lfw_images, 6)
+    everything = pipeline.from_arrays([group])[0]
+    assert len(everything.faces) >= 6 and not everything.skipped
+    capped = pipeline.from_arrays([group], max_faces=2)[0]
+    assert len(capped.faces) == 2
+    assert all(f.skip_reasons == [SkipReason.EXCEEDS_MAX_FACES] for f in capped.skipped)
+    areas = [float(np.prod(f.bbox[2:] - f.bbox[:2])) for f in everything.faces]
+    assert areas == sorted(areas, reverse=True)
+    assert all(f.embedding is not None and abs(np.linalg.norm(f.embedding) - 1) < 1e-5 for f in capped.faces)
+    assert all(f.embedding is None for f in capped.skipped)
+    dark = (group * 0.2).astype(np.uint8)
+    darkened = pipeline.from_arrays([dark], quality_filter=QualityFilter.MEDIUM)[0]
+    reasons = {r for f in darkened.skipped for r in f.skip_reasons}
+    assert SkipReason.LOW_BRIGHTNESS in reasons and not darkened.faces
+    tiny = group[::4, ::4].copy()
+    small = pipeline.from_arrays([tiny], quality_filter=QualityFilter.HIGH)[0]
+    assert all(SkipReason.SMALL_BOUNDING_BOX in f.skip_reasons for f in small.skipped)
