@@ -25,6 +25,21 @@ class RuntimeSettings(BaseModel):
     embed_batch_size: int = 32
 
 
+class ServingSettings(BaseModel):
+    # Why a search is run; every search and compare must name one of these, and a case id.
+    purposes: list[str] = [
+        "criminal-investigation",
+        "missing-person",
+        "identity-verification",
+        "deduplication",
+        "consented-photo-search",
+        "system-test",
+    ]
+    shard_timeout_s: float = 2.0
+    max_upload_bytes: int = 20_000_000
+    max_results: int = 100
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACEGRID_", env_nested_delimiter="__", extra="ignore")
 
@@ -38,6 +53,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = 40_000_000
     detector: DetectorSettings = DetectorSettings()
     runtime: RuntimeSettings = RuntimeSettings()
+    serving: ServingSettings = ServingSettings()
 
 
 @lru_cache(maxsize=1)

@@ -21,6 +21,12 @@ bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=T
 app.add_typer(models_app, name="models")
 app.add_typer(eval_app, name="eval")
 app.add_typer(bench_app, name="bench")
+collections_app = typer.Typer(help="Create, list, describe and delete collections.", no_args_is_help=True)
+faces_app = typer.Typer(help="List and delete indexed faces.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Jobs on a Ray cluster (Job Submission API).", no_args_is_help=True)
+app.add_typer(collections_app, name="collections")
+app.add_typer(faces_app, name="faces")
+app.add_typer(jobs_app, name="jobs")
 
 console = Console(stderr=True)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
@@ -128,6 +134,242 @@ def bench_embed(
     from jobs.bench_embed import run_embed_benchmark
 
     emit(run_embed_benchmark(settings(), images, limit, console), as_json)
+
+
+def service():  # type: ignore[no-untyped-def]
+    from serving.service import FaceService
+
+    return FaceService(settings())
+
+
+def fail(exc: Exception) -> typer.Exit:
+    code = getattr(exc, "code", None) or getattr(exc, "reason", None) or type(exc).__name__
+    console.print(f"[red]error[/red] {code}: {getattr(exc, 'message', None) or exc}")
+    return typer.Exit(2)
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    from cluster.errors import FacegridError
+    from cluster.pipeline.errors import ImageError
+    from cluster.storage import StorageError
+
+    return (FacegridError, ImageError, StorageError)
+
+
+@collections_app.command("create")
+def collections_create(
+    name: str,
+    shards: int = 4,
+    max_false_match_rate: Annotated[float, typer.Option(help="The floor: most false matches per comparison.")] = 1e-5,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create an empty collection pinned to this build's embedding model."""
+    try:
+        manifest = service().create_collection(name, shards, max_false_match_rate)
+    except user_errors() as exc:
+        raise fail(exc) from exc
+    emit(manifest.model_dump(exclude={"face_files", "error_files", "shards"}), as_json)
+
+
+@collections_app.command("list")
+def collections_list(as_json: JsonFlag = False) -> None:
+    from cluster.collection import Collections
+    from cluster.storage import open_store
+
+    emit({"collections": Collections(open_store(settings().store, settings())).list()}, as_json)
+
+
+@collections_app.command("describe")
+def collections_describe(name: str, as_json: JsonFlag = False) -> None:
+    try:
+        emit(service().describe_collection(name), as_json)
+    except user_errors() as exc:
+        raise fail(exc) from exc
+
+
+@collections_app.command("delete")
+def collections_delete(name: str, yes: Annotated[bool, typer.Option("--yes")] = False, as_json: JsonFlag = False) -> None:
+    """Delete a collection with its face records, errors and snapshots."""
+    if not yes:
+        typer.confirm(f"Delete collection {name} and every face record in it?", abort=True)
+    try:
+        emit({"collection": name, "deleted_objects": service().delete_collection(name)}, as_json)
+    except user_errors() as exc:
+        raise fail(exc) from exc
+
+
+@app.command("index")
+def index(
+    collection: str,
+    source: Annotated[str, typer.Argument(help="s3://bucket/prefix or a local folder")],
+    shards: Annotated[int, typer.Option(help="Shard count when the collection is created here.")] = 4,
+    max_faces: Annotated[int | None, typer.Option(help="Index at most N faces per image (largest first).")] = None,
+    quality_filter: Annotated[str, typer.Option(help="NONE, LOW, MEDIUM or HIGH")] = "LOW",
+    external_image_id: Annotated[str, typer.Option(help="'key' (object key) or 'basename'")] = "key",
+    wait: Annotated[bool, typer.Option(help="With a cluster address: follow the job's logs.")] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Index every face under SOURCE into COLLECTION (submitted as a Ray job when --address is http://...)."""
+    from cluster.pipeline.quality import QualityFilter
+
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address.startswith("http"):
+        from jobs.submit import submit_index
+
+        emit(submit_index(address, settings(), collection, source, shards, max_faces, quality_filter, wait), as_json)
+        return
+    from jobs.index import run_index_job
+
+    totals = {"images": 0, "faces": 0, "errors": 0}
+    started = [0.0]
+    with progress_bar() as bar:
+        task = bar.add_task("indexing", total=None, extra="")
+
+        def planned(count: int) -> None:
+            import time
+
+            started[0] = time.perf_counter()
+            bar.update(task, total=count)
+
+        def advance(result: Any) -> None:
+            import time
+
+            for key in totals:
+                totals[key] += getattr(result, key)
+            rate = totals["images"] / max(time.perf_counter() - started[0], 1e-9)
+            extra = f"faces {totals['faces']}  errors {totals['errors']}  {rate:.1f} img/s"
+            bar.update(task, advance=result.images, extra=extra)
+
+        try:
+            summary = run_index_job(
+                settings(),
+                collection,
+                source,
+                shards=shards,
+                max_faces=max_faces,
+                quality_filter=QualityFilter(quality_filter.upper()),
+                external_id_from=external_image_id,
+                on_plan=planned,
+                on_partition=advance,
+            )
+        except user_errors() as exc:
+            raise fail(exc) from exc
+    emit(summary, as_json)
+
+
+@app.command("search")
+def search(
+    collection: str,
+    image: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    purpose: Annotated[str, typer.Option(help="Why: one of the deployment's purposes.")],
+    case_id: Annotated[str, typer.Option(help="The case this search serves.")],
+    max_faces: int = 1,
+    max_results: int = 10,
+    threshold: float | None = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Search COLLECTION for the faces in IMAGE: the same code path as the HTTP API."""
+    import asyncio
+
+    try:
+        result = asyncio.run(
+            service().search(
+                collection,
+                image.read_bytes(),
+                purpose=purpose,
+                case_id=case_id,
+                threshold=threshold,
+                max_results=max_results,
+                max_faces=max_faces,
+            )
+        )
+    except user_errors() as exc:
+        raise fail(exc) from exc
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    table = Table(title=f"{collection}: matches for {image.name} (threshold {result['threshold']['applied']})")
+    for column in ("similarity", "est. FMR", "external_image_id", "source"):
+        table.add_column(column)
+    for m in result["matches"]:
+        table.add_row(
+            f"{m['similarity']:.4f}", f"{m['estimated_false_match_rate']:.1e}", m["external_image_id"], m["source"]
+        )
+    Console().print(table)
+    console.print(result["notice"])
+    if result["partial"]:
+        console.print(f"[yellow]partial answer: shards {result['missing_shards']} did not answer[/yellow]")
+
+
+@faces_app.command("list")
+def faces_list(collection: str, limit: int = 20, offset: int = 0, as_json: JsonFlag = False) -> None:
+    try:
+        emit(service().list_faces(collection, limit, offset), as_json)
+    except user_errors() as exc:
+        raise fail(exc) from exc
+
+
+@faces_app.command("delete")
+def faces_delete(
+    collection: str,
+    face_id: Annotated[list[str] | None, typer.Option(help="Face id to erase (repeatable).")] = None,
+    external_image_id: Annotated[list[str] | None, typer.Option(help="Erase every face of this image id.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Erase faces from the Parquet records and the shard snapshots."""
+    import asyncio
+
+    try:
+        result = asyncio.run(service().delete_faces(collection, face_id or [], external_image_id or []))
+    except user_errors() as exc:
+        raise fail(exc) from exc
+    emit(result, as_json)
+
+
+@app.command("serve")
+def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run the HTTP API (FastAPI; OpenAPI at /docs)."""
+    import uvicorn
+
+    from serving.app import create_app
+
+    uvicorn.run(create_app(settings()), host=host, port=port, log_level="info")
+
+
+def _jobs_client():  # type: ignore[no-untyped-def]
+    from jobs.submit import job_client
+
+    address = os.environ.get("RAY_ADDRESS", "")
+    if not address.startswith("http"):
+        console.print("[red]error[/red]: jobs commands need --address http://HEAD:8265 (the Ray dashboard)")
+        raise typer.Exit(2)
+    return job_client(address)
+
+
+@jobs_app.command("list")
+def jobs_list(as_json: JsonFlag = False) -> None:
+    jobs = _jobs_client().list_jobs()
+    rows = [
+        {"submission_id": j.submission_id, "status": str(j.status), "entrypoint": j.entrypoint, "start": j.start_time}
+        for j in jobs
+    ]
+    emit({"jobs": rows}, as_json)
+
+
+@jobs_app.command("status")
+def jobs_status(job_id: str, as_json: JsonFlag = False) -> None:
+    info = _jobs_client().get_job_info(job_id)
+    emit({"submission_id": job_id, "status": str(info.status), "message": info.message}, as_json)
+
+
+@jobs_app.command("logs")
+def jobs_logs(job_id: str) -> None:
+    print(_jobs_client().get_job_logs(job_id))
+
+
+@jobs_app.command("stop")
+def jobs_stop(job_id: str, as_json: JsonFlag = False) -> None:
+    emit({"submission_id": job_id, "stopped": _jobs_client().stop_job(job_id)}, as_json)
 
 
 if __name__ == "__main__":

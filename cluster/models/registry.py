@@ -42,6 +42,8 @@ def _mtcnn(name: str) -> Callable[[Path], onnx.ModelProto]:
 
 
 EMBEDDER_ID = "dlib-resnet-v1"
+# Calibrations measured on lfw-dev by `facegrid eval lfw` and shipped, so a fresh install has honest rates.
+PUBLISHED_CALIBRATIONS = Path(__file__).parent / "calibration"
 MODELS: dict[str, ModelSpec] = {
     EMBEDDER_ID: ModelSpec(
         EMBEDDER_ID,
@@ -151,6 +153,16 @@ class ModelRegistry:
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(card, indent=2))
         os.replace(tmp, path)
+
+    def calibration(self, model_id: str) -> dict[str, Any]:
+        """The model's calibration: from its card once `facegrid eval` ran here, else the one published with facegrid."""
+        card = self.card(model_id) or {}
+        if card.get("calibration"):
+            return dict(card["calibration"])
+        published = PUBLISHED_CALIBRATIONS / f"{model_id}.json"
+        if not published.exists():
+            raise ModelSourceMissing(f"model {model_id} has no calibration: run `facegrid eval lfw` first")
+        return dict(json.loads(published.read_text()))
 
     def build_all(self, force: bool = False) -> list[dict[str, Any]]:
         cards = []

@@ -1,0 +1,164 @@
+"""What one partition of an index job does (read -> faces -> write Parquet), usable in-process or as a Ray actor."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from cluster.collection import ERROR_SCHEMA, FACE_SCHEMA, face_id_for, shard_of
+from cluster.pipeline.errors import ImageError, Reason
+from cluster.pipeline.faces import FacePipeline, ImageFaces
+from cluster.pipeline.quality import QualityFilter
+from cluster.settings import Settings
+from cluster.storage import ObjectInfo, StorageError, open_store
+
+# Images decoded and embedded together: big enough to batch the ResNet, small enough to bound memory per actor.
+READ_BATCH = 16
+
+
+@dataclass(frozen=True)
+class IndexJobSpec:
+    job_id: str
+    collection: str
+    store_uri: str
+    source_uri: str
+    shard_count: int
+    max_faces: int | None = None
+    quality_filter: QualityFilter = QualityFilter.LOW
+    external_id_from: str = "key"  # "key": the object key relative to the source; "basename": its file name
+
+
+@dataclass
+class Partition:
+    part: int
+    objects: list[ObjectInfo]
+
+
+@dataclass
+class PartitionResult:
+    part: int
+    images: int = 0
+    faces: int = 0
+    errors: int = 0
+    skipped_faces: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    face_file: str | None = None
+    error_file: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "reasons": dict(self.reasons)}
+
+
+def external_image_id(key: str, mode: str) -> str:
+    return key.rsplit("/", 1)[-1] if mode == "basename" else key
+
+
+def source_location(source_uri: str, key: str) -> str:
+    """Where a face came from, as stored in its record: the source's URI joined with the object key."""
+    return f"{source_uri.rstrip('/')}/{key}"
+
+
+class IndexPartition:
+    """Stage class for Ray: loads models once in __init__, processes one partition per call."""
+
+    def __init__(self, settings: Settings, spec: IndexJobSpec) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.pipeline = FacePipeline(settings)
+        self.source = open_store(spec.source_uri, settings)
+        self.store = open_store(spec.store_uri, settings)
+
+    def ready(self) -> bool:
+        return True
+
+    def location(self, key: str) -> str:
+        return source_location(self.source.uri, key)
+
+    def __call__(self, partition: Partition) -> PartitionResult:
+        result = PartitionResult(partition.part)
+        faces: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        read_s = 0.0
+        for start in range(0, len(partition.objects), READ_BATCH):
+            batch = partition.objects[start : start + READ_BATCH]
+            blobs: list[bytes] = []
+            readable: list[ObjectInfo] = []
+            began = time.perf_counter()
+            for obj in batch:
+                try:
+                    blobs.append(self.source.get(obj.key))
+                    readable.append(obj)
+                except StorageError as exc:
+                    errors.append(self._error(obj, Reason.READ_FAILED, str(exc)))
+            read_s += time.perf_counter() - began
+            outputs = self.pipeline(blobs, self.spec.max_faces, self.spec.quality_filter)
+            for obj, out in zip(readable, outputs, strict=True):
+                if isinstance(out, ImageError):
+                    errors.append(self._error(obj, out.reason, out.message))
+                    continue
+                faces.extend(self._faces(obj, out))
+                result.skipped_faces += len(out.skipped)
+                if not out.faces:
+                    reasons = sorted({r for f in out.skipped for r in f.skip_reasons})
+                    message = f"faces skipped: {', '.join(reasons)}" if reasons else "no face found"
+                    errors.append(self._error(obj, Reason.NO_FACE, message))
+        result.images = len(partition.objects)
+        result.faces = len(faces)
+        result.errors = len(errors)
+        result.reasons = Counter(e["reason"] for e in errors)
+        base = f"collections/{self.spec.collection}"
+        name = f"{self.spec.job_id}-{partition.part:05d}.parquet"
+        began = time.perf_counter()
+        if faces:
+            result.face_file = f"{base}/faces/{name}"
+            self.store.put_parquet(result.face_file, pa.Table.from_pylist(faces, FACE_SCHEMA))
+        if errors:
+            result.error_file = f"{base}/errors/{name}"
+            self.store.put_parquet(result.error_file, pa.Table.from_pylist(errors, ERROR_SCHEMA))
+        result.seconds = {"read": read_s, **dict(self.pipeline.times.seconds), "write": time.perf_counter() - began}
+        self.pipeline.times.seconds.clear()
+        return result
+
+    def _faces(self, obj: ObjectInfo, out: ImageFaces) -> list[dict[str, Any]]:
+        now = datetime.now(UTC)
+        rows = []
+        for index, face in enumerate(out.faces):
+            face_id, faiss_id = face_id_for(self.spec.collection, obj.key, obj.etag, index)
+            assert face.embedding is not None
+            rows.append(
+                {
+                    "face_id": face_id,
+                    "faiss_id": faiss_id,
+                    "external_image_id": external_image_id(obj.key, self.spec.external_id_from),
+                    "source_key": self.location(obj.key),
+                    "source_etag": obj.etag,
+                    "face_index": index,
+                    "bbox": np.round(face.bbox, 2).tolist(),
+                    "landmarks": np.round(face.landmarks.reshape(-1), 2).tolist(),
+                    "confidence": face.confidence,
+                    "quality": json.dumps(face.quality.as_dict()),
+                    "embedding": face.embedding.tolist(),
+                    "shard": shard_of(faiss_id, self.spec.shard_count),
+                    "job_id": self.spec.job_id,
+                    "indexed_at": now,
+                }
+            )
+        return rows
+
+    def _error(self, obj: ObjectInfo, reason: str, message: str) -> dict[str, Any]:
+        return {
+            "source_key": self.location(obj.key),
+            "source_etag": obj.etag,
+            "reason": str(reason),
+            "message": message[:500],
+            "job_id": self.spec.job_id,
+            "at": datetime.now(UTC),
+        }

@@ -1,0 +1,51 @@
+"""Errors a user can cause, each with a stable code; the API maps them to HTTP statuses, the CLI to messages."""
+
+from __future__ import annotations
+
+
+class FacegridError(Exception):
+    code = "FACEGRID_ERROR"
+    status = 400
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidRequest(FacegridError):
+    code = "INVALID_REQUEST"
+
+
+class CollectionNotFound(FacegridError):
+    code = "COLLECTION_NOT_FOUND"
+    status = 404
+
+
+class CollectionExists(FacegridError):
+    code = "COLLECTION_EXISTS"
+    status = 409
+
+
+class InvalidCollectionName(FacegridError):
+    code = "INVALID_COLLECTION_NAME"
+
+
+class NoFaceInProbe(FacegridError):
+    code = "NO_FACE_IN_PROBE"
+    status = 422
+
+
+class ThresholdBelowFloor(FacegridError):
+    code = "THRESHOLD_BELOW_FLOOR"
+    status = 403
+
+
+class ModelMismatch(FacegridError):
+    code = "MODEL_MISMATCH"
+    status = 409
+
+
+class ShardsUnavailable(FacegridError):
+    code = "SHARDS_UNAVAILABLE"
+    status = 503

@@ -1,0 +1,155 @@
+"""The index job: list a source, partition it deterministically, run embedder actors, publish the collection."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import ray
+from ray.util import ActorPool
+
+from cluster.collection import Collections, Manifest
+from cluster.embedder import IndexJobSpec, IndexPartition, Partition, PartitionResult, source_location
+from cluster.errors import CollectionNotFound, ModelMismatch
+from cluster.models.registry import EMBEDDER_ID, ModelRegistry
+from cluster.pipeline.quality import QualityFilter
+from cluster.raycluster import cluster_gpus, embedder_count, embedder_options, ensure_ray, live_shards
+from cluster.settings import RuntimeSettings, Settings
+from cluster.storage import ObjectInfo, ObjectStore, open_store
+
+# Objects per partition: a partition is the unit of retry and of checkpointing, a few seconds of work on one core.
+PARTITION_SIZE = 64
+
+Progress = Callable[[PartitionResult], None]
+
+
+def job_id_for(collection: str, source_uri: str, version: int) -> str:
+    digest = hashlib.sha256(f"{collection}\0{source_uri}".encode()).hexdigest()[:10]
+    return f"idx-{digest}-v{version}"
+
+
+def plan_partitions(objects: list[ObjectInfo], size: int = PARTITION_SIZE) -> list[Partition]:
+    ordered = sorted(objects, key=lambda o: o.key)
+    return [Partition(i // size, ordered[i : i + size]) for i in range(0, len(ordered), size)]
+
+
+def pending_objects(collections: Collections, manifest: Manifest, source: ObjectStore) -> list[ObjectInfo]:
+    """Objects of the source not yet in the collection (same location and etag): re-runs add nothing twice."""
+    done: set[tuple[str, str]] = set()
+    for table in (collections.faces(manifest, ["source_key", "source_etag"]), collections.errors(manifest)):
+        done.update(zip(table.column("source_key").to_pylist(), table.column("source_etag").to_pylist(), strict=True))
+    return [o for o in source.list() if (source_location(source.uri, o.key), o.etag) not in done]
+
+
+def ensure_collection(collections: Collections, registry: ModelRegistry, name: str, shards: int) -> Manifest:
+    registry.ensure(EMBEDDER_ID)
+    card = registry.card(EMBEDDER_ID) or {}
+    try:
+        manifest = collections.get(name)
+    except CollectionNotFound:
+        return collections.create(Manifest(name=name, model_id=EMBEDDER_ID, model_sha256=card["sha256"], shard_count=shards))
+    if manifest.model_id != EMBEDDER_ID or manifest.model_sha256 != card.get("sha256"):
+        raise ModelMismatch(
+            f"collection {name!r} was indexed with {manifest.model_id} ({manifest.model_sha256[:12]}); this build has "
+            f"{EMBEDDER_ID} ({str(card.get('sha256'))[:12]}): create a new collection and re-index"
+        )
+    return manifest
+
+
+def _checkpoint_key(job_id: str) -> str:
+    return f"jobs/{job_id}/checkpoint.json"
+
+
+def run_index_job(
+    settings: Settings,
+    collection: str,
+    source_uri: str,
+    *,
+    shards: int = 4,
+    max_faces: int | None = None,
+    quality_filter: QualityFilter = QualityFilter.LOW,
+    external_id_from: str = "key",
+    partition_size: int = PARTITION_SIZE,
+    on_plan: Callable[[int], None] | None = None,
+    on_partition: Progress | None = None,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    store = open_store(settings.store, settings)
+    source = open_store(source_uri, settings)
+    # Absolute locations: actors run in other working directories, and records name their source for good.
+    settings = settings.model_copy(update={"store": store.uri})
+    source_uri = source.uri
+    collections = Collections(store)
+    registry = ModelRegistry(settings.model_dir)
+    registry.build_all()
+    manifest = ensure_collection(collections, registry, collection, shards)
+    pending = pending_objects(collections, manifest, source)
+    job_id = job_id_for(collection, source_uri, manifest.version)
+    partitions = plan_partitions(pending, partition_size)
+    if on_plan:
+        on_plan(len(pending))
+    checkpoint: dict[str, Any] = {"job_id": job_id, "partitions": {}}
+    if store.exists(_checkpoint_key(job_id)):
+        checkpoint = json.loads(store.get(_checkpoint_key(job_id)))
+    done = {int(k): v for k, v in checkpoint["partitions"].items()}
+    results = [PartitionResult(**{**v, "reasons": Counter(v["reasons"])}) for v in done.values()]
+    for result in results:
+        if on_partition:
+            on_partition(result)
+    todo = [p for p in partitions if p.part not in done]
+    spec = IndexJobSpec(
+        job_id, collection, settings.store, source_uri, manifest.shard_count, max_faces, quality_filter, external_id_from
+    )
+    if todo:
+        ensure_ray()
+        gpus = cluster_gpus()
+        actors = min(embedder_count(gpus), len(todo))
+        # One ONNX Runtime thread per actor: the actors, not the threads, spread the work over the cores.
+        actor_settings = settings.model_copy(update={"runtime": RuntimeSettings(intra_op_threads=1)})
+        remote = ray.remote(IndexPartition).options(**embedder_options(gpus))  # type: ignore[attr-defined]
+        pool = ActorPool([remote.remote(actor_settings, spec) for _ in range(actors)])
+        for result in pool.map_unordered(lambda actor, part: actor.__call__.remote(part), todo):
+            results.append(result)
+            checkpoint["partitions"][str(result.part)] = result.as_dict()
+            store.put(_checkpoint_key(job_id), json.dumps(checkpoint).encode())
+            if on_partition:
+                on_partition(result)
+    face_files = [r.face_file for r in results if r.face_file]
+    error_files = [r.error_file for r in results if r.error_file]
+    published = manifest
+    if face_files or error_files:
+        published = collections.publish(manifest, face_files, error_files)
+        if ray.is_initialized():
+            ray.get([shard.reload.remote() for shard in live_shards(collection, published.shard_count)])
+    store.delete(_checkpoint_key(job_id))
+    return summarize(job_id, published, results, time.perf_counter() - started)
+
+
+def summarize(job_id: str, manifest: Manifest, results: list[PartitionResult], seconds: float) -> dict[str, Any]:
+    images = sum(r.images for r in results)
+    faces = sum(r.faces for r in results)
+    reasons: Counter[str] = Counter()
+    stages: Counter[str] = Counter()
+    for r in results:
+        reasons.update(r.reasons)
+        stages.update(r.seconds)
+    return {
+        "job_id": job_id,
+        "collection": manifest.name,
+        "version": manifest.version,
+        "images": images,
+        "faces": faces,
+        "skipped_faces": sum(r.skipped_faces for r in results),
+        "errors": sum(r.errors for r in results),
+        "errors_by_reason": dict(sorted(reasons.items())),
+        "collection_faces": manifest.face_count,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(images / seconds, 2) if seconds else 0.0,
+        "faces_per_s": round(faces / seconds, 2) if seconds else 0.0,
+        "stage_seconds": {k: round(v, 2) for k, v in sorted(stages.items())},
+    }
+

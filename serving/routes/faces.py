@@ -1,0 +1,52 @@
+"""Faces of a collection: search by probe, list, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Query, UploadFile
+from pydantic import BaseModel
+
+from serving.deps import Service, read_upload
+
+router = APIRouter(prefix="/v1/collections/{collection}", tags=["faces"])
+
+
+@router.post("/search")
+async def search(
+    collection: str,
+    service: Service,
+    image: Annotated[UploadFile, File(description="The probe photo")],
+    purpose: Annotated[str | None, Form()] = None,
+    case_id: Annotated[str | None, Form()] = None,
+    threshold: Annotated[float | None, Form(description="Minimum similarity; never below the floor")] = None,
+    max_results: Annotated[int, Form()] = 10,
+    max_faces: Annotated[int, Form(description="1: the largest face; N: up to N faces of the probe")] = 1,
+) -> dict[str, Any]:
+    blob = await read_upload(image, service.settings.serving.max_upload_bytes)
+    return await service.search(
+        collection,
+        blob,
+        purpose=purpose,
+        case_id=case_id,
+        threshold=threshold,
+        max_results=max_results,
+        max_faces=max_faces,
+    )
+
+
+@router.get("/faces")
+def list_faces(
+    collection: str, service: Service, limit: Annotated[int, Query()] = 100, offset: Annotated[int, Query()] = 0
+) -> dict[str, Any]:
+    return service.list_faces(collection, limit, offset)
+
+
+class DeleteFaces(BaseModel):
+    face_ids: list[str] = []
+    external_image_ids: list[str] = []
+
+
+@router.delete("/faces")
+async def delete_faces(collection: str, body: DeleteFaces, service: Service) -> dict[str, Any]:
+    return await service.delete_faces(collection, body.face_ids, body.external_image_ids)

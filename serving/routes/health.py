@@ -1,0 +1,31 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from serving.deps import Service
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(service: Service) -> dict[str, Any]:
+    service.collections.list()  # the store answers
+    return {"status": "ready", "store": service.store.uri}
+
+
+@router.get("/metrics")
+def metrics(request: Request) -> Response:
+    counts: dict[tuple[str, str, int], int] = request.app.state.request_counts
+    lines = ["# TYPE facegrid_requests_total counter"]
+    for (method, route, status), n in sorted(counts.items()):
+        lines.append(f'facegrid_requests_total{{method="{method}",route="{route}",status="{status}"}} {n}')
+    return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

@@ -1,0 +1,270 @@
+"""Service functions behind the API and the CLI: collections, search, compare, detect, faces."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from cluster.calibration import estimated_false_match_rate, similarity_for_rate
+from cluster.collection import Collections, Manifest, face_row
+from cluster.errors import InvalidRequest, NoFaceInProbe, ThresholdBelowFloor
+from cluster.models.registry import EMBEDDER_ID, ModelRegistry
+from cluster.pipeline.errors import ImageError, Reason
+from cluster.pipeline.faces import Face, FacePipeline, ImageFaces
+from cluster.pipeline.quality import QualityFilter
+from cluster.raycluster import ensure_ray, live_shards, shard_actor
+from cluster.settings import Settings
+from cluster.storage import open_store
+from serving.fanout import Hit, fan_out
+
+LEADS_NOTICE = (
+    "Matches are investigative leads, not identifications. Each needs review by a trained person before any action; "
+    "estimated_false_match_rate is per comparison, expected_false_matches_in_collection is for this whole search."
+)
+# How long a manifest read stays fresh for searches; publishes are visible to the API within this time.
+MANIFEST_TTL_S = 1.0
+
+
+def _face_json(face: Face) -> dict[str, Any]:
+    return {
+        "bbox": [round(float(v), 1) for v in face.bbox],
+        "landmarks": np.round(face.landmarks, 1).tolist(),
+        "confidence": round(face.confidence, 4),
+        "quality": face.quality.as_dict(),
+        "skip_reasons": [str(r) for r in face.skip_reasons],
+    }
+
+
+class FaceService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = open_store(settings.store, settings)
+        self.collections = Collections(self.store)
+        self.registry = ModelRegistry(settings.model_dir)
+        self.calibration = self.registry.calibration(EMBEDDER_ID)
+        self._pipeline: FacePipeline | None = None
+        # Model inference releases the GIL; two threads keep the event loop free on a two-core machine.
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="facegrid-probe")
+        self._manifests: dict[str, tuple[float, Manifest]] = {}
+        self._shards: dict[str, dict[int, Any]] = {}
+
+    @property
+    def pipeline(self) -> FacePipeline:
+        if self._pipeline is None:
+            self._pipeline = FacePipeline(self.settings, self.registry)
+        return self._pipeline
+
+    def manifest(self, name: str, fresh: bool = False) -> Manifest:
+        cached = self._manifests.get(name)
+        if not fresh and cached and time.monotonic() - cached[0] < MANIFEST_TTL_S:
+            return cached[1]
+        manifest = self.collections.get(name)
+        self._manifests[name] = (time.monotonic(), manifest)
+        return manifest
+
+    def shards(self, manifest: Manifest) -> dict[int, Any]:
+        handles = self._shards.get(manifest.name)
+        if handles is None or len(handles) != manifest.shard_count:
+            ensure_ray()
+            handles = {i: shard_actor(self.settings, manifest.name, i) for i in range(manifest.shard_count)}
+            self._shards[manifest.name] = handles
+        return handles
+
+    # --- collections -------------------------------------------------------------------------------------------
+
+    def create_collection(self, name: str, shards: int, max_false_match_rate: float) -> Manifest:
+        self.registry.ensure(EMBEDDER_ID)
+        card = self.registry.card(EMBEDDER_ID) or {}
+        self.floor_similarity(max_false_match_rate)  # refuses rates the calibration cannot support
+        manifest = Manifest(
+            name=name,
+            model_id=EMBEDDER_ID,
+            model_sha256=card["sha256"],
+            shard_count=shards,
+            max_false_match_rate=max_false_match_rate,
+        )
+        return self.collections.create(manifest)
+
+    def describe_collection(self, name: str) -> dict[str, Any]:
+        manifest = self.manifest(name, fresh=True)
+        described = manifest.model_dump(exclude={"face_files", "error_files"})
+        described["threshold_floor_similarity"] = round(self.floor_similarity(manifest.max_false_match_rate), 6)
+        described["errors_by_reason"] = self._error_summary(manifest)
+        return described
+
+    def _error_summary(self, manifest: Manifest) -> dict[str, int]:
+        reasons = self.collections.errors(manifest).column("reason").to_pylist()
+        return {r: reasons.count(r) for r in sorted(set(reasons))}
+
+    def delete_collection(self, name: str) -> int:
+        removed = self.collections.delete(name)
+        self._manifests.pop(name, None)
+        handles = self._shards.pop(name, {})
+        for handle in handles.values():
+            handle.reload.remote()
+        return removed
+
+    # --- thresholds --------------------------------------------------------------------------------------------
+
+    def floor_similarity(self, max_false_match_rate: float) -> float:
+        try:
+            return similarity_for_rate(max_false_match_rate, self.calibration)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from exc
+
+    def applied_threshold(self, manifest: Manifest, requested: float | None) -> dict[str, Any]:
+        floor = self.floor_similarity(manifest.max_false_match_rate)
+        if requested is not None and requested < floor:
+            raise ThresholdBelowFloor(
+                f"threshold {requested:g} is looser than this collection's floor {floor:.4f} "
+                f"(at most {manifest.max_false_match_rate:g} false matches per comparison)",
+                floor=round(floor, 6),
+                max_false_match_rate=manifest.max_false_match_rate,
+            )
+        return {
+            "requested": requested,
+            "applied": round(max(floor, requested or floor), 6),
+            "floor": round(floor, 6),
+            "max_false_match_rate": manifest.max_false_match_rate,
+        }
+
+    def check_purpose(self, purpose: str | None, case_id: str | None) -> None:
+        if not purpose:
+            raise InvalidRequest(f"a purpose is required; one of {self.settings.serving.purposes}")
+        if purpose not in self.settings.serving.purposes:
+            raise InvalidRequest(f"purpose {purpose!r} is not allowed here; one of {self.settings.serving.purposes}")
+        if not case_id or not case_id.strip():
+            raise InvalidRequest("a case_id is required: the reference of the case this search serves")
+
+    # --- probes ------------------------------------------------------------------------------------------------
+
+    async def probe(self, blob: bytes, max_faces: int | None) -> ImageFaces:
+        if len(blob) > self.settings.serving.max_upload_bytes:
+            raise ImageError(Reason.IMAGE_TOO_LARGE, f"upload over {self.settings.serving.max_upload_bytes} bytes")
+        loop = asyncio.get_running_loop()
+        result = (await loop.run_in_executor(self.executor, self.pipeline, [blob], max_faces))[0]
+        if isinstance(result, ImageError):
+            raise result
+        return result
+
+    def _match(self, hit: Hit, manifest: Manifest) -> dict[str, Any]:
+        rate = float(estimated_false_match_rate(hit.similarity, self.calibration))
+        record = hit.record
+        return {
+            "face_id": record.get("face_id", f"{hit.faiss_id:016x}"),
+            "external_image_id": record.get("external_image_id"),
+            "source": record.get("source_key"),
+            "bbox": record.get("bbox"),
+            "similarity": round(hit.similarity, 6),
+            "estimated_false_match_rate": rate,
+            "expected_false_matches_in_collection": rate * manifest.face_count,
+            "shard": hit.shard,
+        }
+
+    async def search_vectors(self, manifest: Manifest, vectors: np.ndarray, k: int, threshold: float) -> Any:
+        handles = self.shards(manifest)
+        result = await fan_out(handles, vectors, k, self.settings.serving.shard_timeout_s)
+        matches = [[self._match(h, manifest) for h in hits if h.similarity >= threshold] for hits in result.hits]
+        return matches, result.missing_shards
+
+    async def search(
+        self,
+        collection: str,
+        blob: bytes,
+        *,
+        purpose: str | None,
+        case_id: str | None,
+        threshold: float | None = None,
+        max_results: int = 10,
+        max_faces: int = 1,
+    ) -> dict[str, Any]:
+        self.check_purpose(purpose, case_id)
+        if not 1 <= max_results <= self.settings.serving.max_results:
+            raise InvalidRequest(f"max_results must be between 1 and {self.settings.serving.max_results}")
+        if max_faces < 1:
+            raise InvalidRequest("max_faces must be at least 1")
+        manifest = self.manifest(collection)
+        limits = self.applied_threshold(manifest, threshold)
+        probe = await self.probe(blob, max_faces)
+        if not probe.faces:
+            raise NoFaceInProbe("no face was found in the probe image", skipped=[_face_json(f) for f in probe.skipped])
+        vectors = np.stack([f.embedding for f in probe.faces if f.embedding is not None])
+        matches, missing = await self.search_vectors(manifest, vectors, max_results, limits["applied"])
+        searched = [{"searched_face": _face_json(f), "matches": m} for f, m in zip(probe.faces, matches, strict=True)]
+        return {
+            "collection": collection,
+            "model_id": manifest.model_id,
+            "searched_face": searched[0]["searched_face"],
+            "matches": searched[0]["matches"],
+            "other_faces": searched[1:],
+            "unsearched_faces": [_face_json(f) for f in probe.skipped],
+            "threshold": limits,
+            "collection_faces": manifest.face_count,
+            "partial": bool(missing),
+            "missing_shards": missing,
+            "purpose": purpose,
+            "case_id": case_id,
+            "notice": LEADS_NOTICE,
+        }
+
+    async def compare(self, a: bytes, b: bytes, *, purpose: str | None, case_id: str | None) -> dict[str, Any]:
+        self.check_purpose(purpose, case_id)
+        first, second = await asyncio.gather(self.probe(a, 1), self.probe(b, 1))
+        if not first.faces or not second.faces:
+            raise NoFaceInProbe("no face was found in " + ("the first" if not first.faces else "the second") + " image")
+        fa, fb = first.faces[0], second.faces[0]
+        assert fa.embedding is not None and fb.embedding is not None
+        similarity = float(fa.embedding @ fb.embedding)
+        return {
+            "similarity": round(similarity, 6),
+            "estimated_false_match_rate": float(estimated_false_match_rate(similarity, self.calibration)),
+            "source_face": _face_json(fa),
+            "target_face": _face_json(fb),
+            "purpose": purpose,
+            "case_id": case_id,
+            "notice": LEADS_NOTICE,
+        }
+
+    async def detect(self, blob: bytes) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        result = (await loop.run_in_executor(self.executor, self.pipeline, [blob], None, QualityFilter.NONE))[0]
+        if isinstance(result, ImageError):
+            raise result
+        return {"width": result.width, "height": result.height, "faces": [_face_json(f) for f in result.faces]}
+
+    # --- faces -------------------------------------------------------------------------------------------------
+
+    def list_faces(self, collection: str, limit: int, offset: int) -> dict[str, Any]:
+        if not 1 <= limit <= 1000 or offset < 0:
+            raise InvalidRequest("limit must be 1-1000 and offset non-negative")
+        manifest = self.manifest(collection, fresh=True)
+        columns = ["face_id", "external_image_id", "source_key", "source_etag", "bbox", "confidence", "quality"]
+        table = self.collections.faces(manifest, [*columns, "indexed_at"]).sort_by("face_id")
+        page = table.slice(offset, limit).to_pylist()
+        return {
+            "collection": collection,
+            "total": table.num_rows,
+            "offset": offset,
+            "limit": limit,
+            "faces": [face_row(r) for r in page],
+            "next_offset": offset + limit if offset + limit < table.num_rows else None,
+        }
+
+    async def delete_faces(self, collection: str, face_ids: list[str], external_ids: list[str]) -> dict[str, Any]:
+        if not face_ids and not external_ids:
+            raise InvalidRequest("give face_ids or external_image_ids to delete")
+        manifest = self.manifest(collection, fresh=True)
+        loop = asyncio.get_running_loop()
+        published, erased = await loop.run_in_executor(
+            self.executor, self.collections.erase_faces, manifest, set(face_ids), set(external_ids)
+        )
+        self._manifests.pop(collection, None)
+        if erased:
+            ensure_ray()
+            await asyncio.gather(*(s.reload.remote() for s in live_shards(collection, published.shard_count)))
+        unknown = sorted(set(face_ids) - set(erased))
+        return {"deleted_faces": erased, "unknown_face_ids": unknown, "collection_faces": published.face_count}
