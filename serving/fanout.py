@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger("facegrid.fanout")
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,9 @@ class FanOutResult:
 async def _ask(shard: int, handle: Any, queries: np.ndarray, k: int, timeout: float) -> tuple[int, Any]:
     try:
         return shard, await asyncio.wait_for(handle.search.remote(queries, k), timeout)
-    except Exception:
+    except Exception as exc:
         # A slow or dead shard is reported by number in the answer, never silently dropped.
+        log.warning("shard %d did not answer: %r", shard, exc)
         return shard, None
 
 

@@ -27,6 +27,8 @@ LEADS_NOTICE = (
 )
 # How long a manifest read stays fresh for searches; publishes are visible to the API within this time.
 MANIFEST_TTL_S = 1.0
+# A new shard actor starts a worker process and reads its snapshot and records before it can answer.
+SHARD_STARTUP_TIMEOUT_S = 120.0
 
 
 def _face_json(face: Face) -> dict[str, Any]:
@@ -66,11 +68,15 @@ class FaceService:
         self._manifests[name] = (time.monotonic(), manifest)
         return manifest
 
-    def shards(self, manifest: Manifest) -> dict[int, Any]:
+    async def shards(self, manifest: Manifest) -> dict[int, Any]:
+        """Handles of the collection's shard actors; the first call waits until they have loaded their snapshots."""
         handles = self._shards.get(manifest.name)
         if handles is None or len(handles) != manifest.shard_count:
             ensure_ray()
             handles = {i: shard_actor(self.settings, manifest.name, i) for i in range(manifest.shard_count)}
+            await asyncio.wait_for(
+                asyncio.gather(*(h.reload.remote() for h in handles.values())), SHARD_STARTUP_TIMEOUT_S
+            )
             self._shards[manifest.name] = handles
         return handles
 
@@ -166,7 +172,7 @@ class FaceService:
         }
 
     async def search_vectors(self, manifest: Manifest, vectors: np.ndarray, k: int, threshold: float) -> Any:
-        handles = self.shards(manifest)
+        handles = await self.shards(manifest)
         result = await fan_out(handles, vectors, k, self.settings.serving.shard_timeout_s)
         matches = [[self._match(h, manifest) for h in hits if h.similarity >= threshold] for hits in result.hits]
         return matches, result.missing_shards
