@@ -8,7 +8,7 @@ import numpy as np
 
 # Cosine similarity of unit dlib descriptors at which two faces are called the same person by default: the
 # equivalent of dlib's published Euclidean threshold of 0.6 on raw descriptors, set on lfw-dev (README, Accuracy).
-DEFAULT_MATCH_SIMILARITY = 0.9
+DEFAULT_MATCH_SIMILARITY = 0.91
 FMR_POINTS = ("1e-1", "1e-2", "1e-3", "1e-4", "1e-5", "1e-6", "1e-7")
 
 
