@@ -98,7 +98,7 @@ class Collections:
     def create(self, manifest: Manifest) -> Manifest:
         if not NAME.match(manifest.name):
             raise InvalidCollectionName(
-                f"collection name {manifest.name!r} must be 1-64 letters, digits, '_', '.' or '-', starting alphanumeric"
+                f"collection name {manifest.name!r} must be 1-64 letters, digits, '_', '.' or '-'"
             )
         if not 1 <= manifest.shard_count <= 1024:
             raise InvalidRequest("shard_count must be between 1 and 1024")
@@ -118,7 +118,7 @@ class Collections:
             raise CollectionNotFound(f"collection {name!r} does not exist") from exc
         return Manifest.model_validate_json(raw)
 
-    def list(self) -> list[str]:
+    def names(self) -> list[str]:
         return sorted(
             info.key.split("/")[1] for info in self.store.list("collections/") if info.key.endswith("/manifest.json")
         )
@@ -147,7 +147,7 @@ class Collections:
         return pa.concat_tables(tables) if tables else ERROR_SCHEMA.empty_table()
 
     def publish(self, manifest: Manifest, face_files: Iterable[str] = (), error_files: Iterable[str] = ()) -> Manifest:
-        """Build shard snapshots from every published face record, then swap the manifest in: readers see all or none."""
+        """Build shard snapshots from every published face record, then swap the manifest in: all or nothing."""
         new = manifest.model_copy(deep=True)
         new.face_files = sorted(set(manifest.face_files) | set(face_files))
         new.error_files = sorted(set(manifest.error_files) | set(error_files))

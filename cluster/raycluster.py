@@ -56,7 +56,7 @@ def shard_name(collection: str, shard: int) -> str:
 
 def shard_actor(settings: Settings, collection: str, shard: int) -> Any:
     """The named shard actor, created on first use; Ray restarts it from the published snapshot if it dies."""
-    remote = ray.remote(FaceShard).options(  # type: ignore[attr-defined]
+    remote = ray.remote(FaceShard).options(
         name=shard_name(collection, shard),
         namespace=NAMESPACE,
         get_if_exists=True,

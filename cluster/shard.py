@@ -59,7 +59,7 @@ class FaceShard:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, list[list[dict[str, Any]]]]:
         """Top-k per query: similarities, ids, and each hit's record."""
         if self.index.ntotal == 0:
-            empty = [[] for _ in queries]
+            empty: list[list[dict[str, Any]]] = [[] for _ in queries]
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64), empty
         scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.index.ntotal))
         records = [[self.records.get(int(i), {}) for i in row] for row in ids]

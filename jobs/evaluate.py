@@ -148,7 +148,7 @@ def evaluate_lfw(
         "threshold": threshold,
         "accuracy": round(float(correct.mean()), 5),
         "accuracy_10fold": round(_cross_validated_accuracy(filled, labels), 5),
-        "impostor_comparisons": int(len(impostor)),
+        "impostor_comparisons": len(impostor),
         "fnmr_at_fmr_1e-3": calibration["fnmr_at_fmr"]["1e-3"],
         "fnmr_at_fmr_1e-4": calibration["fnmr_at_fmr"]["1e-4"],
         "similarity_at_fmr_1e-3": calibration["similarity_at_fmr"]["1e-3"],

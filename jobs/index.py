@@ -51,7 +51,9 @@ def ensure_collection(collections: Collections, registry: ModelRegistry, name: s
     try:
         manifest = collections.get(name)
     except CollectionNotFound:
-        return collections.create(Manifest(name=name, model_id=EMBEDDER_ID, model_sha256=card["sha256"], shard_count=shards))
+        return collections.create(
+            Manifest(name=name, model_id=EMBEDDER_ID, model_sha256=card["sha256"], shard_count=shards)
+        )
     if manifest.model_id != EMBEDDER_ID or manifest.model_sha256 != card.get("sha256"):
         raise ModelMismatch(
             f"collection {name!r} was indexed with {manifest.model_id} ({manifest.model_sha256[:12]}); this build has "
@@ -102,7 +104,14 @@ def run_index_job(
             on_partition(result)
     todo = [p for p in partitions if p.part not in done]
     spec = IndexJobSpec(
-        job_id, collection, settings.store, source_uri, manifest.shard_count, max_faces, quality_filter, external_id_from
+        job_id,
+        collection,
+        settings.store,
+        source_uri,
+        manifest.shard_count,
+        max_faces,
+        quality_filter,
+        external_id_from,
     )
     if todo:
         ensure_ray()
@@ -110,7 +119,7 @@ def run_index_job(
         actors = min(embedder_count(gpus), len(todo))
         # One ONNX Runtime thread per actor: the actors, not the threads, spread the work over the cores.
         actor_settings = settings.model_copy(update={"runtime": RuntimeSettings(intra_op_threads=1)})
-        remote = ray.remote(IndexPartition).options(**embedder_options(gpus))  # type: ignore[attr-defined]
+        remote = ray.remote(IndexPartition).options(**embedder_options(gpus))
         pool = ActorPool([remote.remote(actor_settings, spec) for _ in range(actors)])
         for result in pool.map_unordered(lambda actor, part: actor.__call__.remote(part), todo):
             results.append(result)
@@ -152,4 +161,3 @@ def summarize(job_id: str, manifest: Manifest, results: list[PartitionResult], s
         "faces_per_s": round(faces / seconds, 2) if seconds else 0.0,
         "stage_seconds": {k: round(v, 2) for k, v in sorted(stages.items())},
     }
-

@@ -11,8 +11,15 @@ from typing import Any
 from cluster.settings import Settings
 
 # Settings the job driver needs to reach the same store; secrets travel in the job's environment, not its command.
-FORWARDED_ENV = ("FACEGRID_STORE", "FACEGRID_S3_ENDPOINT", "FACEGRID_S3_ACCESS_KEY", "FACEGRID_S3_SECRET_KEY",
-                 "FACEGRID_S3_REGION", "FACEGRID_S3_SECURE", "FACEGRID_MODEL_DIR")
+FORWARDED_ENV = (
+    "FACEGRID_STORE",
+    "FACEGRID_S3_ENDPOINT",
+    "FACEGRID_S3_ACCESS_KEY",
+    "FACEGRID_S3_SECRET_KEY",
+    "FACEGRID_S3_REGION",
+    "FACEGRID_S3_SECURE",
+    "FACEGRID_MODEL_DIR",
+)
 
 
 def job_client(address: str) -> Any:

@@ -217,6 +217,40 @@ class FaceService:
             "notice": LEADS_NOTICE,
         }
 
+    async def search_vector(
+        self,
+        collection: str,
+        vector: list[float],
+        *,
+        purpose: str | None,
+        case_id: str | None,
+        threshold: float | None = None,
+        max_results: int = 10,
+    ) -> dict[str, Any]:
+        """Search with an embedding made elsewhere by the same model (the collection's model id must match)."""
+        self.check_purpose(purpose, case_id)
+        if not 1 <= max_results <= self.settings.serving.max_results:
+            raise InvalidRequest(f"max_results must be between 1 and {self.settings.serving.max_results}")
+        manifest = self.manifest(collection)
+        query = np.asarray(vector, dtype=np.float32)
+        norm = float(np.linalg.norm(query)) if query.ndim == 1 else 0.0
+        if query.shape != (manifest.dim,) or not np.isfinite(norm) or norm == 0:
+            raise InvalidRequest(f"vector must be {manifest.dim} finite numbers, not all zero")
+        limits = self.applied_threshold(manifest, threshold)
+        matches, missing = await self.search_vectors(manifest, (query / norm)[None], max_results, limits["applied"])
+        return {
+            "collection": collection,
+            "model_id": manifest.model_id,
+            "matches": matches[0],
+            "threshold": limits,
+            "collection_faces": manifest.face_count,
+            "partial": bool(missing),
+            "missing_shards": missing,
+            "purpose": purpose,
+            "case_id": case_id,
+            "notice": LEADS_NOTICE,
+        }
+
     async def compare(self, a: bytes, b: bytes, *, purpose: str | None, case_id: str | None) -> dict[str, Any]:
         self.check_purpose(purpose, case_id)
         first, second = await asyncio.gather(self.probe(a, 1), self.probe(b, 1))

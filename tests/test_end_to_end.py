@@ -69,7 +69,9 @@ def world(lfw_images: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFa
         service.create_collection(COLLECTION, shards=4, max_false_match_rate=1e-2)
         summary = run_index_job(settings, COLLECTION, "s3://photos/lfw", quality_filter="NONE")  # type: ignore[arg-type]
         port = _free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(service=service), host="127.0.0.1", port=port, log_level="warning"))
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(service=service), host="127.0.0.1", port=port, log_level="warning")
+        )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         while not server.started:
@@ -155,7 +157,7 @@ def test_errors_are_json_with_codes(world: dict[str, Any]) -> None:
     blank = np.full((200, 200, 3), 128, np.uint8)
     import cv2
 
-    ok, png = cv2.imencode(".png", blank)
+    _ok, png = cv2.imencode(".png", blank)
     assert _search(client, png.tobytes()).json()["error"]["code"] == "NO_FACE_IN_PROBE"
     refused = client.post(f"/v1/collections/{COLLECTION}/search", files={"image": ("p.jpg", probe)})
     assert refused.status_code == 400 and "purpose" in refused.json()["error"]["message"]
@@ -168,7 +170,7 @@ def test_list_compare_detect(world: dict[str, Any]) -> None:
     page = client.get(f"/v1/collections/{COLLECTION}/faces", params={"limit": 50}).json()
     assert page["total"] == world["service"].collections.get(COLLECTION).face_count and len(page["faces"]) == 50
     assert "embedding" not in page["faces"][0]
-    name, files = world["people"][0]
+    _name, files = world["people"][0]
     compare = client.post(
         "/v1/compare",
         files={"source": ("a.jpg", files[0].read_bytes()), "target": ("b.jpg", files[1].read_bytes())},
@@ -201,9 +203,7 @@ def test_delete_person_erases_them(world: dict[str, Any]) -> None:
     client, service = world["client"], world["service"]
     name, files = world["people"][1]
     keys = [f"{name}/{p.name}" for p in files[1:]]
-    response = client.request(
-        "DELETE", f"/v1/collections/{COLLECTION}/faces", json={"external_image_ids": keys}
-    ).json()
+    response = client.request("DELETE", f"/v1/collections/{COLLECTION}/faces", json={"external_image_ids": keys}).json()
     assert len(response["deleted_faces"]) >= INDEXED_PER_PERSON - 1
     body = _search(client, world["probes"][name]).json()
     assert all(not m["external_image_id"].startswith(f"{name}/") for m in body["matches"])

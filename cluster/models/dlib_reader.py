@@ -73,4 +73,3 @@ def read_dlib_layers(data: bytes) -> list[DlibLayer]:
     if not layers:
         raise DlibFormatError("no dlib layers found")
     return layers
-

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -31,7 +33,7 @@ class _Graph:
         self.inits.append(numpy_helper.from_array(value, name))
         return name
 
-    def node(self, op: str, inputs: list[str], **attrs: object) -> str:
+    def node(self, op: str, inputs: list[str], **attrs: Any) -> str:
         out = self.name(op.lower())
         self.nodes.append(helper.make_node(op, inputs, [out], **attrs))
         return out
@@ -112,7 +114,9 @@ def build_dlib_resnet(data: bytes) -> onnx.ModelProto:
             else:
                 # avg_pool<skip1<...>> in residual_down: pool the block's input for the shortcut.
                 src, src_shape = block_input
-                pooled = graph.node("AveragePool", [src], kernel_shape=[kh, kw], strides=[sy, sx], pads=[py, px, py, px])
+                pooled = graph.node(
+                    "AveragePool", [src], kernel_shape=[kh, kw], strides=[sy, sx], pads=[py, px, py, px]
+                )
                 pooled_shortcut = (
                     pooled,
                     (src_shape[0], _out_size(src_shape[1], kh, sy, py), _out_size(src_shape[2], kw, sx, px)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -22,7 +23,7 @@ _HEADS: dict[str, list[tuple[str, bool]]] = {
     "rnet": [("bbox_reg", False), ("prob", True)],
     "onet": [("bbox_reg", False), ("landmarks", False), ("prob", True)],
 }
-INPUT_SIZES = {"pnet": None, "rnet": 24, "onet": 48}
+INPUT_SIZES: dict[str, int | None] = {"pnet": None, "rnet": 24, "onet": 48}
 
 
 def build_mtcnn_net(name: str, weights: Sequence[np.ndarray]) -> onnx.ModelProto:
@@ -36,7 +37,7 @@ def build_mtcnn_net(name: str, weights: Sequence[np.ndarray]) -> onnx.ModelProto
         inits.append(numpy_helper.from_array(np.ascontiguousarray(value, dtype=np.float32), label))
         return label
 
-    def node(op: str, inputs: list[str], output: str | None = None, **attrs: object) -> str:
+    def node(op: str, inputs: list[str], output: str | None = None, **attrs: Any) -> str:
         out = output or f"{op.lower()}{next(counter)}"
         nodes.append(helper.make_node(op, inputs, [out], **attrs))
         return out
@@ -52,13 +53,15 @@ def build_mtcnn_net(name: str, weights: Sequence[np.ndarray]) -> onnx.ModelProto
             auto_pad = "SAME_UPPER" if padding == "same" else "VALID"
             x = node("MaxPool", [x], kernel_shape=[size, size], strides=[stride, stride], auto_pad=auto_pad)
     if name == "pnet":
-        heads = [node("Conv", [x, const(w[i].transpose(3, 2, 0, 1)), const(w[i + 1])], kernel_shape=[1, 1]) for i in (0, 2)]
+        heads = [
+            node("Conv", [x, const(w[i].transpose(3, 2, 0, 1)), const(w[i + 1])], kernel_shape=[1, 1]) for i in (0, 2)
+        ]
         outputs = []
         for (label, softmax), head in zip(_HEADS[name], heads, strict=True):
             if softmax:
                 head = node("Softmax", [head], axis=1)
             outputs.append(node("Transpose", [head], label, perm=[0, 2, 3, 1]))
-        out_shapes = [["N", "H", "W", 4], ["N", "H", "W", 2]]
+        out_shapes: list[list[str | int]] = [["N", "H", "W", 4], ["N", "H", "W", 2]]
     else:
         # Keras permutes NHWC to NWHC before flattening; from NCHW that is perm (0, 3, 2, 1).
         x = node("Flatten", [node("Transpose", [x], perm=[0, 3, 2, 1])])
@@ -70,12 +73,13 @@ def build_mtcnn_net(name: str, weights: Sequence[np.ndarray]) -> onnx.ModelProto
             if softmax:
                 node("Softmax", [head], label, axis=1)
             out_shapes.append(["N", w[i].shape[1]])
-    size = INPUT_SIZES[name]
+    fixed = INPUT_SIZES[name]
+    side: list[str | int] = [fixed, fixed] if fixed else ["H", "W"]
     model = helper.make_model(
         helper.make_graph(
             nodes,
             f"mtcnn_{name}",
-            [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", size or "H", size or "W", 3])],
+            [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", *side, 3])],
             [
                 helper.make_tensor_value_info(label, TensorProto.FLOAT, shape)
                 for (label, _), shape in zip(_HEADS[name], out_shapes, strict=True)

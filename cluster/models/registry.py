@@ -155,7 +155,7 @@ class ModelRegistry:
         os.replace(tmp, path)
 
     def calibration(self, model_id: str) -> dict[str, Any]:
-        """The model's calibration: from its card once `facegrid eval` ran here, else the one published with facegrid."""
+        """The calibration in the model card once `facegrid eval` ran here, else the one shipped with facegrid."""
         card = self.card(model_id) or {}
         if card.get("calibration"):
             return dict(card["calibration"])

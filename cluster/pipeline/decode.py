@@ -1,4 +1,4 @@
-"""Decode image bytes into 8-bit RGB arrays: EXIF orientation, colour modes, and a pixel limit checked before decoding."""
+"""Decode image bytes to 8-bit RGB: EXIF orientation, colour modes, and a pixel limit checked before decoding."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
         peak = 65535 if image.mode.startswith("I;16") or wide.max() > 255 else 255
         grey = (wide * 255 // peak).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
-    if image.mode == "P" and "transparency" in image.info or image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if (image.mode == "P" and "transparency" in image.info) or image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         # Transparent areas become white, as a viewer shows them on a light page.
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -52,8 +52,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         raise ImageError(Reason.IMAGE_TOO_SMALL, f"{width}x{height} is smaller than {MIN_SIDE} px on a side")
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
-        rgb = _to_rgb(image)
+        rgb = _to_rgb(ImageOps.exif_transpose(image))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageError(Reason.CORRUPT_IMAGE, f"cannot decode {image.format}: {exc}") from exc
     return np.ascontiguousarray(rgb)

@@ -20,7 +20,7 @@ PNET_STRIDE = 2
 
 @dataclass
 class Detections:
-    """Faces in one image: boxes (n, 4) x1 y1 x2 y2; landmarks (n, 5, 2) left eye, right eye, nose, mouth left, right."""
+    """Faces in one image: boxes (n, 4) x1 y1 x2 y2; landmarks (n, 5, 2): eyes, nose, mouth corners (left first)."""
 
     boxes: np.ndarray
     landmarks: np.ndarray
@@ -82,7 +82,7 @@ def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
 def _crop(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
     """Crop box (zero outside the image) and resize to size x size."""
     height, width = image.shape[:2]
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, y1, x2, y2 = (round(v) for v in box)
     bw, bh = max(x2 - x1, 1), max(y2 - y1, 1)
     patch = np.zeros((bh, bw, 3), dtype=np.float32)
     sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x1 + bw, width), min(y1 + bh, height)
@@ -113,11 +113,20 @@ class DetectFaces:
 
     def __call__(self, images: list[np.ndarray]) -> list[Detections]:
         normalized = [(img.astype(np.float32) - 127.5) / 128.0 for img in images]
-        candidates = [self._propose(img) for img in normalized]
-        candidates = self._refine(normalized, candidates)
-        return self._output(normalized, candidates)
+        found = self._cascade(normalized, self.config.thresholds)
+        retry = self.config.retry_thresholds
+        missed = [i for i, d in enumerate(found) if len(d) == 0]
+        if retry is not None and missed:
+            for i, again in zip(missed, self._cascade([normalized[i] for i in missed], retry), strict=True):
+                found[i] = again
+        return found
 
-    def _propose(self, image: np.ndarray) -> np.ndarray:
+    def _cascade(self, normalized: list[np.ndarray], thresholds: tuple[float, float, float]) -> list[Detections]:
+        candidates = [self._propose(img, thresholds[0]) for img in normalized]
+        candidates = self._refine(normalized, candidates, thresholds[1])
+        return self._output(normalized, candidates, thresholds[2])
+
+    def _propose(self, image: np.ndarray, threshold: float) -> np.ndarray:
         """P-Net over the image pyramid -> square candidate boxes with scores, shape (n, 5)."""
         height, width = image.shape[:2]
         found = []
@@ -126,7 +135,7 @@ class DetectFaces:
             resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
             out = self.pnet(resized[None])
             prob, reg = out["prob"][0, :, :, 1], out["bbox_reg"][0]
-            ys, xs = np.nonzero(prob > self.config.thresholds[0])
+            ys, xs = np.nonzero(prob > threshold)
             if len(ys) == 0:
                 continue
             x1, y1 = xs * PNET_STRIDE, ys * PNET_STRIDE
@@ -150,7 +159,7 @@ class DetectFaces:
         bounds = np.cumsum([len(c) for c in candidates])[:-1]
         return np.split(values, bounds)
 
-    def _refine(self, images: list[np.ndarray], candidates: list[np.ndarray]) -> list[np.ndarray]:
+    def _refine(self, images: list[np.ndarray], candidates: list[np.ndarray], threshold: float) -> list[np.ndarray]:
         patches = self._patches(images, candidates, 24)
         if len(patches) == 0:
             return candidates
@@ -159,14 +168,14 @@ class DetectFaces:
         for boxes, prob, reg in zip(
             candidates, self._split(candidates, out["prob"]), self._split(candidates, out["bbox_reg"]), strict=True
         ):
-            mask = prob[:, 1] > self.config.thresholds[1]
+            mask = prob[:, 1] > threshold
             boxes, scores, reg = boxes[mask, :4], prob[mask, 1], reg[mask]
             keep = nms(boxes, scores, self.config.nms[2])
             boxes = _square(_regress(boxes[keep], reg[keep]))
             refined.append(np.column_stack([boxes, scores[keep]]).astype(np.float32))
         return refined
 
-    def _output(self, images: list[np.ndarray], candidates: list[np.ndarray]) -> list[Detections]:
+    def _output(self, images: list[np.ndarray], candidates: list[np.ndarray], threshold: float) -> list[Detections]:
         patches = self._patches(images, candidates, 48)
         if len(patches) == 0:
             return [Detections.empty() for _ in images]
@@ -179,7 +188,7 @@ class DetectFaces:
             self._split(candidates, out["landmarks"]),
             strict=True,
         ):
-            mask = prob[:, 1] > self.config.thresholds[2]
+            mask = prob[:, 1] > threshold
             boxes, scores, reg, marks = boxes[mask, :4], prob[mask, 1], reg[mask], marks[mask]
             w = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
             h = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
@@ -187,6 +196,8 @@ class DetectFaces:
             boxes = _regress(boxes, reg)
             keep = nms(boxes, scores, self.config.nms[2], method="min")
             results.append(
-                Detections(boxes[keep].astype(np.float32), points[keep].astype(np.float32), scores[keep].astype(np.float32))
+                Detections(
+                    boxes[keep].astype(np.float32), points[keep].astype(np.float32), scores[keep].astype(np.float32)
+                )
             )
         return results

@@ -1,4 +1,4 @@
-"""Face quality: size, sharpness, brightness and pose from landmarks, with Rekognition-style filter levels and reasons."""
+"""Face quality: size, sharpness, brightness, pose from landmarks; Rekognition-style filter levels and reasons."""
 
 from __future__ import annotations
 

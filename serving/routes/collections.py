@@ -28,7 +28,7 @@ def create(body: CreateCollection, service: Service) -> dict[str, Any]:
 
 @router.get("")
 def list_all(service: Service) -> dict[str, Any]:
-    return {"collections": service.collections.list()}
+    return {"collections": service.collections.names()}
 
 
 @router.get("/{collection}")

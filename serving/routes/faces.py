@@ -35,6 +35,26 @@ async def search(
     )
 
 
+class VectorSearch(BaseModel):
+    vector: list[float]
+    purpose: str | None = None
+    case_id: str | None = None
+    threshold: float | None = None
+    max_results: int = 10
+
+
+@router.post("/search-vector")
+async def search_vector(collection: str, body: VectorSearch, service: Service) -> dict[str, Any]:
+    return await service.search_vector(
+        collection,
+        body.vector,
+        purpose=body.purpose,
+        case_id=body.case_id,
+        threshold=body.threshold,
+        max_results=body.max_results,
+    )
+
+
 @router.get("/faces")
 def list_faces(
     collection: str, service: Service, limit: Annotated[int, Query()] = 100, offset: Annotated[int, Query()] = 0

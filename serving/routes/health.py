@@ -18,7 +18,7 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(service: Service) -> dict[str, Any]:
-    service.collections.list()  # the store answers
+    service.collections.names()  # the store answers
     return {"status": "ready", "store": service.store.uri}
 
 

@@ -49,8 +49,11 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 def _reference(net: str):  # type: ignore[no-untyped-def]
     w = _weights(net)
-    pools = {"pnet": [(2, 2, True), None, None], "rnet": [(3, 2, True), (3, 2, False), None],
-             "onet": [(3, 2, True), (3, 2, False), (2, 2, True), None]}[net]
+    pools = {
+        "pnet": [(2, 2, True), None, None],
+        "rnet": [(3, 2, True), (3, 2, False), None],
+        "onet": [(3, 2, True), (3, 2, False), (2, 2, True), None],
+    }[net]
 
     def run(x: np.ndarray) -> dict[str, np.ndarray]:
         x = x.astype(np.float64)

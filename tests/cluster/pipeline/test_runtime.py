@@ -34,7 +34,9 @@ def test_session_uses_the_chosen_providers(monkeypatch: pytest.MonkeyPatch, regi
         def __init__(self, path: str, sess_options: object, providers: list[str]) -> None:
             seen["providers"] = providers
 
-    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(
+        runtime.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
     monkeypatch.setattr(runtime.ort, "InferenceSession", FakeSession)
     from cluster.settings import RuntimeSettings
 

@@ -1,0 +1,150 @@
+"""Benchmark: single-vector searches through the HTTP API and the shard fan-out, against one in-process FAISS search."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import faiss
+import httpx
+import numpy as np
+import pyarrow as pa
+import uvicorn
+
+from cluster.collection import FACE_SCHEMA, Collections, shard_of
+from cluster.models.registry import EMBEDDER_ID, ModelRegistry
+from cluster.raycluster import ensure_ray
+from cluster.settings import Settings
+from cluster.storage import LocalStore
+from serving.app import create_app
+from serving.service import FaceService
+
+# Spread of a person's samples around their centre: two samples of one identity then have cosine about 0.93, as
+# two lfw-dev photos of one person do on average with our model.
+WITHIN_IDENTITY_NOISE = 0.27
+SAMPLES_PER_IDENTITY = 5
+ROWS_PER_FILE = 50_000
+
+
+def synthetic_faces(count: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors in identity clusters; returns (vectors, identity of each)."""
+    rng = np.random.default_rng(seed)
+    identities = max(1, count // SAMPLES_PER_IDENTITY)
+    centres = rng.standard_normal((identities, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    owner = np.arange(count) % identities
+    noise = rng.standard_normal((count, dim)).astype(np.float32) * (WITHIN_IDENTITY_NOISE / np.sqrt(dim))
+    vectors = centres[owner] + noise
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors.astype(np.float32), owner
+
+
+def _records(vectors: np.ndarray, owner: np.ndarray, start: int, shard_count: int) -> pa.Table:
+    now = datetime.now(UTC)
+    ids = np.arange(start, start + len(vectors), dtype=np.int64) + 1
+    return pa.Table.from_pylist(
+        [
+            {
+                "face_id": f"{i:016x}",
+                "faiss_id": int(i),
+                "external_image_id": f"synthetic/{o}/{i}",
+                "source_key": f"synthetic://{o}/{i}",
+                "source_etag": "",
+                "face_index": 0,
+                "bbox": [0.0, 0.0, 0.0, 0.0],
+                "landmarks": [0.0] * 10,
+                "confidence": 1.0,
+                "quality": "{}",
+                "embedding": v.tolist(),
+                "shard": shard_of(int(i), shard_count),
+                "job_id": "bench",
+                "indexed_at": now,
+            }
+            for i, o, v in zip(ids, owner, vectors, strict=True)
+        ],
+        FACE_SCHEMA,
+    )
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    ms = np.array(samples) * 1000
+    return round(float(np.percentile(ms, 50)), 3), round(float(np.percentile(ms, 99)), 3)
+
+
+def run_search_benchmark(
+    settings: Settings, faces: int, shards: int, queries: int, store_dir: Path | None
+) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="facegrid-bench-", dir=store_dir))
+    try:
+        settings = settings.model_copy(update={"store": str(root)})
+        registry = ModelRegistry(settings.model_dir)
+        registry.ensure(EMBEDDER_ID)
+        service = FaceService(settings)
+        manifest = service.create_collection("bench", shards, 0.1)
+        vectors, owner = synthetic_faces(faces, manifest.dim)
+        collections = Collections(LocalStore(root))
+        files = []
+        started = time.perf_counter()
+        for start in range(0, faces, ROWS_PER_FILE):
+            key = f"collections/bench/faces/bench-{start // ROWS_PER_FILE:05d}.parquet"
+            collections.store.put_parquet(
+                key, _records(vectors[start : start + ROWS_PER_FILE], owner[start:], start, shards)
+            )
+            files.append(key)
+        collections.publish(manifest, files)
+        build_s = time.perf_counter() - started
+        probes = synthetic_faces(queries, manifest.dim, seed=1)[0]
+
+        faiss.omp_set_num_threads(1)
+        baseline = faiss.IndexFlatIP(manifest.dim)
+        baseline.add(vectors)
+        baseline_times = []
+        for probe in probes:
+            began = time.perf_counter()
+            baseline.search(probe[None], 10)
+            baseline_times.append(time.perf_counter() - began)
+
+        ensure_ray()
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(service=service), host="127.0.0.1", port=0, log_level="warning")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        body = {"purpose": "system-test", "case_id": "BENCH", "max_results": 10, "threshold": 0.99}
+        times = []
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            for i, probe in enumerate(np.concatenate([probes[:20], probes])):
+                began = time.perf_counter()
+                response = client.post("/v1/collections/bench/search-vector", json={**body, "vector": probe.tolist()})
+                elapsed = time.perf_counter() - began
+                response.raise_for_status()
+                if response.json()["partial"]:
+                    raise RuntimeError("a shard did not answer during the benchmark")
+                if i >= 20:  # the first 20 warm the connection and the shard actors
+                    times.append(elapsed)
+        server.should_exit = True
+        thread.join(10)
+        p50, p99 = _percentiles(times)
+        baseline_p50, baseline_p99 = _percentiles(baseline_times)
+        return {
+            "faces": faces,
+            "shards": shards,
+            "queries": queries,
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "baseline_p50_ms": baseline_p50,
+            "baseline_p99_ms": baseline_p99,
+            "target_p50_ms": round(2 * baseline_p50 + 5, 3),
+            "meets_target": p50 <= 2 * baseline_p50 + 5,
+            "build_s": round(build_s, 2),
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
