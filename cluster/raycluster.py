@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import ray
 
+from cluster.raycluster_env import prepare_ray_environment
 from cluster.settings import Settings
 from cluster.shard import FaceShard
 
@@ -22,10 +21,7 @@ def ensure_ray(address: str | None = None) -> None:
     """Join the cluster at `address` (ray://... or a head's address), or start an embedded local one."""
     if ray.is_initialized():
         return
-    # Single-node development: bind 127.0.0.1 rather than the host's interface (DESIGN.md, Ray on these machines).
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    if (Path.home() / ".ray" / "auth_token").exists():
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    prepare_ray_environment(address)
     if address:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
     else:

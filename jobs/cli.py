@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from cluster.raycluster_env import prepare_ray_environment
 from cluster.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ def main(
         os.environ["FACEGRID_STORE"] = store
     if address:
         os.environ["RAY_ADDRESS"] = address
+    prepare_ray_environment(os.environ.get("RAY_ADDRESS"))
     get_settings.cache_clear()
 
 

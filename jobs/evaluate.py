@@ -88,6 +88,7 @@ def _plots(out: Path, genuine: np.ndarray, impostor: np.ndarray) -> list[str]:
         ax.set_xscale("log")
         if ylog:
             ax.set_yscale("log")
+            ax.set_ylim(0.5 / max(len(genuine), 1), 1.1)  # below one miss in all genuine pairs nothing is measured
         ax.set_xlim(1e-7, 1)
         ax.set_xlabel("false match rate (FMR)")
         ax.set_ylabel(ylabel)

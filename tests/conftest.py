@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Before anything imports Ray: the tests' local clusters bind 127.0.0.1 only.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 from cluster.models.registry import ModelRegistry
 from cluster.settings import Settings
 

@@ -1,0 +1,94 @@
+"""The facegrid command line on the embedded default: models, eval, collections, index, search, faces."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+from typer.testing import CliRunner
+
+from jobs.cli import app
+from tests.conftest import LFW, lfw_photos
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def env(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    values = {"FACEGRID_MODEL_DIR": str(model_dir), "FACEGRID_STORE": str(tmp_path_factory.mktemp("cli-store"))}
+    yield values
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def run(env: dict[str, str], *args: str) -> dict[str, Any]:
+    result = runner.invoke(app, [*args, "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def test_models_list_shows_cards(env: dict[str, str]) -> None:
+    cards = run(env, "models", "list")["models"]
+    assert {c["model_id"] for c in cards} == {"dlib-resnet-v1", "mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet"}
+    assert all(len(c["sha256"]) == 64 and c["licence"] for c in cards)
+
+
+def test_eval_lfw_quick(env: dict[str, str], lfw_images: Path, tmp_path: Path) -> None:
+    out = run(
+        env,
+        "eval",
+        "lfw",
+        "--images",
+        str(lfw_images),
+        "--pairs",
+        str(LFW / "pairs.tsv"),
+        "--limit",
+        "15",
+        "--out",
+        str(tmp_path),
+    )
+    assert out["pairs"] == 30 and out["same_pairs"] == 15
+    for key in ("accuracy", "failed_pairs", "threshold", "fnmr_at_fmr_1e-3", "fnmr_at_fmr_1e-4"):
+        assert key in out
+    assert out["accuracy"] >= 0.85
+    assert (tmp_path / "roc.png").stat().st_size > 1000 and (tmp_path / "det.png").stat().st_size > 1000
+
+
+def test_collections_lifecycle_and_errors(env: dict[str, str]) -> None:
+    created = run(env, "collections", "create", "people", "--shards", "2")
+    assert created["shard_count"] == 2 and created["max_false_match_rate"] == 1e-5
+    assert "people" in run(env, "collections", "list")["collections"]
+    again = runner.invoke(app, ["collections", "create", "people"], env=env)
+    assert again.exit_code == 2 and "COLLECTION_EXISTS" in again.output
+    bad = runner.invoke(app, ["collections", "create", "../etc"], env=env)
+    assert bad.exit_code == 2 and "INVALID_COLLECTION_NAME" in bad.output
+    assert run(env, "collections", "delete", "people", "--yes")["deleted_objects"] >= 1
+    missing = runner.invoke(app, ["collections", "describe", "people"], env=env)
+    assert missing.exit_code == 2 and "COLLECTION_NOT_FOUND" in missing.output
+
+
+def test_index_search_delete(env: dict[str, str], lfw_images: Path, tmp_path: Path) -> None:
+    photos = lfw_photos(lfw_images, people=6, per_person=3)
+    for photo in photos:
+        target = tmp_path / "src" / photo.parent.name / photo.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(photo.read_bytes())
+    (tmp_path / "src" / "notes.txt").write_text("not a photo")
+    run(env, "collections", "create", "small", "--max-false-match-rate", "1e-3")
+    summary = run(env, "index", "small", str(tmp_path / "src"))
+    assert summary["images"] == 19 and summary["errors_by_reason"]["UNSUPPORTED_FORMAT"] == 1
+    assert summary["faces"] >= 16
+    probe = str(photos[0])
+    found = run(env, "search", "small", probe, "--purpose", "system-test", "--case-id", "C-1")
+    assert found["matches"][0]["external_image_id"] == f"{photos[0].parent.name}/{photos[0].name}"
+    assert found["partial"] is False and found["searched_face"]["bbox"]
+    refused = runner.invoke(app, ["search", "small", probe, "--purpose", "curiosity", "--case-id", "C-1"], env=env)
+    assert refused.exit_code == 2 and "not allowed" in refused.output
+    deleted = run(env, "faces", "delete", "small", "--external-image-id", found["matches"][0]["external_image_id"])
+    assert len(deleted["deleted_faces"]) == 1
+    listed = run(env, "faces", "list", "small", "--limit", "100")
+    assert listed["total"] == summary["faces"] - 1
