@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import ray
@@ -18,9 +19,12 @@ EMBEDDER_CPUS = 0.5
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Join the cluster at `address` (ray://... or a head's address), or start an embedded local one."""
+    """Join the cluster at `address` or RAY_ADDRESS (ray://... or a head's GCS address), else start a local one."""
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and address.startswith("http"):
+        address = None  # a dashboard address is for job submission; this process runs embedded
     prepare_ray_environment(address)
     if address:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
