@@ -93,7 +93,8 @@ def run_search_benchmark(
         for start in range(0, faces, ROWS_PER_FILE):
             key = f"collections/bench/faces/bench-{start // ROWS_PER_FILE:05d}.parquet"
             collections.store.put_parquet(
-                key, _records(vectors[start : start + ROWS_PER_FILE], owner[start:], start, shards)
+                key,
+                _records(vectors[start : start + ROWS_PER_FILE], owner[start : start + ROWS_PER_FILE], start, shards),
             )
             files.append(key)
         collections.publish(manifest, files)

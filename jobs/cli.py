@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -338,14 +339,10 @@ def index(
         task = bar.add_task("indexing", total=None, extra="")
 
         def planned(count: int) -> None:
-            import time
-
             started[0] = time.perf_counter()
             bar.update(task, total=count)
 
         def advance(result: Any) -> None:
-            import time
-
             for key in totals:
                 totals[key] += getattr(result, key)
             rate = totals["images"] / max(time.perf_counter() - started[0], 1e-9)

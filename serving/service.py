@@ -188,13 +188,9 @@ class FaceService:
         max_results: int = 10,
         max_faces: int = 1,
     ) -> dict[str, Any]:
-        self.check_purpose(purpose, case_id)
-        if not 1 <= max_results <= self.settings.serving.max_results:
-            raise InvalidRequest(f"max_results must be between 1 and {self.settings.serving.max_results}")
         if max_faces < 1:
             raise InvalidRequest("max_faces must be at least 1")
-        manifest = self.manifest(collection)
-        limits = self.applied_threshold(manifest, threshold)
+        manifest, limits = self._prepare_search(collection, purpose, case_id, threshold, max_results)
         probe = await self.probe(blob, max_faces)
         if not probe.faces:
             raise NoFaceInProbe("no face was found in the probe image", skipped=[_face_json(f) for f in probe.skipped])
@@ -202,12 +198,35 @@ class FaceService:
         matches, missing = await self.search_vectors(manifest, vectors, max_results, limits["applied"])
         searched = [{"searched_face": _face_json(f), "matches": m} for f, m in zip(probe.faces, matches, strict=True)]
         return {
-            "collection": collection,
-            "model_id": manifest.model_id,
+            **self._answer(manifest, limits, searched[0]["matches"], missing, purpose, case_id),
             "searched_face": searched[0]["searched_face"],
-            "matches": searched[0]["matches"],
             "other_faces": searched[1:],
             "unsearched_faces": [_face_json(f) for f in probe.skipped],
+        }
+
+    def _prepare_search(
+        self, collection: str, purpose: str | None, case_id: str | None, threshold: float | None, max_results: int
+    ) -> tuple[Manifest, dict[str, Any]]:
+        """The checks every search passes before any work: purpose, case id, limits, collection, floor."""
+        self.check_purpose(purpose, case_id)
+        if not 1 <= max_results <= self.settings.serving.max_results:
+            raise InvalidRequest(f"max_results must be between 1 and {self.settings.serving.max_results}")
+        manifest = self.manifest(collection)
+        return manifest, self.applied_threshold(manifest, threshold)
+
+    @staticmethod
+    def _answer(
+        manifest: Manifest,
+        limits: dict[str, Any],
+        matches: list[dict[str, Any]],
+        missing: list[int],
+        purpose: str | None,
+        case_id: str | None,
+    ) -> dict[str, Any]:
+        return {
+            "collection": manifest.name,
+            "model_id": manifest.model_id,
+            "matches": matches,
             "threshold": limits,
             "collection_faces": manifest.face_count,
             "partial": bool(missing),
@@ -228,28 +247,13 @@ class FaceService:
         max_results: int = 10,
     ) -> dict[str, Any]:
         """Search with an embedding made elsewhere by the same model (the collection's model id must match)."""
-        self.check_purpose(purpose, case_id)
-        if not 1 <= max_results <= self.settings.serving.max_results:
-            raise InvalidRequest(f"max_results must be between 1 and {self.settings.serving.max_results}")
-        manifest = self.manifest(collection)
+        manifest, limits = self._prepare_search(collection, purpose, case_id, threshold, max_results)
         query = np.asarray(vector, dtype=np.float32)
         norm = float(np.linalg.norm(query)) if query.ndim == 1 else 0.0
         if query.shape != (manifest.dim,) or not np.isfinite(norm) or norm == 0:
             raise InvalidRequest(f"vector must be {manifest.dim} finite numbers, not all zero")
-        limits = self.applied_threshold(manifest, threshold)
         matches, missing = await self.search_vectors(manifest, (query / norm)[None], max_results, limits["applied"])
-        return {
-            "collection": collection,
-            "model_id": manifest.model_id,
-            "matches": matches[0],
-            "threshold": limits,
-            "collection_faces": manifest.face_count,
-            "partial": bool(missing),
-            "missing_shards": missing,
-            "purpose": purpose,
-            "case_id": case_id,
-            "notice": LEADS_NOTICE,
-        }
+        return self._answer(manifest, limits, matches[0], missing, purpose, case_id)
 
     async def compare(self, a: bytes, b: bytes, *, purpose: str | None, case_id: str | None) -> dict[str, Any]:
         self.check_purpose(purpose, case_id)
