@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import hmac
 import json
@@ -63,13 +64,30 @@ class ApiKey(BaseModel):
     created_at: str
     revoked_at: str | None = None
 
-    def may(self, action: Action, collection: str | None = None) -> bool:
-        if self.revoked_at or action not in PERMISSIONS[self.role]:
-            return False
-        return collection is None or "*" in self.collections or collection in self.collections
+    def caller(self, client: str) -> Caller:
+        return Caller(key_id=self.key_id, role=self.role, collections=self.collections, client=client)
 
     def public(self) -> dict[str, object]:
         return self.model_dump(exclude={"secret_sha256"})
+
+
+class Caller(BaseModel):
+    """Who asks: an API key's identity, or the local operator running the CLI against the store."""
+
+    key_id: str
+    role: Role
+    collections: list[str] = ["*"]
+    client: str = ""
+
+    def may(self, action: Action, collection: str | None = None) -> bool:
+        if action not in PERMISSIONS[self.role]:
+            return False
+        return collection is None or "*" in self.collections or collection in self.collections
+
+
+def local_operator() -> Caller:
+    """The CLI acts with the store's own credentials: attributable to the OS user, with the admin role."""
+    return Caller(key_id=f"local:{getpass.getuser()}", role=Role.ADMIN, client="cli")
 
 
 def _digest(secret: str) -> str:
@@ -140,7 +158,7 @@ class KeyStore:
         return self.create(Role.ADMIN, label="bootstrap admin")[1]
 
 
-def authorize(key: ApiKey, action: Action, collection: str | None = None) -> None:
-    if not key.may(action, collection):
+def authorize(caller: Caller, action: Action, collection: str | None = None) -> None:
+    if not caller.may(action, collection):
         scope = f" on collection {collection!r}" if collection else ""
-        raise Forbidden(f"role {key.role} of key {key.key_id} may not {action}{scope}")
+        raise Forbidden(f"role {caller.role} of key {caller.key_id} may not {action}{scope}")

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from cluster.storage import ObjectStore
+from cluster.storage import LocalStore, ObjectNotFound, ObjectStore
 
 PREFIX = "audit/"
+HEAD = "audit/HEAD.json"
 GENESIS = "0" * 64
 # Records per segment: a segment is rewritten whole on every append (object stores cannot append), so it stays small.
 SEGMENT_RECORDS = 256
@@ -29,34 +32,50 @@ def _segment_key(at: datetime, seq: int) -> str:
 
 
 class AuditLog:
-    """The single writer of a chain (run it as one named Ray actor per cluster); it resumes from the stored head."""
+    """Appends to the chain. Each append re-reads the head pointer under a lock, so several processes sharing a
+    local folder extend one chain; on S3 the cluster runs one writer (a named Ray actor) for the same reason."""
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
-        self.segment_key: str | None = None
-        self.segment: list[str] = []
-        self.head, self.seq = GENESIS, 0
-        last = max((i.key for i in store.list(PREFIX) if i.key.endswith(".jsonl")), default=None)
-        if last is not None:
-            lines = store.get(last).decode().splitlines()
-            if lines:
-                tail = json.loads(lines[-1])
-                self.head, self.seq = tail["hash"], tail["seq"]
-            if len(lines) < SEGMENT_RECORDS:
-                self.segment_key, self.segment = last, lines
+
+    def _head(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.store.get(HEAD)))
+        except ObjectNotFound:
+            return {"seq": 0, "hash": GENESIS, "segment": None, "segment_records": 0}
 
     def append(self, entry: dict[str, Any]) -> dict[str, Any]:
-        now = datetime.now(UTC)
-        record = {"seq": self.seq + 1, "time": now.isoformat(timespec="microseconds"), **entry, "prev_hash": self.head}
-        record["hash"] = record_hash(record)
-        day = now.strftime("%Y/%m/%d")
-        if self.segment_key is None or len(self.segment) >= SEGMENT_RECORDS or f"/{day}/" not in self.segment_key:
-            self.segment_key, self.segment = _segment_key(now, record["seq"]), []
-        line = json.dumps(record, sort_keys=True, separators=(",", ":"))
-        self.store.put(self.segment_key, ("\n".join([*self.segment, line]) + "\n").encode())
-        self.segment.append(line)
-        self.head, self.seq = record["hash"], record["seq"]
+        with _lock(self.store):
+            head = self._head()
+            now = datetime.now(UTC)
+            record = {"seq": head["seq"] + 1, "time": now.isoformat(timespec="microseconds"), **entry}
+            record["prev_hash"] = head["hash"]
+            record["hash"] = record_hash(record)
+            line = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
+            key, count = head["segment"], head["segment_records"]
+            if key is None or count >= SEGMENT_RECORDS or f"/{now:%Y/%m/%d}/" not in key:
+                key, count, lines = _segment_key(now, record["seq"]), 0, ""
+            else:
+                lines = self.store.get(key).decode()
+            self.store.put(key, (lines + line).encode())
+            pointer = {"seq": record["seq"], "hash": record["hash"], "segment": key, "segment_records": count + 1}
+            self.store.put(HEAD, json.dumps(pointer).encode())
         return {"seq": record["seq"], "hash": record["hash"]}
+
+
+@contextmanager
+def _lock(store: ObjectStore) -> Iterator[None]:
+    if not isinstance(store, LocalStore):
+        yield
+        return
+    path = store.root / "audit" / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass
@@ -108,7 +127,7 @@ def _failed(verified: int, problem: Problem) -> dict[str, Any]:
 def read_records(
     store: ObjectStore, start: datetime | None = None, end: datetime | None = None
 ) -> list[dict[str, Any]]:
-    """Records whose time lies in [start, end), in chain order (lines that fail to parse are skipped: verify says so)."""
+    """Records whose time lies in [start, end), in chain order; unparseable lines are skipped (verify names them)."""
     out = []
     for _, _, line in iter_records(store):
         try:

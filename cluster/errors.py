@@ -49,3 +49,11 @@ class ModelMismatch(FacegridError):
 class ShardsUnavailable(FacegridError):
     code = "SHARDS_UNAVAILABLE"
     status = 503
+
+
+class PurposeRequired(FacegridError):
+    code = "PURPOSE_REQUIRED"
+
+
+# Codes that mean "the system refused this search" (counted as refusals in the transparency report).
+REFUSAL_CODES = frozenset({"FORBIDDEN", "PURPOSE_REQUIRED", "THRESHOLD_BELOW_FLOOR"})

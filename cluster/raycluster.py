@@ -7,9 +7,11 @@ from typing import Any
 
 import ray
 
+from cluster.audit import AuditLog
 from cluster.raycluster_env import prepare_ray_environment
 from cluster.settings import Settings
 from cluster.shard import FaceShard
+from cluster.storage import LocalStore, ObjectStore, open_store
 
 NAMESPACE = "facegrid"
 # Shards are mostly idle memory; a quarter CPU each lets 4 shards and the API share a 2-core machine.
@@ -65,6 +67,41 @@ def shard_actor(settings: Settings, collection: str, shard: int) -> Any:
         max_task_retries=3,
     )
     return remote.remote(settings, collection, shard)
+
+
+def audit_actor(settings: Settings) -> Any:
+    """The cluster's single audit writer, so that every search lands in one hash chain.
+
+    No task retries: an append whose answer was lost could be written twice; the caller fails closed instead.
+    """
+    remote = ray.remote(AuditWriter).options(
+        name="audit", namespace=NAMESPACE, get_if_exists=True, num_cpus=0, max_restarts=-1, max_task_retries=0
+    )
+    return remote.remote(settings)
+
+
+def append_audit(settings: Settings, store: ObjectStore, record: dict[str, Any]) -> dict[str, Any]:
+    """Append to the chain: in-process on a local folder (its lock serialises processes), else via the actor."""
+    if isinstance(store, LocalStore):
+        return AuditLog(store).append(record)
+    ensure_ray()
+    if "audit" not in _handles:
+        _handles["audit"] = audit_actor(settings)
+    result: dict[str, Any] = ray.get(_handles["audit"].append.remote(record))
+    return result
+
+
+_handles: dict[str, Any] = {}
+
+
+class AuditWriter:
+    """Ray wrapper of AuditLog over the settings' store: a restart resumes from the stored head."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.log = AuditLog(open_store(settings.store, settings))
+
+    def append(self, entry: dict[str, Any]) -> dict[str, Any]:
+        return self.log.append(entry)
 
 
 def live_shards(collection: str, shard_count: int) -> list[Any]:

@@ -16,7 +16,9 @@ import numpy as np
 import pyarrow as pa
 import uvicorn
 
-from cluster.collection import FACE_SCHEMA, Collections, shard_of
+from cluster.access import Role
+from cluster.audit import verify
+from cluster.collection import FACE_SCHEMA, Collections, Manifest, shard_of
 from cluster.models.registry import EMBEDDER_ID, ModelRegistry
 from cluster.raycluster import ensure_ray
 from cluster.settings import Settings
@@ -76,33 +78,71 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
     return round(float(np.percentile(ms, 50)), 3), round(float(np.percentile(ms, 99)), 3)
 
 
+def _http_latencies(service: FaceService, probes: np.ndarray, headers: dict[str, str]) -> list[float]:
+    """Sequential single-vector searches through a real server on 127.0.0.1; the first 20 only warm up."""
+    server = uvicorn.Server(uvicorn.Config(create_app(service=service), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    body = {"purpose": "system-test", "case_id": "BENCH", "max_results": 10, "threshold": 0.99}
+    times = []
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers=headers) as client:
+            for i, probe in enumerate(np.concatenate([probes[:20], probes])):
+                began = time.perf_counter()
+                response = client.post("/v1/collections/bench/search-vector", json={**body, "vector": probe.tolist()})
+                elapsed = time.perf_counter() - began
+                response.raise_for_status()
+                if response.json()["partial"]:
+                    raise RuntimeError("a shard did not answer during the benchmark")
+                if i >= 20:
+                    times.append(elapsed)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    return times
+
+
+def build_collection(root: Path, settings: Settings, faces: int, shards: int) -> tuple[np.ndarray, float]:
+    """A collection of synthetic faces written and published through the normal Parquet + snapshot path."""
+    registry = ModelRegistry(settings.model_dir)
+    registry.ensure(EMBEDDER_ID)
+    card = registry.card(EMBEDDER_ID) or {}
+    collections = Collections(LocalStore(root))
+    manifest = collections.create(
+        Manifest(
+            name="bench",
+            model_id=EMBEDDER_ID,
+            model_sha256=card["sha256"],
+            shard_count=shards,
+            max_false_match_rate=0.1,
+        )
+    )
+    vectors, owner = synthetic_faces(faces, manifest.dim)
+    started = time.perf_counter()
+    files = []
+    for start in range(0, faces, ROWS_PER_FILE):
+        part = slice(start, start + ROWS_PER_FILE)
+        key = f"collections/bench/faces/bench-{start // ROWS_PER_FILE:05d}.parquet"
+        collections.store.put_parquet(key, _records(vectors[part], owner[part], start, shards))
+        files.append(key)
+    collections.publish(manifest, files)
+    return vectors, time.perf_counter() - started
+
+
 def run_search_benchmark(
     settings: Settings, faces: int, shards: int, queries: int, store_dir: Path | None
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="facegrid-bench-", dir=store_dir))
     try:
         settings = settings.model_copy(update={"store": str(root)})
-        registry = ModelRegistry(settings.model_dir)
-        registry.ensure(EMBEDDER_ID)
-        service = FaceService(settings)
-        manifest = service.create_collection("bench", shards, 0.1)
-        vectors, owner = synthetic_faces(faces, manifest.dim)
-        collections = Collections(LocalStore(root))
-        files = []
-        started = time.perf_counter()
-        for start in range(0, faces, ROWS_PER_FILE):
-            key = f"collections/bench/faces/bench-{start // ROWS_PER_FILE:05d}.parquet"
-            collections.store.put_parquet(
-                key,
-                _records(vectors[start : start + ROWS_PER_FILE], owner[start : start + ROWS_PER_FILE], start, shards),
-            )
-            files.append(key)
-        collections.publish(manifest, files)
-        build_s = time.perf_counter() - started
-        probes = synthetic_faces(queries, manifest.dim, seed=1)[0]
+        vectors, build_s = build_collection(root, settings, faces, shards)
+        probes = synthetic_faces(queries, vectors.shape[1], seed=1)[0]
 
         faiss.omp_set_num_threads(1)
-        baseline = faiss.IndexFlatIP(manifest.dim)
+        baseline = faiss.IndexFlatIP(vectors.shape[1])
         baseline.add(vectors)
         baseline_times = []
         for probe in probes:
@@ -111,29 +151,13 @@ def run_search_benchmark(
             baseline_times.append(time.perf_counter() - began)
 
         ensure_ray()
-        server = uvicorn.Server(
-            uvicorn.Config(create_app(service=service), host="127.0.0.1", port=0, log_level="warning")
-        )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        body = {"purpose": "system-test", "case_id": "BENCH", "max_results": 10, "threshold": 0.99}
-        times = []
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            for i, probe in enumerate(np.concatenate([probes[:20], probes])):
-                began = time.perf_counter()
-                response = client.post("/v1/collections/bench/search-vector", json={**body, "vector": probe.tolist()})
-                elapsed = time.perf_counter() - began
-                response.raise_for_status()
-                if response.json()["partial"]:
-                    raise RuntimeError("a shard did not answer during the benchmark")
-                if i >= 20:  # the first 20 warm the connection and the shard actors
-                    times.append(elapsed)
-        server.should_exit = True
-        thread.join(10)
-        p50, p99 = _percentiles(times)
+        accountable = FaceService(settings)
+        token = accountable.keys.create(Role.SEARCHER, label="bench")[1]
+        with_accountability = _http_latencies(accountable, probes, {"X-API-Key": token})
+        without = _http_latencies(FaceService(settings, accountable=False), probes, {})
+        audit_ok = verify(LocalStore(root))
+        p50, p99 = _percentiles(with_accountability)
+        bare_p50, bare_p99 = _percentiles(without)
         baseline_p50, baseline_p99 = _percentiles(baseline_times)
         return {
             "faces": faces,
@@ -141,6 +165,10 @@ def run_search_benchmark(
             "queries": queries,
             "p50_ms": p50,
             "p99_ms": p99,
+            "p50_ms_without_auth_audit": bare_p50,
+            "p99_ms_without_auth_audit": bare_p99,
+            "auth_audit_overhead_p50_pct": round(100 * (p50 - bare_p50) / bare_p50, 1),
+            "audit_records_verified": audit_ok.get("records"),
             "baseline_p50_ms": baseline_p50,
             "baseline_p99_ms": baseline_p99,
             "target_p50_ms": round(2 * baseline_p50 + 5, 3),

@@ -1,4 +1,4 @@
-"""The facegrid command line."""
+"""The facegrid command line: models, evaluation, benchmarks, indexing, search, the API server and the demo."""
 
 from __future__ import annotations
 
@@ -6,35 +6,32 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from cluster.raycluster_env import prepare_ray_environment
-from cluster.settings import Settings, get_settings
-
-if TYPE_CHECKING:
-    from serving.service import FaceService
+from cluster.settings import get_settings
+from jobs.cli_admin import audit_app, collections_app, faces_app, jobs_app, keys_app
+from jobs.cli_common import JsonFlag, call, console, emit, fail, progress_bar, settings, user_errors
 
 app = typer.Typer(help="facegrid: accountable, distributed face search.", no_args_is_help=True)
 models_app = typer.Typer(help="Build and describe the converted models.", no_args_is_help=True)
 eval_app = typer.Typer(help="Measure accuracy.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
-app.add_typer(models_app, name="models")
-app.add_typer(eval_app, name="eval")
-app.add_typer(bench_app, name="bench")
-collections_app = typer.Typer(help="Create, list, describe and delete collections.", no_args_is_help=True)
-faces_app = typer.Typer(help="List and delete indexed faces.", no_args_is_help=True)
-jobs_app = typer.Typer(help="Jobs on a Ray cluster (Job Submission API).", no_args_is_help=True)
-app.add_typer(collections_app, name="collections")
-app.add_typer(faces_app, name="faces")
-app.add_typer(jobs_app, name="jobs")
-
-console = Console(stderr=True)
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+for sub, name in (
+    (models_app, "models"),
+    (eval_app, "eval"),
+    (bench_app, "bench"),
+    (collections_app, "collections"),
+    (faces_app, "faces"),
+    (jobs_app, "jobs"),
+    (keys_app, "keys"),
+    (audit_app, "audit"),
+):
+    app.add_typer(sub, name=name)
 
 
 @app.callback()
@@ -48,32 +45,6 @@ def main(
         os.environ["RAY_ADDRESS"] = address
     prepare_ray_environment(os.environ.get("RAY_ADDRESS"))
     get_settings.cache_clear()
-
-
-def settings() -> Settings:
-    return get_settings()
-
-
-def emit(result: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result, default=str))
-    else:
-        table = Table(show_header=False)
-        for key, value in result.items():
-            table.add_row(key, json.dumps(value, default=str) if isinstance(value, dict | list) else str(value))
-        Console().print(table)
-
-
-def progress_bar() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[extra]}"),
-        console=console,
-        transient=False,
-    )
 
 
 @models_app.command("build")
@@ -140,175 +111,6 @@ def bench_embed(
     from jobs.bench_embed import run_embed_benchmark
 
     emit(run_embed_benchmark(settings(), images, limit, console), as_json)
-
-
-@bench_app.command("search")
-def bench_search(
-    faces: int = 100_000,
-    shards: int = 4,
-    queries: int = 500,
-    store_dir: Annotated[Path | None, typer.Option(help="Where the temporary collection goes.")] = None,
-    as_json: JsonFlag = False,
-) -> None:
-    """Single-vector probes through the HTTP API and shard fan-out, against in-process exact FAISS."""
-    from jobs.bench_search import run_search_benchmark
-
-    emit(run_search_benchmark(settings(), faces, shards, queries, store_dir), as_json)
-
-
-@bench_app.command("index")
-def bench_index(
-    images: Annotated[Path, typer.Option(exists=True, file_okay=False)],
-    limit: Annotated[int | None, typer.Option(help="Index only the first N photos (sorted).")] = None,
-    as_json: JsonFlag = False,
-) -> None:
-    """Index a folder into a temporary store on the embedded Ray; images/s, faces/s and time per stage."""
-    import shutil
-    import tempfile
-
-    from cluster.pipeline.quality import QualityFilter
-    from jobs.demo import stage_source
-    from jobs.index import run_index_job
-
-    work = Path(tempfile.mkdtemp(prefix="facegrid-bench-index-"))
-    try:
-        source = images
-        if limit is not None:
-            everything = sorted(p for p in images.rglob("*") if p.is_file())
-            source = stage_source(images, everything[limit:], work / "source")
-        local = settings().model_copy(update={"store": str(work / "store")})
-        summary = run_index_job(local, "bench", str(source), quality_filter=QualityFilter.NONE)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    images_done = max(summary["images"], 1)
-    summary["ms_per_image_by_stage"] = {
-        k: round(1000 * v / images_done, 2) for k, v in summary["stage_seconds"].items()
-    }
-    emit(summary, as_json)
-
-
-@app.command("demo")
-def demo(
-    images: Annotated[
-        Path, typer.Option(exists=True, file_okay=False, help="A folder of photos, a folder per person.")
-    ],
-    collection: str = "demo",
-    probes: int = 5,
-) -> None:
-    """The main job end to end on the embedded default: build models, index IMAGES, search with held-out photos."""
-    from cluster.models.registry import ModelRegistry
-    from cluster.storage import LocalStore, open_store
-    from jobs.demo import hold_out_probes, search_probes, stage_source
-
-    cfg = settings()
-    console.print(f"[bold]1/3[/bold] models into {cfg.model_dir}")
-    ModelRegistry(cfg.model_dir).build_all()
-    store = open_store(cfg.store, cfg)
-    held = hold_out_probes(images, probes)
-    source: Path | str = images
-    if isinstance(store, LocalStore):
-        source = stage_source(images, held, store.root / "demo-sources" / collection)
-    console.print(f"[bold]2/3[/bold] indexing {images} into collection {collection!r} at {store.uri}")
-    try:
-        service().create_collection(collection, 4, DEMO_MAX_FALSE_MATCH_RATE)
-    except user_errors():
-        pass  # it exists: indexing again adds only what is new
-    index(
-        collection,
-        str(source),
-        shards=4,
-        max_faces=None,
-        quality_filter="LOW",
-        external_image_id="key",
-        wait=True,
-        as_json=False,
-    )
-    console.print(f"[bold]3/3[/bold] searching with {len(held)} photos that were not indexed")
-    for probe, result in zip(held, search_probes(cfg, collection, held), strict=True):
-        table = Table(title=f"probe {probe.parent.name}/{probe.name}  (threshold {result['threshold']['applied']:.4f})")
-        for column in ("rank", "similarity", "est. false match rate", "match"):
-            table.add_column(column)
-        for rank, m in enumerate(result["matches"], 1):
-            same = "[green]" if m["external_image_id"].split("/")[0] == probe.parent.name else "[red]"
-            table.add_row(
-                str(rank),
-                f"{m['similarity']:.4f}",
-                f"{m['estimated_false_match_rate']:.1e}",
-                f"{same}{m['external_image_id']}",
-            )
-        if not result["matches"]:
-            table.add_row("-", "-", "-", "no match above the collection's floor")
-        Console().print(table)
-    console.print(LEADS)
-
-
-# The demo collection's floor: one false match in 10,000 comparisons, where about 3 in 4 true mates pass on lfw-dev.
-DEMO_MAX_FALSE_MATCH_RATE = 1e-4
-LEADS = "Matches are investigative leads that need human review, never identifications on their own."
-
-
-def service() -> FaceService:
-    from serving.service import FaceService
-
-    return FaceService(settings())
-
-
-def fail(exc: Exception) -> typer.Exit:
-    code = getattr(exc, "code", None) or getattr(exc, "reason", None) or type(exc).__name__
-    console.print(f"[red]error[/red] {code}: {getattr(exc, 'message', None) or exc}")
-    return typer.Exit(2)
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    from cluster.errors import FacegridError
-    from cluster.pipeline.errors import ImageError
-    from cluster.storage import StorageError
-
-    return (FacegridError, ImageError, StorageError)
-
-
-@collections_app.command("create")
-def collections_create(
-    name: str,
-    shards: int = 4,
-    max_false_match_rate: Annotated[float, typer.Option(help="The floor: most false matches per comparison.")] = 1e-5,
-    as_json: JsonFlag = False,
-) -> None:
-    """Create an empty collection pinned to this build's embedding model."""
-    try:
-        manifest = service().create_collection(name, shards, max_false_match_rate)
-    except user_errors() as exc:
-        raise fail(exc) from exc
-    emit(manifest.model_dump(exclude={"face_files", "error_files", "shards"}), as_json)
-
-
-@collections_app.command("list")
-def collections_list(as_json: JsonFlag = False) -> None:
-    from cluster.collection import Collections
-    from cluster.storage import open_store
-
-    emit({"collections": Collections(open_store(settings().store, settings())).names()}, as_json)
-
-
-@collections_app.command("describe")
-def collections_describe(name: str, as_json: JsonFlag = False) -> None:
-    try:
-        emit(service().describe_collection(name), as_json)
-    except user_errors() as exc:
-        raise fail(exc) from exc
-
-
-@collections_app.command("delete")
-def collections_delete(
-    name: str, yes: Annotated[bool, typer.Option("--yes")] = False, as_json: JsonFlag = False
-) -> None:
-    """Delete a collection with its face records, errors and snapshots."""
-    if not yes:
-        typer.confirm(f"Delete collection {name} and every face record in it?", abort=True)
-    try:
-        emit({"collection": name, "deleted_objects": service().delete_collection(name)}, as_json)
-    except user_errors() as exc:
-        raise fail(exc) from exc
 
 
 @app.command("index")
@@ -378,22 +180,19 @@ def search(
     as_json: JsonFlag = False,
 ) -> None:
     """Search COLLECTION for the faces in IMAGE: the same code path as the HTTP API."""
-    import asyncio
-
-    try:
-        result = asyncio.run(
-            service().search(
-                collection,
-                image.read_bytes(),
-                purpose=purpose,
-                case_id=case_id,
-                threshold=threshold,
-                max_results=max_results,
-                max_faces=max_faces,
-            )
+    blob = image.read_bytes()
+    result = call(
+        lambda s, c: s.search(
+            c,
+            collection,
+            blob,
+            purpose=purpose,
+            case_id=case_id,
+            threshold=threshold,
+            max_results=max_results,
+            max_faces=max_faces,
         )
-    except user_errors() as exc:
-        raise fail(exc) from exc
+    )
     if as_json:
         print(json.dumps(result, default=str))
         return
@@ -410,29 +209,107 @@ def search(
         console.print(f"[yellow]partial answer: shards {result['missing_shards']} did not answer[/yellow]")
 
 
-@faces_app.command("list")
-def faces_list(collection: str, limit: int = 20, offset: int = 0, as_json: JsonFlag = False) -> None:
-    try:
-        emit(service().list_faces(collection, limit, offset), as_json)
-    except user_errors() as exc:
-        raise fail(exc) from exc
-
-
-@faces_app.command("delete")
-def faces_delete(
-    collection: str,
-    face_id: Annotated[list[str] | None, typer.Option(help="Face id to erase (repeatable).")] = None,
-    external_image_id: Annotated[list[str] | None, typer.Option(help="Erase every face of this image id.")] = None,
+@bench_app.command("search")
+def bench_search(
+    faces: int = 100_000,
+    shards: int = 4,
+    queries: int = 500,
+    store_dir: Annotated[Path | None, typer.Option(help="Where the temporary collection goes.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Erase faces from the Parquet records and the shard snapshots."""
-    import asyncio
+    """Single-vector probes through the HTTP API and shard fan-out, against in-process exact FAISS."""
+    from jobs.bench_search import run_search_benchmark
 
+    emit(run_search_benchmark(settings(), faces, shards, queries, store_dir), as_json)
+
+
+@bench_app.command("index")
+def bench_index(
+    images: Annotated[Path, typer.Option(exists=True, file_okay=False)],
+    limit: Annotated[int | None, typer.Option(help="Index only the first N photos (sorted).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Index a folder into a temporary store on the embedded Ray; images/s, faces/s and time per stage."""
+    import shutil
+    import tempfile
+
+    from cluster.pipeline.quality import QualityFilter
+    from jobs.demo import stage_source
+    from jobs.index import run_index_job
+
+    work = Path(tempfile.mkdtemp(prefix="facegrid-bench-index-"))
     try:
-        result = asyncio.run(service().delete_faces(collection, face_id or [], external_image_id or []))
-    except user_errors() as exc:
-        raise fail(exc) from exc
-    emit(result, as_json)
+        source = images
+        if limit is not None:
+            everything = sorted(p for p in images.rglob("*") if p.is_file())
+            source = stage_source(images, everything[limit:], work / "source")
+        local = settings().model_copy(update={"store": str(work / "store")})
+        summary = run_index_job(local, "bench", str(source), quality_filter=QualityFilter.NONE)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    images_done = max(summary["images"], 1)
+    summary["ms_per_image_by_stage"] = {
+        k: round(1000 * v / images_done, 2) for k, v in summary["stage_seconds"].items()
+    }
+    emit(summary, as_json)
+
+
+@app.command("demo")
+def demo(
+    images: Annotated[
+        Path, typer.Option(exists=True, file_okay=False, help="A folder of photos, a folder per person.")
+    ],
+    collection: str = "demo",
+    probes: int = 5,
+) -> None:
+    """The main job end to end on the embedded default: build models, index IMAGES, search with held-out photos."""
+    from cluster.models.registry import ModelRegistry
+    from cluster.storage import LocalStore, open_store
+    from jobs.demo import hold_out_probes, search_probes, stage_source
+
+    cfg = settings()
+    console.print(f"[bold]1/3[/bold] models into {cfg.model_dir}")
+    ModelRegistry(cfg.model_dir).build_all()
+    store = open_store(cfg.store, cfg)
+    held = hold_out_probes(images, probes)
+    source: Path | str = images
+    if isinstance(store, LocalStore):
+        source = stage_source(images, held, store.root / "demo-sources" / collection)
+    console.print(f"[bold]2/3[/bold] indexing {images} into collection {collection!r} at {store.uri}")
+    if collection not in call(lambda s, c: s.list_collections(c)):
+        call(lambda s, c: s.create_collection(c, collection, 4, DEMO_MAX_FALSE_MATCH_RATE))
+    index(
+        collection,
+        str(source),
+        shards=4,
+        max_faces=None,
+        quality_filter="LOW",
+        external_image_id="key",
+        wait=True,
+        as_json=False,
+    )
+    console.print(f"[bold]3/3[/bold] searching with {len(held)} photos that were not indexed")
+    for probe, result in zip(held, call(lambda s, c: search_probes(s, c, collection, held)), strict=True):
+        table = Table(title=f"probe {probe.parent.name}/{probe.name}  (threshold {result['threshold']['applied']:.4f})")
+        for column in ("rank", "similarity", "est. false match rate", "match"):
+            table.add_column(column)
+        for rank, m in enumerate(result["matches"], 1):
+            same = "[green]" if m["external_image_id"].split("/")[0] == probe.parent.name else "[red]"
+            table.add_row(
+                str(rank),
+                f"{m['similarity']:.4f}",
+                f"{m['estimated_false_match_rate']:.1e}",
+                f"{same}{m['external_image_id']}",
+            )
+        if not result["matches"]:
+            table.add_row("-", "-", "-", "no match above the collection's floor")
+        Console().print(table)
+    console.print(LEADS)
+
+
+# The demo collection's floor: one false match in 10,000 comparisons, where about 3 in 4 true mates pass on lfw-dev.
+DEMO_MAX_FALSE_MATCH_RATE = 1e-4
+LEADS = "Matches are investigative leads that need human review, never identifications on their own."
 
 
 @app.command("serve")
@@ -440,45 +317,14 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the HTTP API (FastAPI; OpenAPI at /docs)."""
     import uvicorn
 
+    from cluster.access import KeyStore
+    from cluster.storage import open_store
     from serving.app import create_app
 
+    token = KeyStore(open_store(settings().store, settings())).bootstrap_admin()
+    if token:
+        console.print(f"[bold]First start: admin API key (shown once, stored only as a hash):[/bold]\n{token}")
     uvicorn.run(create_app(settings()), host=host, port=port, log_level="info")
-
-
-def _jobs_client() -> Any:
-    from jobs.submit import job_client
-
-    address = os.environ.get("RAY_ADDRESS", "")
-    if not address.startswith("http"):
-        console.print("[red]error[/red]: jobs commands need --address http://HEAD:8265 (the Ray dashboard)")
-        raise typer.Exit(2)
-    return job_client(address)
-
-
-@jobs_app.command("list")
-def jobs_list(as_json: JsonFlag = False) -> None:
-    jobs = _jobs_client().list_jobs()
-    rows = [
-        {"submission_id": j.submission_id, "status": str(j.status), "entrypoint": j.entrypoint, "start": j.start_time}
-        for j in jobs
-    ]
-    emit({"jobs": rows}, as_json)
-
-
-@jobs_app.command("status")
-def jobs_status(job_id: str, as_json: JsonFlag = False) -> None:
-    info = _jobs_client().get_job_info(job_id)
-    emit({"submission_id": job_id, "status": str(info.status), "message": info.message}, as_json)
-
-
-@jobs_app.command("logs")
-def jobs_logs(job_id: str) -> None:
-    print(_jobs_client().get_job_logs(job_id))
-
-
-@jobs_app.command("stop")
-def jobs_stop(job_id: str, as_json: JsonFlag = False) -> None:
-    emit({"submission_id": job_id, "stopped": _jobs_client().stop_job(job_id)}, as_json)
 
 
 if __name__ == "__main__":

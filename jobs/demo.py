@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 from typing import Any
 
-from cluster.errors import CollectionNotFound
-from cluster.settings import Settings
+from cluster.access import Caller
 from serving.service import FaceService
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -38,17 +36,10 @@ def stage_source(images: Path, probes: list[Path], staging: Path) -> Path:
     return staging
 
 
-def search_probes(settings: Settings, collection: str, probes: list[Path]) -> list[dict[str, Any]]:
-    service = FaceService(settings)
-    try:
-        service.collections.get(collection)
-    except CollectionNotFound:
-        return []
-
-    async def run() -> list[dict[str, Any]]:
-        return [
-            await service.search(collection, probe.read_bytes(), purpose="system-test", case_id="DEMO", max_results=5)
-            for probe in probes
-        ]
-
-    return asyncio.run(run())
+async def search_probes(
+    service: FaceService, caller: Caller, collection: str, probes: list[Path]
+) -> list[dict[str, Any]]:
+    return [
+        await service.search(caller, collection, p.read_bytes(), purpose="system-test", case_id="DEMO", max_results=5)
+        for p in probes
+    ]

@@ -12,12 +12,13 @@ from typing import Any
 import ray
 from ray.util import ActorPool
 
+from cluster.access import Caller, local_operator
 from cluster.collection import Collections, Manifest
 from cluster.embedder import IndexJobSpec, IndexPartition, Partition, PartitionResult, source_location
 from cluster.errors import CollectionNotFound, ModelMismatch
 from cluster.models.registry import EMBEDDER_ID, ModelRegistry
 from cluster.pipeline.quality import QualityFilter
-from cluster.raycluster import cluster_gpus, embedder_count, embedder_options, ensure_ray, live_shards
+from cluster.raycluster import append_audit, cluster_gpus, embedder_count, embedder_options, ensure_ray, live_shards
 from cluster.settings import RuntimeSettings, Settings
 from cluster.storage import ObjectInfo, ObjectStore, open_store
 
@@ -78,6 +79,7 @@ def run_index_job(
     partition_size: int = PARTITION_SIZE,
     on_plan: Callable[[int], None] | None = None,
     on_partition: Progress | None = None,
+    caller: Caller | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     store = open_store(settings.store, settings)
@@ -135,7 +137,23 @@ def run_index_job(
         if ray.is_initialized():
             ray.get([shard.reload.remote() for shard in live_shards(collection, published.shard_count)])
     store.delete(_checkpoint_key(job_id))
-    return summarize(job_id, published, results, time.perf_counter() - started)
+    summary = summarize(job_id, published, results, time.perf_counter() - started)
+    who = caller or local_operator()
+    entry = {k: summary[k] for k in ("job_id", "collection", "images", "faces", "errors", "version")}
+    append_audit(
+        settings,
+        store,
+        {
+            "key_id": who.key_id,
+            "role": str(who.role),
+            "client": who.client,
+            "action": "index",
+            "source": source_uri,
+            **entry,
+            "outcome": "ok",
+        },
+    )
+    return summary
 
 
 def summarize(job_id: str, manifest: Manifest, results: list[PartitionResult], seconds: float) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from cluster.errors import FacegridError
 from cluster.pipeline.errors import ImageError, Reason
 from cluster.settings import Settings, get_settings
 from cluster.storage import StorageAuthError, StorageError
-from serving.routes import collections, faces, health, images
+from serving.routes import audit, collections, faces, health, images
 from serving.service import FaceService
 
 IMAGE_STATUS = {Reason.IMAGE_TOO_LARGE: 413}
@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None, service: FaceService | None = N
 
     app = FastAPI(title="facegrid", version="0.1.0", lifespan=lifespan)
     app.state.request_counts = Counter()
-    for router in (collections.router, faces.router, images.router, health.router):
+    for router in (collections.router, faces.router, images.router, audit.router, health.router):
         app.include_router(router)
 
     @app.middleware("http")

@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
+from cluster.access import Action, Caller, KeyStore, authorize
+from cluster.audit import read_records
 from cluster.calibration import estimated_false_match_rate, similarity_for_rate
 from cluster.collection import Collections, Manifest, face_row
-from cluster.errors import InvalidRequest, NoFaceInProbe, ThresholdBelowFloor
+from cluster.errors import (
+    REFUSAL_CODES,
+    FacegridError,
+    InvalidRequest,
+    NoFaceInProbe,
+    PurposeRequired,
+    ThresholdBelowFloor,
+)
 from cluster.models.registry import EMBEDDER_ID, ModelRegistry
 from cluster.pipeline.errors import ImageError, Reason
 from cluster.pipeline.faces import Face, FacePipeline, ImageFaces
 from cluster.pipeline.quality import QualityFilter
-from cluster.raycluster import ensure_ray, live_shards, shard_actor
+from cluster.raycluster import append_audit, ensure_ray, live_shards, shard_actor
 from cluster.settings import Settings
 from cluster.storage import open_store
+from cluster.transparency import transparency_report
 from serving.fanout import Hit, fan_out
 
 LEADS_NOTICE = (
@@ -42,9 +56,16 @@ def _face_json(face: Face) -> dict[str, Any]:
 
 
 class FaceService:
-    def __init__(self, settings: Settings) -> None:
+    """Every public method takes the Caller, checks its role, and writes audit records for what must be answered for.
+
+    `accountable=False` exists only for benchmarks that measure what auth and audit cost; no setting reaches it.
+    """
+
+    def __init__(self, settings: Settings, accountable: bool = True) -> None:
         self.settings = settings
+        self.accountable = accountable
         self.store = open_store(settings.store, settings)
+        self.keys = KeyStore(self.store)
         self.collections = Collections(self.store)
         self.registry = ModelRegistry(settings.model_dir)
         self.calibration = self.registry.calibration(EMBEDDER_ID)
@@ -68,6 +89,39 @@ class FaceService:
         self._manifests[name] = (time.monotonic(), manifest)
         return manifest
 
+    async def audit(self, caller: Caller, entry: dict[str, Any]) -> None:
+        if not self.accountable:
+            return
+        record = {"key_id": caller.key_id, "role": str(caller.role), "client": caller.client, **entry}
+        await asyncio.get_running_loop().run_in_executor(self.executor, append_audit, self.settings, self.store, record)
+
+    @asynccontextmanager
+    async def audited(self, caller: Caller, entry: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Record the action whatever happens: the body adds its results to the entry; refusals are recorded too."""
+        try:
+            yield entry
+        except (FacegridError, ImageError) as exc:
+            code = exc.code if isinstance(exc, FacegridError) else str(exc.reason)
+            outcome = "refused" if code in REFUSAL_CODES else "error"
+            await self.audit(caller, {**entry, "outcome": outcome, "code": code})
+            raise
+        await self.audit(caller, {**entry, "outcome": "ok"})
+
+    async def audit_records(
+        self, caller: Caller, start: datetime | None, end: datetime | None, limit: int
+    ) -> dict[str, Any]:
+        authorize(caller, Action.AUDIT_READ)
+        start, end = (t.replace(tzinfo=UTC) if t and t.tzinfo is None else t for t in (start, end))
+        loop = asyncio.get_running_loop()
+        records = await loop.run_in_executor(self.executor, read_records, self.store, start, end)
+        entry = {"action": "export", "from": str(start), "to": str(end), "records": min(len(records), limit)}
+        await self.audit(caller, {**entry, "outcome": "ok"})
+        return {"records": records[:limit], "total": len(records), "truncated": len(records) > limit}
+
+    async def transparency(self) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        return transparency_report(await loop.run_in_executor(self.executor, read_records, self.store))
+
     async def shards(self, manifest: Manifest) -> dict[int, Any]:
         """Handles of the collection's shard actors; the first call waits until they have loaded their snapshots."""
         handles = self._shards.get(manifest.name)
@@ -82,7 +136,13 @@ class FaceService:
 
     # --- collections -------------------------------------------------------------------------------------------
 
-    def create_collection(self, name: str, shards: int, max_false_match_rate: float) -> Manifest:
+    async def create_collection(self, caller: Caller, name: str, shards: int, max_false_match_rate: float) -> Manifest:
+        entry = {"action": "create-collection", "collection": name, "max_false_match_rate": max_false_match_rate}
+        async with self.audited(caller, entry):
+            authorize(caller, Action.COLLECTIONS_WRITE)
+            return self._create_collection(name, shards, max_false_match_rate)
+
+    def _create_collection(self, name: str, shards: int, max_false_match_rate: float) -> Manifest:
         self.registry.ensure(EMBEDDER_ID)
         card = self.registry.card(EMBEDDER_ID) or {}
         self.floor_similarity(max_false_match_rate)  # refuses rates the calibration cannot support
@@ -95,7 +155,12 @@ class FaceService:
         )
         return self.collections.create(manifest)
 
-    def describe_collection(self, name: str) -> dict[str, Any]:
+    def list_collections(self, caller: Caller) -> list[str]:
+        authorize(caller, Action.COLLECTIONS_READ)
+        return [n for n in self.collections.names() if caller.may(Action.COLLECTIONS_READ, n)]
+
+    def describe_collection(self, caller: Caller, name: str) -> dict[str, Any]:
+        authorize(caller, Action.COLLECTIONS_READ, name)
         manifest = self.manifest(name, fresh=True)
         described = manifest.model_dump(exclude={"face_files", "error_files"})
         described["threshold_floor_similarity"] = round(self.floor_similarity(manifest.max_false_match_rate), 6)
@@ -106,12 +171,14 @@ class FaceService:
         reasons = self.collections.errors(manifest).column("reason").to_pylist()
         return {r: reasons.count(r) for r in sorted(set(reasons))}
 
-    def delete_collection(self, name: str) -> int:
-        removed = self.collections.delete(name)
+    async def delete_collection(self, caller: Caller, name: str) -> int:
+        async with self.audited(caller, {"action": "delete-collection", "collection": name}) as entry:
+            authorize(caller, Action.COLLECTIONS_WRITE, name)
+            entry["deleted_faces"] = self.collections.get(name).face_count
+            removed = self.collections.delete(name)
         self._manifests.pop(name, None)
         handles = self._shards.pop(name, {})
-        for handle in handles.values():
-            handle.reload.remote()
+        await asyncio.gather(*(handle.reload.remote() for handle in handles.values()))
         return removed
 
     # --- thresholds --------------------------------------------------------------------------------------------
@@ -140,11 +207,11 @@ class FaceService:
 
     def check_purpose(self, purpose: str | None, case_id: str | None) -> None:
         if not purpose:
-            raise InvalidRequest(f"a purpose is required; one of {self.settings.serving.purposes}")
+            raise PurposeRequired(f"a purpose is required; one of {self.settings.serving.purposes}")
         if purpose not in self.settings.serving.purposes:
-            raise InvalidRequest(f"purpose {purpose!r} is not allowed here; one of {self.settings.serving.purposes}")
+            raise PurposeRequired(f"purpose {purpose!r} is not allowed here; one of {self.settings.serving.purposes}")
         if not case_id or not case_id.strip():
-            raise InvalidRequest("a case_id is required: the reference of the case this search serves")
+            raise PurposeRequired("a case_id is required: the reference of the case this search serves")
 
     # --- probes ------------------------------------------------------------------------------------------------
 
@@ -179,6 +246,7 @@ class FaceService:
 
     async def search(
         self,
+        caller: Caller,
         collection: str,
         blob: bytes,
         *,
@@ -188,9 +256,26 @@ class FaceService:
         max_results: int = 10,
         max_faces: int = 1,
     ) -> dict[str, Any]:
+        entry = _search_entry("search", collection, purpose, case_id, threshold, hashlib.sha256(blob).hexdigest())
+        async with self.audited(caller, entry):
+            result = await self._search(caller, collection, blob, purpose, case_id, threshold, max_results, max_faces)
+            _record_results(entry, result, [result, *result["other_faces"]])
+        return result
+
+    async def _search(
+        self,
+        caller: Caller,
+        collection: str,
+        blob: bytes,
+        purpose: str | None,
+        case_id: str | None,
+        threshold: float | None,
+        max_results: int,
+        max_faces: int,
+    ) -> dict[str, Any]:
         if max_faces < 1:
             raise InvalidRequest("max_faces must be at least 1")
-        manifest, limits = self._prepare_search(collection, purpose, case_id, threshold, max_results)
+        manifest, limits = self._prepare_search(caller, collection, purpose, case_id, threshold, max_results)
         probe = await self.probe(blob, max_faces)
         if not probe.faces:
             raise NoFaceInProbe("no face was found in the probe image", skipped=[_face_json(f) for f in probe.skipped])
@@ -205,9 +290,16 @@ class FaceService:
         }
 
     def _prepare_search(
-        self, collection: str, purpose: str | None, case_id: str | None, threshold: float | None, max_results: int
+        self,
+        caller: Caller,
+        collection: str,
+        purpose: str | None,
+        case_id: str | None,
+        threshold: float | None,
+        max_results: int,
     ) -> tuple[Manifest, dict[str, Any]]:
-        """The checks every search passes before any work: purpose, case id, limits, collection, floor."""
+        """The checks every search passes before any work: role, purpose, case id, limits, collection, floor."""
+        authorize(caller, Action.SEARCH, collection)
         self.check_purpose(purpose, case_id)
         if not 1 <= max_results <= self.settings.serving.max_results:
             raise InvalidRequest(f"max_results must be between 1 and {self.settings.serving.max_results}")
@@ -238,6 +330,7 @@ class FaceService:
 
     async def search_vector(
         self,
+        caller: Caller,
         collection: str,
         vector: list[float],
         *,
@@ -247,15 +340,45 @@ class FaceService:
         max_results: int = 10,
     ) -> dict[str, Any]:
         """Search with an embedding made elsewhere by the same model (the collection's model id must match)."""
-        manifest, limits = self._prepare_search(collection, purpose, case_id, threshold, max_results)
         query = np.asarray(vector, dtype=np.float32)
+        entry = _search_entry(
+            "search-vector", collection, purpose, case_id, threshold, hashlib.sha256(query.tobytes()).hexdigest()
+        )
+        async with self.audited(caller, entry):
+            result = await self._search_vector(caller, collection, query, purpose, case_id, threshold, max_results)
+            _record_results(entry, result, [result])
+        return result
+
+    async def _search_vector(
+        self,
+        caller: Caller,
+        collection: str,
+        query: np.ndarray,
+        purpose: str | None,
+        case_id: str | None,
+        threshold: float | None,
+        max_results: int,
+    ) -> dict[str, Any]:
+        manifest, limits = self._prepare_search(caller, collection, purpose, case_id, threshold, max_results)
         norm = float(np.linalg.norm(query)) if query.ndim == 1 else 0.0
         if query.shape != (manifest.dim,) or not np.isfinite(norm) or norm == 0:
             raise InvalidRequest(f"vector must be {manifest.dim} finite numbers, not all zero")
         matches, missing = await self.search_vectors(manifest, (query / norm)[None], max_results, limits["applied"])
         return self._answer(manifest, limits, matches[0], missing, purpose, case_id)
 
-    async def compare(self, a: bytes, b: bytes, *, purpose: str | None, case_id: str | None) -> dict[str, Any]:
+    async def compare(
+        self, caller: Caller, a: bytes, b: bytes, *, purpose: str | None, case_id: str | None
+    ) -> dict[str, Any]:
+        probe = hashlib.sha256(a).hexdigest() + ":" + hashlib.sha256(b).hexdigest()
+        async with self.audited(caller, _search_entry("compare", None, purpose, case_id, None, probe)) as entry:
+            result = await self._compare(caller, a, b, purpose, case_id)
+            entry["similarity"] = result["similarity"]
+        return result
+
+    async def _compare(
+        self, caller: Caller, a: bytes, b: bytes, purpose: str | None, case_id: str | None
+    ) -> dict[str, Any]:
+        authorize(caller, Action.SEARCH)
         self.check_purpose(purpose, case_id)
         first, second = await asyncio.gather(self.probe(a, 1), self.probe(b, 1))
         if not first.faces or not second.faces:
@@ -273,7 +396,8 @@ class FaceService:
             "notice": LEADS_NOTICE,
         }
 
-    async def detect(self, blob: bytes) -> dict[str, Any]:
+    async def detect(self, caller: Caller, blob: bytes) -> dict[str, Any]:
+        authorize(caller, Action.DETECT)
         loop = asyncio.get_running_loop()
         result = (await loop.run_in_executor(self.executor, self.pipeline, [blob], None, QualityFilter.NONE))[0]
         if isinstance(result, ImageError):
@@ -282,7 +406,8 @@ class FaceService:
 
     # --- faces -------------------------------------------------------------------------------------------------
 
-    def list_faces(self, collection: str, limit: int, offset: int) -> dict[str, Any]:
+    def list_faces(self, caller: Caller, collection: str, limit: int, offset: int) -> dict[str, Any]:
+        authorize(caller, Action.FACES_READ, collection)
         if not 1 <= limit <= 1000 or offset < 0:
             raise InvalidRequest("limit must be 1-1000 and offset non-negative")
         manifest = self.manifest(collection, fresh=True)
@@ -298,7 +423,17 @@ class FaceService:
             "next_offset": offset + limit if offset + limit < table.num_rows else None,
         }
 
-    async def delete_faces(self, collection: str, face_ids: list[str], external_ids: list[str]) -> dict[str, Any]:
+    async def delete_faces(
+        self, caller: Caller, collection: str, face_ids: list[str], external_ids: list[str]
+    ) -> dict[str, Any]:
+        entry = {"action": "delete-faces", "collection": collection, "face_ids": face_ids, "external_ids": external_ids}
+        async with self.audited(caller, entry):
+            authorize(caller, Action.FACES_DELETE, collection)
+            result = await self._delete_faces(collection, face_ids, external_ids)
+            entry["deleted_faces"] = result["deleted_faces"]
+        return result
+
+    async def _delete_faces(self, collection: str, face_ids: list[str], external_ids: list[str]) -> dict[str, Any]:
         if not face_ids and not external_ids:
             raise InvalidRequest("give face_ids or external_image_ids to delete")
         manifest = self.manifest(collection, fresh=True)
@@ -312,3 +447,24 @@ class FaceService:
             await asyncio.gather(*(s.reload.remote() for s in live_shards(collection, published.shard_count)))
         unknown = sorted(set(face_ids) - set(erased))
         return {"deleted_faces": erased, "unknown_face_ids": unknown, "collection_faces": published.face_count}
+
+
+def _search_entry(
+    action: str, collection: str | None, purpose: str | None, case_id: str | None, threshold: float | None, probe: str
+) -> dict[str, Any]:
+    return {
+        "action": action,
+        "collection": collection,
+        "purpose": purpose,
+        "case_id": case_id,
+        "probe_sha256": probe,
+        "threshold_requested": threshold,
+    }
+
+
+def _record_results(entry: dict[str, Any], result: dict[str, Any], searched: list[dict[str, Any]]) -> None:
+    entry["threshold_applied"] = result["threshold"]["applied"]
+    entry["partial"] = result["partial"]
+    entry["results"] = [
+        [{"face_id": m["face_id"], "similarity": m["similarity"]} for m in face["matches"]] for face in searched
+    ]

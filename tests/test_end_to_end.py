@@ -17,6 +17,7 @@ import pytest
 import ray
 import uvicorn
 
+from cluster.access import Role, local_operator
 from cluster.collection import Collections
 from cluster.settings import Settings
 from cluster.storage import S3Store, open_store
@@ -66,7 +67,8 @@ def world(lfw_images: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFa
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         ray.init(num_cpus=2, include_dashboard=False, namespace="facegrid", log_to_driver=False)
         service = FaceService(settings)
-        service.create_collection(COLLECTION, shards=4, max_false_match_rate=1e-2)
+        asyncio.run(service.create_collection(local_operator(), COLLECTION, shards=4, max_false_match_rate=1e-2))
+        token = service.keys.create(Role.ADMIN, label="e2e")[1]
         summary = run_index_job(settings, COLLECTION, "s3://photos/lfw", quality_filter="NONE")  # type: ignore[arg-type]
         port = _free_port()
         server = uvicorn.Server(
@@ -83,7 +85,9 @@ def world(lfw_images: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFa
                 "summary": summary,
                 "probes": probes,
                 "people": people,
-                "client": httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60),
+                "client": httpx.Client(
+                    base_url=f"http://127.0.0.1:{port}", timeout=60, headers={"Authorization": f"Bearer {token}"}
+                ),
             }
         finally:
             server.should_exit = True
@@ -160,7 +164,7 @@ def test_errors_are_json_with_codes(world: dict[str, Any]) -> None:
     _ok, png = cv2.imencode(".png", blank)
     assert _search(client, png.tobytes()).json()["error"]["code"] == "NO_FACE_IN_PROBE"
     refused = client.post(f"/v1/collections/{COLLECTION}/search", files={"image": ("p.jpg", probe)})
-    assert refused.status_code == 400 and "purpose" in refused.json()["error"]["message"]
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "PURPOSE_REQUIRED"
     loose = _search(client, probe, threshold=0.5)
     assert loose.status_code == 403 and loose.json()["error"]["code"] == "THRESHOLD_BELOW_FLOOR"
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from cluster.collection import DEFAULT_MAX_FALSE_MATCH_RATE
-from serving.deps import Service
+from serving.deps import CallerDep, Service
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
 
@@ -20,22 +20,21 @@ class CreateCollection(BaseModel):
 
 
 @router.post("", status_code=201)
-def create(body: CreateCollection, service: Service) -> dict[str, Any]:
-    return service.create_collection(body.name, body.shards, body.max_false_match_rate).model_dump(
-        exclude={"face_files", "error_files"}
-    )
+async def create(body: CreateCollection, service: Service, caller: CallerDep) -> dict[str, Any]:
+    manifest = await service.create_collection(caller, body.name, body.shards, body.max_false_match_rate)
+    return manifest.model_dump(exclude={"face_files", "error_files"})
 
 
 @router.get("")
-def list_all(service: Service) -> dict[str, Any]:
-    return {"collections": service.collections.names()}
+def list_all(service: Service, caller: CallerDep) -> dict[str, Any]:
+    return {"collections": service.list_collections(caller)}
 
 
 @router.get("/{collection}")
-def describe(collection: str, service: Service) -> dict[str, Any]:
-    return service.describe_collection(collection)
+def describe(collection: str, service: Service, caller: CallerDep) -> dict[str, Any]:
+    return service.describe_collection(caller, collection)
 
 
 @router.delete("/{collection}")
-def delete(collection: str, service: Service) -> dict[str, Any]:
-    return {"collection": collection, "deleted_objects": service.delete_collection(collection)}
+async def delete(collection: str, service: Service, caller: CallerDep) -> dict[str, Any]:
+    return {"collection": collection, "deleted_objects": await service.delete_collection(caller, collection)}

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from pydantic import BaseModel
 
-from serving.deps import Service, read_upload
+from serving.deps import CallerDep, Service, read_upload
 
 router = APIRouter(prefix="/v1/collections/{collection}", tags=["faces"])
 
@@ -16,6 +16,7 @@ router = APIRouter(prefix="/v1/collections/{collection}", tags=["faces"])
 async def search(
     collection: str,
     service: Service,
+    caller: CallerDep,
     image: Annotated[UploadFile, File(description="The probe photo")],
     purpose: Annotated[str | None, Form()] = None,
     case_id: Annotated[str | None, Form()] = None,
@@ -25,6 +26,7 @@ async def search(
 ) -> dict[str, Any]:
     blob = await read_upload(image, service.settings.serving.max_upload_bytes)
     return await service.search(
+        caller,
         collection,
         blob,
         purpose=purpose,
@@ -44,8 +46,9 @@ class VectorSearch(BaseModel):
 
 
 @router.post("/search-vector")
-async def search_vector(collection: str, body: VectorSearch, service: Service) -> dict[str, Any]:
+async def search_vector(collection: str, body: VectorSearch, service: Service, caller: CallerDep) -> dict[str, Any]:
     return await service.search_vector(
+        caller,
         collection,
         body.vector,
         purpose=body.purpose,
@@ -57,9 +60,13 @@ async def search_vector(collection: str, body: VectorSearch, service: Service) -
 
 @router.get("/faces")
 def list_faces(
-    collection: str, service: Service, limit: Annotated[int, Query()] = 100, offset: Annotated[int, Query()] = 0
+    collection: str,
+    service: Service,
+    caller: CallerDep,
+    limit: Annotated[int, Query()] = 100,
+    offset: Annotated[int, Query()] = 0,
 ) -> dict[str, Any]:
-    return service.list_faces(collection, limit, offset)
+    return service.list_faces(caller, collection, limit, offset)
 
 
 class DeleteFaces(BaseModel):
@@ -68,5 +75,5 @@ class DeleteFaces(BaseModel):
 
 
 @router.delete("/faces")
-async def delete_faces(collection: str, body: DeleteFaces, service: Service) -> dict[str, Any]:
-    return await service.delete_faces(collection, body.face_ids, body.external_image_ids)
+async def delete_faces(collection: str, body: DeleteFaces, service: Service, caller: CallerDep) -> dict[str, Any]:
+    return await service.delete_faces(caller, collection, body.face_ids, body.external_image_ids)

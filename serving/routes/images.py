@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, UploadFile
 
-from serving.deps import Service, read_upload
+from serving.deps import CallerDep, Service, read_upload
 
 router = APIRouter(prefix="/v1", tags=["images"])
 
@@ -14,6 +14,7 @@ router = APIRouter(prefix="/v1", tags=["images"])
 @router.post("/compare")
 async def compare(
     service: Service,
+    caller: CallerDep,
     source: Annotated[UploadFile, File()],
     target: Annotated[UploadFile, File()],
     purpose: Annotated[str | None, Form()] = None,
@@ -21,9 +22,9 @@ async def compare(
 ) -> dict[str, Any]:
     limit = service.settings.serving.max_upload_bytes
     a, b = await read_upload(source, limit), await read_upload(target, limit)
-    return await service.compare(a, b, purpose=purpose, case_id=case_id)
+    return await service.compare(caller, a, b, purpose=purpose, case_id=case_id)
 
 
 @router.post("/detect")
-async def detect(service: Service, image: Annotated[UploadFile, File()]) -> dict[str, Any]:
-    return await service.detect(await read_upload(image, service.settings.serving.max_upload_bytes))
+async def detect(service: Service, caller: CallerDep, image: Annotated[UploadFile, File()]) -> dict[str, Any]:
+    return await service.detect(caller, await read_upload(image, service.settings.serving.max_upload_bytes))

@@ -1,0 +1,183 @@
+"""facegrid commands for collections, faces, cluster jobs, API keys and the audit log."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cluster.access import Caller, Role
+from jobs.cli_common import JsonFlag, call, console, emit
+from serving.service import FaceService
+
+collections_app = typer.Typer(help="Create, list, describe and delete collections.", no_args_is_help=True)
+faces_app = typer.Typer(help="List and delete indexed faces.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Jobs on a Ray cluster (Job Submission API).", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys: created, listed, revoked; every change is audited.", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit log: verify, export, report.", no_args_is_help=True)
+
+
+@collections_app.command("create")
+def collections_create(
+    name: str,
+    shards: int = 4,
+    max_false_match_rate: Annotated[float, typer.Option(help="The floor: most false matches per comparison.")] = 1e-5,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create an empty collection pinned to this build's embedding model."""
+    manifest = call(lambda s, c: s.create_collection(c, name, shards, max_false_match_rate))
+    emit(manifest.model_dump(exclude={"face_files", "error_files", "shards"}), as_json)
+
+
+@collections_app.command("list")
+def collections_list(as_json: JsonFlag = False) -> None:
+    emit({"collections": call(lambda s, c: s.list_collections(c))}, as_json)
+
+
+@collections_app.command("describe")
+def collections_describe(name: str, as_json: JsonFlag = False) -> None:
+    emit(call(lambda s, c: s.describe_collection(c, name)), as_json)
+
+
+@collections_app.command("delete")
+def collections_delete(
+    name: str, yes: Annotated[bool, typer.Option("--yes")] = False, as_json: JsonFlag = False
+) -> None:
+    """Delete a collection with its face records, errors and snapshots."""
+    if not yes:
+        typer.confirm(f"Delete collection {name} and every face record in it?", abort=True)
+    emit({"collection": name, "deleted_objects": call(lambda s, c: s.delete_collection(c, name))}, as_json)
+
+
+@faces_app.command("list")
+def faces_list(collection: str, limit: int = 20, offset: int = 0, as_json: JsonFlag = False) -> None:
+    emit(call(lambda s, c: s.list_faces(c, collection, limit, offset)), as_json)
+
+
+@faces_app.command("delete")
+def faces_delete(
+    collection: str,
+    face_id: Annotated[list[str] | None, typer.Option(help="Face id to erase (repeatable).")] = None,
+    external_image_id: Annotated[list[str] | None, typer.Option(help="Erase every face of this image id.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Erase faces from the Parquet records and the shard snapshots."""
+    emit(call(lambda s, c: s.delete_faces(c, collection, face_id or [], external_image_id or [])), as_json)
+
+
+def _jobs_client() -> Any:
+    from jobs.submit import job_client
+
+    address = os.environ.get("RAY_ADDRESS", "")
+    if not address.startswith("http"):
+        console.print("[red]error[/red]: jobs commands need --address http://HEAD:8265 (the Ray dashboard)")
+        raise typer.Exit(2)
+    return job_client(address)
+
+
+@jobs_app.command("list")
+def jobs_list(as_json: JsonFlag = False) -> None:
+    rows = [
+        {"submission_id": j.submission_id, "status": str(j.status), "entrypoint": j.entrypoint, "start": j.start_time}
+        for j in _jobs_client().list_jobs()
+    ]
+    emit({"jobs": rows}, as_json)
+
+
+@jobs_app.command("status")
+def jobs_status(job_id: str, as_json: JsonFlag = False) -> None:
+    info = _jobs_client().get_job_info(job_id)
+    emit({"submission_id": job_id, "status": str(info.status), "message": info.message}, as_json)
+
+
+@jobs_app.command("logs")
+def jobs_logs(job_id: str) -> None:
+    print(_jobs_client().get_job_logs(job_id))
+
+
+@jobs_app.command("stop")
+def jobs_stop(job_id: str, as_json: JsonFlag = False) -> None:
+    emit({"submission_id": job_id, "stopped": _jobs_client().stop_job(job_id)}, as_json)
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[Role, typer.Option(help="admin, indexer, searcher or auditor")],
+    collection: Annotated[list[str] | None, typer.Option(help="Grant only these collections (repeatable).")] = None,
+    label: str = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a key; its token is printed once and stored only as a hash."""
+
+    async def create(service: FaceService, caller: Caller) -> dict[str, Any]:
+        key, token = service.keys.create(role, collection, label)
+        await service.audit(caller, {"action": "key-create", "key": key.key_id, "key_role": str(role), "outcome": "ok"})
+        return {**key.public(), "token": token}
+
+    emit(call(create), as_json)
+
+
+@keys_app.command("list")
+def keys_list(as_json: JsonFlag = False) -> None:
+    emit({"keys": [k.public() for k in call(lambda s, c: s.keys.keys())]}, as_json)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, as_json: JsonFlag = False) -> None:
+    async def revoke(service: FaceService, caller: Caller) -> dict[str, Any]:
+        key = service.keys.revoke(key_id)
+        await service.audit(caller, {"action": "key-revoke", "key": key_id, "outcome": "ok"})
+        return key.public()
+
+    emit(call(revoke), as_json)
+
+
+@audit_app.command("verify")
+def audit_verify(as_json: JsonFlag = False) -> None:
+    """Check every record's hash and link; name the first one modified, removed, reordered or out of chain."""
+    from cluster.audit import verify
+
+    result = call(lambda s, c: verify(s.store))
+    emit(result, as_json)
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
+def _when(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC) if text else None
+
+
+@audit_app.command("export")
+def audit_export(
+    out: Annotated[Path, typer.Option(help="File to write: .parquet or .csv")],
+    start: Annotated[str | None, typer.Option("--from", help="ISO date or time, inclusive (UTC)")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="ISO date or time, exclusive (UTC)")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Export audit records in a time range to Parquet or CSV; the export itself is audited."""
+    from jobs.audit_export import export_records
+
+    async def export(service: FaceService, caller: Caller) -> dict[str, Any]:
+        count = export_records(service.store, out, _when(start), _when(end))
+        entry = {"action": "export", "from": start, "to": end, "records": count, "outcome": "ok"}
+        await service.audit(caller, entry)
+        return {"records": count, "out": str(out)}
+
+    emit(call(export), as_json)
+
+
+@audit_app.command("report")
+def audit_report(
+    out: Annotated[Path | None, typer.Option(help="Folder for transparency.png")] = None, as_json: JsonFlag = False
+) -> None:
+    """Searches per purpose, role and month; refused searches; deletions; index jobs."""
+    from cluster.audit import read_records
+    from cluster.transparency import transparency_report, write_chart
+
+    report = transparency_report(call(lambda s, c: read_records(s.store)))
+    if out is not None:
+        report["chart"] = str(write_chart(report, out))
+    emit(report, as_json)

@@ -1,0 +1,74 @@
+"""What every facegrid command shares: settings, output, progress, and turning user errors into messages."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from cluster.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from cluster.access import Caller
+    from serving.service import FaceService
+
+console = Console(stderr=True)
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+def emit(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    table = Table(show_header=False)
+    for key, value in result.items():
+        table.add_row(key, json.dumps(value, default=str) if isinstance(value, dict | list) else str(value))
+    Console().print(table)
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[extra]}"),
+        console=console,
+    )
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    from cluster.errors import FacegridError
+    from cluster.pipeline.errors import ImageError
+    from cluster.storage import StorageError
+
+    return (FacegridError, ImageError, StorageError)
+
+
+def fail(exc: Exception) -> typer.Exit:
+    code = getattr(exc, "code", None) or getattr(exc, "reason", None) or type(exc).__name__
+    console.print(f"[red]error[/red] {code}: {getattr(exc, 'message', None) or exc}")
+    return typer.Exit(2)
+
+
+def call(action: Callable[[FaceService, Caller], Any]) -> Any:
+    """Run a service function as the local operator; user errors become a message and exit status 2."""
+    from cluster.access import local_operator
+    from serving.service import FaceService
+
+    try:
+        result = action(FaceService(settings()), local_operator())
+        return asyncio.run(result) if inspect.iscoroutine(result) else result
+    except user_errors() as exc:
+        raise fail(exc) from exc
