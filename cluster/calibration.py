@@ -6,10 +6,25 @@ from typing import Any
 
 import numpy as np
 
-# Cosine similarity of unit dlib descriptors at which two faces are called the same person by default: the
-# equivalent of dlib's published Euclidean threshold of 0.6 on raw descriptors, set on lfw-dev (README, Accuracy).
+from cluster.errors import InvalidRequest
+
+# Cosine similarity of unit dlib descriptors at which `facegrid eval` calls two faces the same person: the single
+# threshold with the best accuracy on lfw-dev (README, Accuracy). Searches never use it: they use the floor below.
 DEFAULT_MATCH_SIMILARITY = 0.91
 FMR_POINTS = ("1e-1", "1e-2", "1e-3", "1e-4", "1e-5", "1e-6", "1e-7")
+# The floor's threshold is the one measured for half the promised rate: on lfw-dev, people not in the calibration
+# set showed up to 1.5x the in-sample rate at the same threshold, and at most 0.9x with this margin (README).
+FLOOR_MARGIN = 2.0
+# A rate is only measurable with enough impostor comparisons above its threshold.
+MIN_EVENTS = 50
+_GRID = np.round(np.arange(-1.0, -8.01, -0.1), 1)
+
+
+def _threshold(impostor_sorted: np.ndarray, rate: float) -> float:
+    """Smallest threshold with at most rate * n impostor similarities at or above it."""
+    n = len(impostor_sorted)
+    allowed = int(np.floor(rate * n))
+    return float(np.nextafter(impostor_sorted[n - allowed - 1], np.float64(np.inf)))
 
 
 def build_calibration(genuine: np.ndarray, impostor: np.ndarray, failed_genuine: int = 0) -> dict[str, Any]:
@@ -17,16 +32,15 @@ def build_calibration(genuine: np.ndarray, impostor: np.ndarray, failed_genuine:
     impostor = np.sort(impostor)
     n = len(impostor)
     n_genuine = len(genuine) + failed_genuine
+    table = [[float(10**e), round(_threshold(impostor, float(10**e)), 6)] for e in _GRID if 10**e * n >= 1]
     similarity_at: dict[str, float | None] = {}
     fnmr_at: dict[str, float | None] = {}
     for label in FMR_POINTS:
         rate = float(label)
-        allowed = int(np.floor(rate * n))
         if n == 0 or rate * n < 1:
             similarity_at[label] = fnmr_at[label] = None  # fewer comparisons than 1/rate: not measurable
             continue
-        # Threshold just above the (allowed+1)-th highest impostor similarity: at most `allowed` false matches.
-        threshold = float(np.nextafter(impostor[n - allowed - 1], np.float64(np.inf)))
+        threshold = _threshold(impostor, rate)
         similarity_at[label] = round(threshold, 6)
         misses = int((genuine < threshold).sum()) + failed_genuine
         fnmr_at[label] = round(misses / n_genuine, 6) if n_genuine else None
@@ -36,23 +50,31 @@ def build_calibration(genuine: np.ndarray, impostor: np.ndarray, failed_genuine:
         "genuine_comparisons": n_genuine,
         "similarity_at_fmr": similarity_at,
         "fnmr_at_fmr": fnmr_at,
+        "table": table,
     }
+
+
+def _table(calibration: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    rows = sorted(calibration["table"], key=lambda r: r[1])
+    return np.array([r[1] for r in rows]), np.log10([r[0] for r in rows])
 
 
 def estimated_false_match_rate(similarity: float | np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
     """Interpolated FMR for a similarity; above the highest measured threshold, the smallest measured rate (a bound)."""
-    points = [(v, float(k)) for k, v in calibration["similarity_at_fmr"].items() if v is not None]
-    points.sort()
-    sims = np.array([p[0] for p in points])
-    log_rates = np.log10([p[1] for p in points])
+    sims, log_rates = _table(calibration)
     return np.asarray(10 ** np.interp(similarity, sims, log_rates, left=0.0, right=log_rates[-1]))
 
 
-def similarity_for_rate(rate: float, calibration: dict[str, Any]) -> float:
-    """Smallest similarity whose estimated FMR is at most `rate` (refuses rates the calibration cannot support)."""
-    points = sorted((float(k), v) for k, v in calibration["similarity_at_fmr"].items() if v is not None)
-    if not points or rate < points[0][0]:
-        raise ValueError(f"false match rate {rate:g} is below what the calibration measured")
-    rates = np.log10([p[0] for p in points])
-    sims = np.array([p[1] for p in points])
-    return float(np.interp(np.log10(rate), rates, sims))
+def floor_similarity(rate: float, calibration: dict[str, Any]) -> float:
+    """The similarity a collection promising at most `rate` false matches per comparison must enforce."""
+    target = rate / FLOOR_MARGIN
+    n = calibration["impostor_comparisons"]
+    if target * n < MIN_EVENTS:
+        lowest = FLOOR_MARGIN * MIN_EVENTS / n
+        raise InvalidRequest(
+            f"a floor of {rate:g} false matches per comparison cannot be promised: the calibration's {n} impostor "
+            f"comparisons support floors of {lowest:.2g} or more"
+        )
+    sims, log_rates = _table(calibration)
+    # log-rate falls as similarity rises; interpolate on the reversed arrays.
+    return float(np.interp(np.log10(target), log_rates[::-1], sims[::-1]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from cluster.calibration import DEFAULT_MATCH_SIMILARITY, build_calibration
+from cluster.calibration import DEFAULT_MATCH_SIMILARITY, build_calibration, floor_similarity
+from cluster.collection import DEFAULT_MAX_FALSE_MATCH_RATE
+from cluster.errors import InvalidRequest
 from cluster.pipeline.errors import ImageError
 from cluster.pipeline.faces import FacePipeline
 
@@ -68,6 +71,45 @@ def impostor_similarities(embeddings: dict[str, np.ndarray]) -> np.ndarray:
         mask = (np.arange(len(names))[None, :] > rows[:, None]) & (people[None, :] != people[rows][:, None])
         chunks.append(sims[mask])
     return np.concatenate(chunks) if chunks else np.zeros(0)
+
+
+def floor_check(
+    embeddings: dict[str, np.ndarray],
+    pairs: list[Pair],
+    sims: np.ndarray,
+    impostor: np.ndarray,
+    calibration: dict[str, Any],
+    rate: float = DEFAULT_MAX_FALSE_MATCH_RATE,
+) -> dict[str, Any]:
+    """Does the floor keep its promise? At the default floor: false matches among the listed different-person pairs
+    and among all impostor comparisons. Out of sample: calibrate on half the people (split by a hash of the name)
+    and count false matches among the other half, at every rate that half can support."""
+    threshold = floor_similarity(rate, calibration)
+    different = np.array([not p.same for p in pairs]) & ~np.isnan(sims)
+    listed = sims[different]
+    people = sorted({name.split("/")[0] for name in embeddings})
+    first = {p for p in people if int(hashlib.sha256(p.encode()).hexdigest(), 16) % 2 == 0}
+    halves = [{n: v for n, v in embeddings.items() if (n.split("/")[0] in first) == side} for side in (True, False)]
+    half_calibration = build_calibration(np.zeros(0), impostor_similarities(halves[0]))
+    held_out = impostor_similarities(halves[1])
+    heldout = []
+    for check in (1e-3, 1e-4, 3e-5, rate):
+        try:
+            at = floor_similarity(check, half_calibration)
+        except InvalidRequest:
+            continue  # too few comparisons in half the photos to measure this rate
+        false = int((held_out >= at).sum())
+        heldout.append({"promised_fmr": check, "false_matches": false, "fmr": false / max(len(held_out), 1)})
+    return {
+        "promised_fmr": rate,
+        "threshold": round(threshold, 6),
+        "listed_different_pairs": int(different.sum()),
+        "listed_false_matches": int((listed >= threshold).sum()),
+        "all_impostor_comparisons": len(impostor),
+        "all_impostor_false_matches": int((impostor >= threshold).sum()),
+        "heldout_comparisons": len(held_out),
+        "heldout": heldout,
+    }
 
 
 def _plots(out: Path, genuine: np.ndarray, impostor: np.ndarray) -> list[str]:
@@ -158,5 +200,9 @@ def evaluate_lfw(
     if out is not None:
         result["plots"] = _plots(out, genuine, impostor)
         (out / "lfw.json").write_text(json.dumps(result, indent=2))
+    try:
+        result["floor_check"] = floor_check(embeddings, pairs, sims, impostor, calibration)
+    except InvalidRequest as exc:  # too few photos for the default floor: say so rather than pretend
+        result["floor_check"] = {"error": exc.message}
     result["calibration"] = calibration
     return result

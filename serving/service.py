@@ -15,7 +15,7 @@ import numpy as np
 
 from cluster.access import Action, Caller, KeyStore, authorize
 from cluster.audit import read_records
-from cluster.calibration import estimated_false_match_rate, similarity_for_rate
+from cluster.calibration import estimated_false_match_rate, floor_similarity
 from cluster.collection import Collections, Manifest, face_row
 from cluster.errors import (
     REFUSAL_CODES,
@@ -184,10 +184,7 @@ class FaceService:
     # --- thresholds --------------------------------------------------------------------------------------------
 
     def floor_similarity(self, max_false_match_rate: float) -> float:
-        try:
-            return similarity_for_rate(max_false_match_rate, self.calibration)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc)) from exc
+        return floor_similarity(max_false_match_rate, self.calibration)
 
     def applied_threshold(self, manifest: Manifest, requested: float | None) -> dict[str, Any]:
         floor = self.floor_similarity(manifest.max_false_match_rate)

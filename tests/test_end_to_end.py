@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,16 +13,16 @@ import httpx
 import numpy as np
 import pytest
 import ray
-import uvicorn
 
 from cluster.access import Role, local_operator
 from cluster.collection import Collections
+from cluster.pipeline.quality import QualityFilter
 from cluster.settings import Settings
 from cluster.storage import S3Store, open_store
 from jobs.index import run_index_job
-from serving.app import create_app
 from serving.service import FaceService
-from tests.s3server import ACCESS_KEY, SECRET_KEY, _free_port, s3_server
+from tests.apiserver import api_server
+from tests.s3server import ACCESS_KEY, SECRET_KEY, s3_server
 
 PEOPLE = 40
 INDEXED_PER_PERSON = 8
@@ -64,34 +62,22 @@ def world(lfw_images: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFa
             probes[name] = files[0].read_bytes()  # held out: never indexed
             for path in files[1:]:
                 photos.put(f"{name}/{path.name}", path.read_bytes())
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         ray.init(num_cpus=2, include_dashboard=False, namespace="facegrid", log_to_driver=False)
-        service = FaceService(settings)
-        asyncio.run(service.create_collection(local_operator(), COLLECTION, shards=4, max_false_match_rate=1e-2))
-        token = service.keys.create(Role.ADMIN, label="e2e")[1]
-        summary = run_index_job(settings, COLLECTION, "s3://photos/lfw", quality_filter="NONE")  # type: ignore[arg-type]
-        port = _free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(create_app(service=service), host="127.0.0.1", port=port, log_level="warning")
-        )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
         try:
-            yield {
-                "settings": settings,
-                "service": service,
-                "summary": summary,
-                "probes": probes,
-                "people": people,
-                "client": httpx.Client(
-                    base_url=f"http://127.0.0.1:{port}", timeout=60, headers={"Authorization": f"Bearer {token}"}
-                ),
-            }
+            service = FaceService(settings)
+            asyncio.run(service.create_collection(local_operator(), COLLECTION, shards=4, max_false_match_rate=1e-2))
+            token = service.keys.create(Role.ADMIN, label="e2e")[1]
+            summary = run_index_job(settings, COLLECTION, "s3://photos/lfw", quality_filter=QualityFilter.NONE)
+            with api_server(service) as url:
+                yield {
+                    "settings": settings,
+                    "service": service,
+                    "summary": summary,
+                    "probes": probes,
+                    "people": people,
+                    "client": httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {token}"}),
+                }
         finally:
-            server.should_exit = True
-            thread.join(10)
             ray.shutdown()
 
 
@@ -145,7 +131,7 @@ def test_sharded_top10_equals_brute_force(world: dict[str, Any]) -> None:
 def test_rerun_adds_no_duplicates(world: dict[str, Any]) -> None:
     settings, service = world["settings"], world["service"]
     before = service.collections.get(COLLECTION).face_count
-    again = run_index_job(settings, COLLECTION, "s3://photos/lfw", quality_filter="NONE")  # type: ignore[arg-type]
+    again = run_index_job(settings, COLLECTION, "s3://photos/lfw", quality_filter=QualityFilter.NONE)
     assert again["images"] == 0
     assert service.collections.get(COLLECTION).face_count == before
     faces = service.collections.faces(service.collections.get(COLLECTION), ["face_id"]).column("face_id").to_pylist()

@@ -157,7 +157,7 @@ class ModelRegistry:
     def calibration(self, model_id: str) -> dict[str, Any]:
         """The calibration in the model card once `facegrid eval` ran here, else the one shipped with facegrid."""
         card = self.card(model_id) or {}
-        if card.get("calibration"):
+        if (card.get("calibration") or {}).get("table"):
             return dict(card["calibration"])
         published = PUBLISHED_CALIBRATIONS / f"{model_id}.json"
         if not published.exists():

@@ -1,0 +1,82 @@
+"""The audit chain: verify passes untouched and names the first bad record after each kind of tampering."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cluster import audit
+from cluster.audit import AuditLog, record_hash, verify
+from cluster.storage import LocalStore
+from jobs.cli import app
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalStore:
+    monkeypatch.setattr(audit, "SEGMENT_RECORDS", 8)  # several segments from a few records
+    store = LocalStore(tmp_path / "store")
+    log = AuditLog(store)
+    for i in range(20):
+        log.append({"action": "search", "key_id": f"k{i % 3}", "purpose": "system-test", "case_id": f"C-{i}"})
+    return store
+
+
+def _segments(store: LocalStore) -> list[Path]:
+    return sorted((store.root / "audit").rglob("*.jsonl"))
+
+
+def _edit(path: Path, change) -> None:  # type: ignore[no-untyped-def]
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(change(lines)) + "\n")
+
+
+def test_untouched_log_verifies(store: LocalStore) -> None:
+    result = verify(store)
+    assert result["ok"] and result["records"] == 20
+    assert len(_segments(store)) == 3
+
+
+def test_changed_byte_is_named(store: LocalStore) -> None:
+    segment = _segments(store)[1]  # records 9..16
+    _edit(segment, lambda lines: [lines[0], lines[1].replace("C-9", "C-X"), *lines[2:]])
+    bad = verify(store)["first_bad_record"]
+    assert not verify(store)["ok"] and bad["seq"] == 10 and "modified" in bad["problem"]
+
+
+def test_deleted_record_is_named(store: LocalStore) -> None:
+    _edit(_segments(store)[1], lambda lines: [lines[0], *lines[2:]])  # seq 10 removed
+    bad = verify(store)["first_bad_record"]
+    assert bad["seq"] == 11 and "10..10 are missing" in bad["problem"]
+
+
+def test_swapped_records_are_named(store: LocalStore) -> None:
+    _edit(_segments(store)[0], lambda lines: [lines[0], lines[2], lines[1], *lines[3:]])
+    bad = verify(store)["first_bad_record"]
+    assert bad["seq"] == 3 and bad["line"] == 2 and "prev_hash" in bad["problem"]
+
+
+def test_record_appended_out_of_chain_is_named(store: LocalStore) -> None:
+    last = _segments(store)[-1]
+    forged = {"seq": 21, "time": "2026-01-01T00:00:00+00:00", "action": "search", "prev_hash": "f" * 64}
+    forged["hash"] = record_hash(forged)
+    _edit(last, lambda lines: [*lines, json.dumps(forged)])
+    bad = verify(store)["first_bad_record"]
+    assert bad["seq"] == 21 and "appended out of chain" in bad["problem"]
+
+
+def test_a_new_writer_continues_the_chain(store: LocalStore) -> None:
+    AuditLog(store).append({"action": "export"})
+    assert verify(store)["records"] == 21
+
+
+def test_cli_verify_exit_status(store: LocalStore) -> None:
+    env = {"FACEGRID_STORE": str(store.root)}
+    runner = CliRunner()
+    assert runner.invoke(app, ["audit", "verify", "--json"], env=env).exit_code == 0
+    _edit(_segments(store)[0], lambda lines: [lines[0].replace("search", "sEarch"), *lines[1:]])
+    failed = runner.invoke(app, ["audit", "verify", "--json"], env=env)
+    assert failed.exit_code == 1
+    assert json.loads(failed.stdout.strip().splitlines()[-1])["first_bad_record"]["seq"] == 1
