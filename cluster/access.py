@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import time
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -16,6 +17,7 @@ from cluster.errors import FacegridError, InvalidRequest
 from cluster.storage import ObjectNotFound, ObjectStore
 
 KEYS_OBJECT = "access/keys.json"
+KEY_CACHE_S = 1.0
 TOKEN_PREFIX = "fgk"
 
 
@@ -99,16 +101,25 @@ class KeyStore:
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
+        self._cached: tuple[float, list[ApiKey]] | None = None
 
-    def keys(self) -> list[ApiKey]:
+    def keys(self, max_age_s: float = 0.0) -> list[ApiKey]:
+        if self._cached and time.monotonic() - self._cached[0] <= max_age_s:
+            return self._cached[1]
         try:
             raw = json.loads(self.store.get(KEYS_OBJECT))
         except ObjectNotFound:
-            return []
-        return [ApiKey.model_validate(k) for k in raw["keys"]]
+            raw = {"keys": []}
+        keys = [ApiKey.model_validate(k) for k in raw["keys"]]
+        self._cached = (time.monotonic(), keys)
+        return keys
+
+    def fresh(self) -> bool:
+        return self._cached is not None and time.monotonic() - self._cached[0] <= KEY_CACHE_S
 
     def _save(self, keys: list[ApiKey]) -> None:
         self.store.put(KEYS_OBJECT, json.dumps({"keys": [k.model_dump() for k in keys]}, indent=2).encode())
+        self._cached = None
 
     def create(self, role: Role | str, collections: list[str] | None = None, label: str = "") -> tuple[ApiKey, str]:
         try:
@@ -144,7 +155,8 @@ class KeyStore:
         key_id, _, secret = rest.partition(".")
         if prefix != TOKEN_PREFIX or not key_id or not secret:
             raise NotAuthenticated("malformed API key")
-        for key in self.keys():
+        # Keys are re-read at most once a second: a revocation takes effect within that time on every server.
+        for key in self.keys(max_age_s=KEY_CACHE_S):
             if key.key_id == key_id and hmac.compare_digest(key.secret_sha256, _digest(secret)):
                 if key.revoked_at:
                     raise NotAuthenticated(f"API key {key_id} was revoked at {key.revoked_at}")

@@ -16,7 +16,7 @@ from cluster.storage import LocalStore, ObjectNotFound, ObjectStore
 PREFIX = "audit/"
 HEAD = "audit/HEAD.json"
 GENESIS = "0" * 64
-# Records per segment: a segment is rewritten whole on every append (object stores cannot append), so it stays small.
+# Records per segment: on S3 a segment is rewritten whole on every append (no appends there), so it stays small.
 SEGMENT_RECORDS = 256
 
 
@@ -54,10 +54,10 @@ class AuditLog:
             line = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
             key, count = head["segment"], head["segment_records"]
             if key is None or count >= SEGMENT_RECORDS or f"/{now:%Y/%m/%d}/" not in key:
-                key, count, lines = _segment_key(now, record["seq"]), 0, ""
+                key, count = _segment_key(now, record["seq"]), 0
+                self.store.put(key, line.encode())
             else:
-                lines = self.store.get(key).decode()
-            self.store.put(key, (lines + line).encode())
+                self.store.append(key, line.encode())
             pointer = {"seq": record["seq"], "hash": record["hash"], "segment": key, "segment_records": count + 1}
             self.store.put(HEAD, json.dumps(pointer).encode())
         return {"seq": record["seq"], "hash": record["hash"]}

@@ -62,6 +62,8 @@ def shard_actor(settings: Settings, collection: str, shard: int) -> Any:
         name=shard_name(collection, shard),
         namespace=NAMESPACE,
         get_if_exists=True,
+        # Shards are a service of the cluster: they outlive the process that first asked for them.
+        lifetime="detached",
         num_cpus=SHARD_CPUS,
         max_restarts=-1,
         max_task_retries=3,

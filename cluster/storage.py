@@ -68,6 +68,14 @@ class ObjectStore:
             return False
         return True
 
+    def append(self, key: str, data: bytes) -> None:
+        """Add bytes at the end of an object; object stores cannot append, so the object is rewritten."""
+        try:
+            current = self.get(key)
+        except ObjectNotFound:
+            current = b""
+        self.put(key, current + data)
+
     def put_parquet(self, key: str, table: pa.Table) -> None:
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
@@ -83,10 +91,11 @@ class LocalStore(ObjectStore):
         self.uri = str(self.root)
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if path != self.root and self.root not in path.parents:
+        # normpath, not resolve: no file-system calls on a hot path (audit appends), and ".." still cannot escape.
+        path = os.path.normpath(os.path.join(self.uri, key))
+        if path != self.uri and not path.startswith(self.uri + os.sep):
             raise StorageError(f"key {key!r} escapes the store root")
-        return path
+        return Path(path)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         base = self._path(prefix) if prefix else self.root
@@ -122,6 +131,12 @@ class LocalStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def append(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab") as handle:
+            handle.write(data)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

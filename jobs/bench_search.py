@@ -6,6 +6,8 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -78,19 +80,31 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
     return round(float(np.percentile(ms, 50)), 3), round(float(np.percentile(ms, 99)), 3)
 
 
-def _http_latencies(service: FaceService, probes: np.ndarray, headers: dict[str, str]) -> list[float]:
-    """Sequential single-vector searches through a real server on 127.0.0.1; the first 20 only warm up."""
+@contextmanager
+def _server(service: FaceService, headers: dict[str, str]) -> Iterator[httpx.Client]:
     server = uvicorn.Server(uvicorn.Config(create_app(service=service), host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
-    body = {"purpose": "system-test", "case_id": "BENCH", "max_results": 10, "threshold": 0.99}
-    times = []
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers=headers) as client:
-            for i, probe in enumerate(np.concatenate([probes[:20], probes])):
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _http_latencies(variants: list[tuple[FaceService, dict[str, str]]], probes: np.ndarray) -> list[list[float]]:
+    """Sequential single-vector searches through real servers on 127.0.0.1, alternating between the variants query
+    by query so that they share the machine's ups and downs; the first 20 queries only warm up."""
+    body = {"purpose": "system-test", "case_id": "BENCH", "max_results": 10, "threshold": 0.99}
+    times: list[list[float]] = [[] for _ in variants]
+    with ExitStack() as stack:
+        clients = [stack.enter_context(_server(service, headers)) for service, headers in variants]
+        for i, probe in enumerate(np.concatenate([probes[:20], probes])):
+            for client, samples in zip(clients, times, strict=True):
                 began = time.perf_counter()
                 response = client.post("/v1/collections/bench/search-vector", json={**body, "vector": probe.tolist()})
                 elapsed = time.perf_counter() - began
@@ -98,10 +112,7 @@ def _http_latencies(service: FaceService, probes: np.ndarray, headers: dict[str,
                 if response.json()["partial"]:
                     raise RuntimeError("a shard did not answer during the benchmark")
                 if i >= 20:
-                    times.append(elapsed)
-    finally:
-        server.should_exit = True
-        thread.join(10)
+                    samples.append(elapsed)
     return times
 
 
@@ -153,8 +164,9 @@ def run_search_benchmark(
         ensure_ray()
         accountable = FaceService(settings)
         token = accountable.keys.create(Role.SEARCHER, label="bench")[1]
-        with_accountability = _http_latencies(accountable, probes, {"X-API-Key": token})
-        without = _http_latencies(FaceService(settings, accountable=False), probes, {})
+        with_accountability, without = _http_latencies(
+            [(accountable, {"X-API-Key": token}), (FaceService(settings, accountable=False), {})], probes
+        )
         audit_ok = verify(LocalStore(root))
         p50, p99 = _percentiles(with_accountability)
         bare_p50, bare_p99 = _percentiles(without)
