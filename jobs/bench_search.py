@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -16,7 +15,6 @@ import faiss
 import httpx
 import numpy as np
 import pyarrow as pa
-import uvicorn
 
 from cluster.access import Role
 from cluster.audit import verify
@@ -25,8 +23,8 @@ from cluster.models.registry import EMBEDDER_ID, ModelRegistry
 from cluster.raycluster import ensure_ray
 from cluster.settings import Settings
 from cluster.storage import LocalStore
-from serving.app import create_app
 from serving.service import FaceService
+from serving.threaded import serve_in_thread
 
 # Spread of a person's samples around their centre: two samples of one identity then have cosine about 0.93, as
 # two lfw-dev photos of one person do on average with our model.
@@ -81,19 +79,9 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 @contextmanager
-def _server(service: FaceService, headers: dict[str, str]) -> Iterator[httpx.Client]:
-    server = uvicorn.Server(uvicorn.Config(create_app(service=service), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers=headers) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(10)
+def _client(service: FaceService, headers: dict[str, str]) -> Iterator[httpx.Client]:
+    with serve_in_thread(service) as url, httpx.Client(base_url=url, timeout=30, headers=headers) as client:
+        yield client
 
 
 def _http_latencies(variants: list[tuple[FaceService, dict[str, str]]], probes: np.ndarray) -> list[list[float]]:
@@ -102,7 +90,7 @@ def _http_latencies(variants: list[tuple[FaceService, dict[str, str]]], probes: 
     body = {"purpose": "system-test", "case_id": "BENCH", "max_results": 10, "threshold": 0.99}
     times: list[list[float]] = [[] for _ in variants]
     with ExitStack() as stack:
-        clients = [stack.enter_context(_server(service, headers)) for service, headers in variants]
+        clients = [stack.enter_context(_client(service, headers)) for service, headers in variants]
         for i, probe in enumerate(np.concatenate([probes[:20], probes])):
             for client, samples in zip(clients, times, strict=True):
                 began = time.perf_counter()

@@ -30,6 +30,7 @@ def create_app(settings: Settings | None = None, service: FaceService | None = N
         app.state.service = service or FaceService(settings or get_settings())
         yield
         app.state.service.executor.shutdown(wait=False)
+        app.state.service.fanout_executor.shutdown(wait=False)
 
     app = FastAPI(title="facegrid", version="0.1.0", lifespan=lifespan)
     app.state.request_counts = Counter()

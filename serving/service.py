@@ -5,34 +5,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from cluster.access import Action, Caller, KeyStore, authorize
-from cluster.audit import read_records
+from cluster.access import Action, Caller, authorize
 from cluster.calibration import estimated_false_match_rate, floor_similarity
 from cluster.collection import Collections, Manifest, face_row
-from cluster.errors import (
-    REFUSAL_CODES,
-    FacegridError,
-    InvalidRequest,
-    NoFaceInProbe,
-    PurposeRequired,
-    ThresholdBelowFloor,
-)
+from cluster.errors import InvalidRequest, NoFaceInProbe, ThresholdBelowFloor
 from cluster.models.registry import EMBEDDER_ID, ModelRegistry
 from cluster.pipeline.errors import ImageError, Reason
 from cluster.pipeline.faces import Face, FacePipeline, ImageFaces
 from cluster.pipeline.quality import QualityFilter
-from cluster.raycluster import append_audit, ensure_ray, live_shards, shard_actor
+from cluster.raycluster import ensure_ray, live_shards, shard_actor
 from cluster.settings import Settings
-from cluster.storage import LocalStore, open_store
-from cluster.transparency import transparency_report
+from cluster.storage import open_store
+from serving.accountable import Accountable, record_results, search_entry
 from serving.fanout import Hit, fan_out
 
 LEADS_NOTICE = (
@@ -55,23 +44,15 @@ def _face_json(face: Face) -> dict[str, Any]:
     }
 
 
-class FaceService:
-    """Every public method takes the Caller, checks its role, and writes audit records for what must be answered for.
-
-    `accountable=False` exists only for benchmarks that measure what auth and audit cost; no setting reaches it.
-    """
+class FaceService(Accountable):
+    """Collections, faces, search, compare and detect, for the API and the CLI alike (see Accountable)."""
 
     def __init__(self, settings: Settings, accountable: bool = True) -> None:
-        self.settings = settings
-        self.accountable = accountable
-        self.store = open_store(settings.store, settings)
-        self.keys = KeyStore(self.store)
+        super().__init__(settings, open_store(settings.store, settings), accountable)
         self.collections = Collections(self.store)
         self.registry = ModelRegistry(settings.model_dir)
         self.calibration = self.registry.calibration(EMBEDDER_ID)
         self._pipeline: FacePipeline | None = None
-        # Model inference releases the GIL; two threads keep the event loop free on a two-core machine.
-        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="facegrid-probe")
         # Fan-outs only wait on shards: many may be in flight, and none should queue behind a probe's embedding.
         self.fanout_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="facegrid-fanout")
         self._manifests: dict[str, tuple[float, Manifest]] = {}
@@ -90,43 +71,6 @@ class FaceService:
         manifest = self.collections.get(name)
         self._manifests[name] = (time.monotonic(), manifest)
         return manifest
-
-    async def audit(self, caller: Caller, entry: dict[str, Any]) -> None:
-        if not self.accountable:
-            return
-        record = {"key_id": caller.key_id, "role": str(caller.role), "client": caller.client, **entry}
-        if isinstance(self.store, LocalStore):
-            # A local append takes about 0.3 ms, less than handing it to a thread would.
-            append_audit(self.settings, self.store, record)
-            return
-        await asyncio.get_running_loop().run_in_executor(self.executor, append_audit, self.settings, self.store, record)
-
-    @asynccontextmanager
-    async def audited(self, caller: Caller, entry: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Record the action whatever happens: the body adds its results to the entry; refusals are recorded too."""
-        try:
-            yield entry
-        except (FacegridError, ImageError) as exc:
-            code = exc.code if isinstance(exc, FacegridError) else str(exc.reason)
-            outcome = "refused" if code in REFUSAL_CODES else "error"
-            await self.audit(caller, {**entry, "outcome": outcome, "code": code})
-            raise
-        await self.audit(caller, {**entry, "outcome": "ok"})
-
-    async def audit_records(
-        self, caller: Caller, start: datetime | None, end: datetime | None, limit: int
-    ) -> dict[str, Any]:
-        authorize(caller, Action.AUDIT_READ)
-        start, end = (t.replace(tzinfo=UTC) if t and t.tzinfo is None else t for t in (start, end))
-        loop = asyncio.get_running_loop()
-        records = await loop.run_in_executor(self.executor, read_records, self.store, start, end)
-        entry = {"action": "export", "from": str(start), "to": str(end), "records": min(len(records), limit)}
-        await self.audit(caller, {**entry, "outcome": "ok"})
-        return {"records": records[:limit], "total": len(records), "truncated": len(records) > limit}
-
-    async def transparency(self) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        return transparency_report(await loop.run_in_executor(self.executor, read_records, self.store))
 
     async def shards(self, manifest: Manifest) -> dict[int, Any]:
         """Handles of the collection's shard actors; the first call waits until they have loaded their snapshots."""
@@ -208,14 +152,6 @@ class FaceService:
             "max_false_match_rate": manifest.max_false_match_rate,
         }
 
-    def check_purpose(self, purpose: str | None, case_id: str | None) -> None:
-        if not purpose:
-            raise PurposeRequired(f"a purpose is required; one of {self.settings.serving.purposes}")
-        if purpose not in self.settings.serving.purposes:
-            raise PurposeRequired(f"purpose {purpose!r} is not allowed here; one of {self.settings.serving.purposes}")
-        if not case_id or not case_id.strip():
-            raise PurposeRequired("a case_id is required: the reference of the case this search serves")
-
     # --- probes ------------------------------------------------------------------------------------------------
 
     async def probe(self, blob: bytes, max_faces: int | None) -> ImageFaces:
@@ -259,10 +195,10 @@ class FaceService:
         max_results: int = 10,
         max_faces: int = 1,
     ) -> dict[str, Any]:
-        entry = _search_entry("search", collection, purpose, case_id, threshold, hashlib.sha256(blob).hexdigest())
+        entry = search_entry("search", collection, purpose, case_id, threshold, hashlib.sha256(blob).hexdigest())
         async with self.audited(caller, entry):
             result = await self._search(caller, collection, blob, purpose, case_id, threshold, max_results, max_faces)
-            _record_results(entry, result, [result, *result["other_faces"]])
+            record_results(entry, result, [result, *result["other_faces"]])
         return result
 
     async def _search(
@@ -344,12 +280,12 @@ class FaceService:
     ) -> dict[str, Any]:
         """Search with an embedding made elsewhere by the same model (the collection's model id must match)."""
         query = np.asarray(vector, dtype=np.float32)
-        entry = _search_entry(
+        entry = search_entry(
             "search-vector", collection, purpose, case_id, threshold, hashlib.sha256(query.tobytes()).hexdigest()
         )
         async with self.audited(caller, entry):
             result = await self._search_vector(caller, collection, query, purpose, case_id, threshold, max_results)
-            _record_results(entry, result, [result])
+            record_results(entry, result, [result])
         return result
 
     async def _search_vector(
@@ -373,7 +309,7 @@ class FaceService:
         self, caller: Caller, a: bytes, b: bytes, *, purpose: str | None, case_id: str | None
     ) -> dict[str, Any]:
         probe = hashlib.sha256(a).hexdigest() + ":" + hashlib.sha256(b).hexdigest()
-        async with self.audited(caller, _search_entry("compare", None, purpose, case_id, None, probe)) as entry:
+        async with self.audited(caller, search_entry("compare", None, purpose, case_id, None, probe)) as entry:
             result = await self._compare(caller, a, b, purpose, case_id)
             entry["similarity"] = result["similarity"]
         return result
@@ -450,24 +386,3 @@ class FaceService:
             await asyncio.gather(*(s.reload.remote() for s in live_shards(collection, published.shard_count)))
         unknown = sorted(set(face_ids) - set(erased))
         return {"deleted_faces": erased, "unknown_face_ids": unknown, "collection_faces": published.face_count}
-
-
-def _search_entry(
-    action: str, collection: str | None, purpose: str | None, case_id: str | None, threshold: float | None, probe: str
-) -> dict[str, Any]:
-    return {
-        "action": action,
-        "collection": collection,
-        "purpose": purpose,
-        "case_id": case_id,
-        "probe_sha256": probe,
-        "threshold_requested": threshold,
-    }
-
-
-def _record_results(entry: dict[str, Any], result: dict[str, Any], searched: list[dict[str, Any]]) -> None:
-    entry["threshold_applied"] = result["threshold"]["applied"]
-    entry["partial"] = result["partial"]
-    entry["results"] = [
-        [{"face_id": m["face_id"], "similarity": m["similarity"]} for m in face["matches"]] for face in searched
-    ]

@@ -21,7 +21,7 @@ from cluster.settings import Settings
 from cluster.storage import S3Store, open_store
 from jobs.index import run_index_job
 from serving.service import FaceService
-from tests.apiserver import api_server
+from serving.threaded import serve_in_thread
 from tests.s3server import ACCESS_KEY, SECRET_KEY, s3_server
 
 PEOPLE = 40
@@ -68,7 +68,7 @@ def world(lfw_images: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFa
             asyncio.run(service.create_collection(local_operator(), COLLECTION, shards=4, max_false_match_rate=1e-2))
             token = service.keys.create(Role.ADMIN, label="e2e")[1]
             summary = run_index_job(settings, COLLECTION, "s3://photos/lfw", quality_filter=QualityFilter.NONE)
-            with api_server(service) as url:
+            with serve_in_thread(service) as url:
                 yield {
                     "settings": settings,
                     "service": service,

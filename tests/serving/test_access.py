@@ -15,7 +15,7 @@ from cluster.access import Role, local_operator
 from cluster.audit import read_records, verify
 from cluster.settings import Settings
 from serving.service import FaceService
-from tests.apiserver import api_server
+from serving.threaded import serve_in_thread
 from tests.conftest import lfw_photos
 
 ROLES = ("admin", "indexer", "searcher", "auditor")
@@ -35,7 +35,7 @@ def world(model_dir: Path, lfw_images: Path, tmp_path_factory: pytest.TempPathFa
         tokens["searcher-alpha-only"] = service.keys.create(Role.SEARCHER, ["alpha"])[1]
         revoked, tokens["revoked"] = service.keys.create(Role.ADMIN)
         service.keys.revoke(revoked.key_id)
-        with api_server(service) as url:
+        with serve_in_thread(service) as url:
             yield {"service": service, "url": url, "tokens": tokens, "photo": lfw_photos(lfw_images, 1)[0].read_bytes()}
     finally:
         ray.shutdown()

@@ -1,4 +1,4 @@
-"""Run the real API app on 127.0.0.1 in a thread, for tests that talk HTTP to it."""
+"""Run the API on 127.0.0.1 in a background thread of this process: for benchmarks and tests that talk HTTP."""
 
 from __future__ import annotations
 
@@ -14,11 +14,14 @@ from serving.service import FaceService
 
 
 @contextmanager
-def api_server(service: FaceService) -> Iterator[str]:
+def serve_in_thread(service: FaceService) -> Iterator[str]:
+    """Yields the base URL; the server stops when the block ends."""
     server = uvicorn.Server(uvicorn.Config(create_app(service=service), host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the API server failed to start")
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
