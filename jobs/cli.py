@@ -59,9 +59,15 @@ def models_build(force: bool = False, as_json: JsonFlag = False) -> None:
 @models_app.command("list")
 def models_list(as_json: JsonFlag = False) -> None:
     """Show a model card per model: source, licence, sha256, inputs, outputs and calibration."""
-    from cluster.models.registry import ModelRegistry
+    from cluster.models.registry import EMBEDDER_ID, ModelRegistry
 
-    cards = ModelRegistry(settings().model_dir).build_all()
+    registry = ModelRegistry(settings().model_dir)
+    cards = registry.build_all()
+    for card in cards:
+        if card["model_id"] == EMBEDDER_ID:
+            # Until `facegrid eval` runs here, the calibration shipped with facegrid is the one searches use.
+            calibration = registry.calibration(EMBEDDER_ID)
+            card["calibration"] = {k: v for k, v in calibration.items() if k != "table"}
     if as_json:
         print(json.dumps({"models": cards}))
         return
@@ -69,7 +75,7 @@ def models_list(as_json: JsonFlag = False) -> None:
         table = Table(title=card["model_id"], show_header=False)
         for key in ("description", "source_package", "source_version", "licence", "sha256", "inputs", "outputs"):
             table.add_row(key, json.dumps(card[key]) if isinstance(card[key], list) else str(card[key]))
-        table.add_row("calibration", json.dumps(card.get("calibration")) if card.get("calibration") else "none yet")
+        table.add_row("calibration", json.dumps(card.get("calibration")) if card.get("calibration") else "none")
         Console().print(table)
 
 
