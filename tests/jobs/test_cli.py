@@ -92,3 +92,21 @@ def test_index_search_delete(env: dict[str, str], lfw_images: Path, tmp_path: Pa
     assert len(deleted["deleted_faces"]) == 1
     listed = run(env, "faces", "list", "small", "--limit", "100")
     assert listed["total"] == summary["faces"] - 1
+
+
+def test_keys_and_audit_commands(env: dict[str, str], tmp_path: Path) -> None:
+    created = run(env, "keys", "create", "--role", "searcher", "--collection", "small", "--label", "analyst")
+    assert created["token"].startswith("fgk_") and created["collections"] == ["small"]
+    listed = run(env, "keys", "list")["keys"]
+    assert any(k["key_id"] == created["key_id"] for k in listed)
+    assert all("secret_sha256" not in k and "token" not in k for k in listed)
+    assert run(env, "keys", "revoke", created["key_id"])["revoked_at"]
+    assert run(env, "audit", "verify")["ok"]
+    parquet, csv = tmp_path / "audit.parquet", tmp_path / "audit.csv"
+    exported = run(env, "audit", "export", "--from", "2000-01-01", "--to", "2100-01-01", "--out", str(parquet))
+    assert exported["records"] >= 2 and parquet.stat().st_size > 0
+    assert run(env, "audit", "export", "--out", str(csv))["records"] > exported["records"]  # the export was audited
+    assert "key-create" in csv.read_text()
+    report = run(env, "audit", "report", "--out", str(tmp_path))
+    assert report["key_changes"] >= 2 and report["exports"] >= 1
+    assert (tmp_path / "transparency.png").stat().st_size > 1000
