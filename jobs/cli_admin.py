@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cluster.access import Caller, Role
 from jobs.cli_common import JsonFlag, call, console, emit
-from serving.service import FaceService
+
+if TYPE_CHECKING:
+    from serving.service import FaceService
 
 collections_app = typer.Typer(help="Create, list, describe and delete collections.", no_args_is_help=True)
 faces_app = typer.Typer(help="List and delete indexed faces.", no_args_is_help=True)
