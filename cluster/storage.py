@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import io
+import itertools
 import os
 import random
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -22,6 +24,7 @@ T = TypeVar("T")
 
 # S3 error codes that mean "try again" and those that mean "your credentials are wrong".
 _TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed"}
+LIST_PAGE = 1000  # S3's own page size for ListObjectsV2
 _AUTH_CODES = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "InvalidToken", "ExpiredToken"}
 
 
@@ -217,14 +220,20 @@ class S3Store(ObjectStore):
         return self.prefix + key
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        objects = _retry(
-            lambda: list(self.client.list_objects(self.bucket, prefix=self._full(prefix), recursive=True)),
-            f"listing {self.uri}{prefix}",
-        )
-        for obj in objects:
-            if obj.is_dir or obj.object_name is None:
-                continue
-            yield ObjectInfo(obj.object_name[len(self.prefix) :], obj.size or 0, (obj.etag or "").strip('"'))
+        """Keys in lexicographic order, a page at a time: memory stays flat, and a failed page is retried alone."""
+        after: str | None = None
+        while True:
+            page = _retry(functools.partial(self._page, prefix, after), f"listing {self.uri}{prefix}")
+            for obj in page:
+                if not obj.is_dir and obj.object_name is not None:
+                    yield ObjectInfo(obj.object_name[len(self.prefix) :], obj.size or 0, (obj.etag or "").strip('"'))
+            if len(page) < LIST_PAGE:
+                return
+            after = page[-1].object_name
+
+    def _page(self, prefix: str, after: str | None) -> Sequence[Any]:
+        listing = self.client.list_objects(self.bucket, prefix=self._full(prefix), recursive=True, start_after=after)
+        return tuple(itertools.islice(listing, LIST_PAGE))
 
     def get(self, key: str) -> bytes:
         def read() -> bytes:

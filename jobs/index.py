@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import ray
-from ray.util import ActorPool
 
 from cluster.access import Caller, local_operator
 from cluster.collection import Collections, Manifest
@@ -33,17 +33,46 @@ def job_id_for(collection: str, source_uri: str, version: int) -> str:
     return f"idx-{digest}-v{version}"
 
 
-def plan_partitions(objects: list[ObjectInfo], size: int = PARTITION_SIZE) -> list[Partition]:
-    ordered = sorted(objects, key=lambda o: o.key)
-    return [Partition(i // size, ordered[i : i + size]) for i in range(0, len(ordered), size)]
+def iter_partitions(objects: Iterable[ObjectInfo], size: int = PARTITION_SIZE) -> Iterator[Partition]:
+    """Consecutive runs of the listing, which both stores give in a stable order: the same source, the same parts."""
+    batch: list[ObjectInfo] = []
+    part = 0
+    for obj in objects:
+        batch.append(obj)
+        if len(batch) == size:
+            yield Partition(part, batch)
+            part, batch = part + 1, []
+    if batch:
+        yield Partition(part, batch)
 
 
-def pending_objects(collections: Collections, manifest: Manifest, source: ObjectStore) -> list[ObjectInfo]:
-    """Objects of the source not yet in the collection (same location and etag): re-runs add nothing twice."""
+def indexed_objects(collections: Collections, manifest: Manifest) -> set[tuple[str, str]]:
+    """(location, etag) of every object the collection already holds, as faces or as error records."""
     done: set[tuple[str, str]] = set()
     for table in (collections.faces(manifest, ["source_key", "source_etag"]), collections.errors(manifest)):
         done.update(zip(table.column("source_key").to_pylist(), table.column("source_etag").to_pylist(), strict=True))
-    return [o for o in source.list() if (source_location(source.uri, o.key), o.etag) not in done]
+    return done
+
+
+def pending_objects(source: ObjectStore, done: set[tuple[str, str]]) -> Iterator[ObjectInfo]:
+    """Objects of the source not yet in the collection (same location and etag): re-runs add nothing twice."""
+    return (o for o in source.list() if (source_location(source.uri, o.key), o.etag) not in done)
+
+
+def run_partitions(actors: list[Any], partitions: Iterator[Partition]) -> Iterator[PartitionResult]:
+    """One partition in flight per actor: memory stays bounded however long the listing (ActorPool would queue
+    every partition up front). A failed partition is retried by Ray on a restarted actor, then fails the job."""
+    idle = list(actors)
+    running: dict[Any, Any] = {}
+    while True:
+        while idle and (part := next(partitions, None)) is not None:
+            actor = idle.pop()
+            running[actor.__call__.remote(part)] = actor
+        if not running:
+            return
+        [ready], _ = ray.wait(list(running), num_returns=1)
+        idle.append(running.pop(ready))
+        yield ray.get(ready)
 
 
 def ensure_collection(collections: Collections, registry: ModelRegistry, name: str, shards: int) -> Manifest:
@@ -91,11 +120,10 @@ def run_index_job(
     registry = ModelRegistry(settings.model_dir)
     registry.build_all()
     manifest = ensure_collection(collections, registry, collection, shards)
-    pending = pending_objects(collections, manifest, source)
+    done_objects = indexed_objects(collections, manifest)
     job_id = job_id_for(collection, source_uri, manifest.version)
-    partitions = plan_partitions(pending, partition_size)
     if on_plan:
-        on_plan(len(pending))
+        on_plan(sum(1 for _ in pending_objects(source, done_objects)))  # a counting pass, for progress only
     checkpoint: dict[str, Any] = {"job_id": job_id, "partitions": {}}
     if store.exists(_checkpoint_key(job_id)):
         checkpoint = json.loads(store.get(_checkpoint_key(job_id)))
@@ -104,7 +132,7 @@ def run_index_job(
     for result in results:
         if on_partition:
             on_partition(result)
-    todo = [p for p in partitions if p.part not in done]
+    todo = (p for p in iter_partitions(pending_objects(source, done_objects), partition_size) if p.part not in done)
     spec = IndexJobSpec(
         job_id,
         collection,
@@ -115,15 +143,15 @@ def run_index_job(
         quality_filter,
         external_id_from,
     )
-    if todo:
+    first = next(todo, None)
+    if first is not None:
         ensure_ray()
         gpus = cluster_gpus()
-        actors = min(embedder_count(gpus), len(todo))
         # One ONNX Runtime thread per actor: the actors, not the threads, spread the work over the cores.
         actor_settings = settings.model_copy(update={"runtime": RuntimeSettings(intra_op_threads=1)})
         remote = ray.remote(IndexPartition).options(**embedder_options(gpus))
-        pool = ActorPool([remote.remote(actor_settings, spec) for _ in range(actors)])
-        for result in pool.map_unordered(lambda actor, part: actor.__call__.remote(part), todo):
+        actors = [remote.remote(actor_settings, spec) for _ in range(embedder_count(gpus))]
+        for result in run_partitions(actors, itertools.chain([first], todo)):
             results.append(result)
             checkpoint["partitions"][str(result.part)] = result.as_dict()
             store.put(_checkpoint_key(job_id), json.dumps(checkpoint).encode())

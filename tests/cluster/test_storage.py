@@ -72,3 +72,13 @@ def test_unreachable_endpoint_is_retried_then_reported() -> None:
 def test_local_keys_cannot_escape(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="escapes"):
         LocalStore(tmp_path).get("../outside")
+
+
+def test_listing_pages_through_everything(store: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cluster.storage
+
+    monkeypatch.setattr(cluster.storage, "LIST_PAGE", 3)
+    keys = [f"many/{i:03d}.bin" for i in range(10)]
+    for key in keys:
+        store.put(key, b"x")
+    assert [i.key for i in store.list("many/")] == keys
