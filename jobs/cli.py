@@ -327,8 +327,11 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     from cluster.storage import open_store
     from serving.app import create_app
 
-    token = KeyStore(open_store(settings().store, settings())).bootstrap_admin()
+    keys = KeyStore(open_store(settings().store, settings()))
+    token = keys.bootstrap_admin()
     if token:
+        entry = {"action": "key-create", "key": keys.keys()[0].key_id, "key_role": "admin", "outcome": "ok"}
+        call(lambda s, c: s.audit(c, entry))
         console.print(f"[bold]First start: admin API key (shown once, stored only as a hash):[/bold]\n{token}")
     uvicorn.run(create_app(settings()), host=host, port=port, log_level="info")
 

@@ -170,7 +170,7 @@ class FaceService(Accountable):
             "face_id": record.get("face_id", f"{hit.faiss_id:016x}"),
             "external_image_id": record.get("external_image_id"),
             "source": record.get("source_key"),
-            "bbox": record.get("bbox"),
+            "bbox": [round(float(v), 1) for v in record.get("bbox") or []],
             "similarity": round(hit.similarity, 6),
             "estimated_false_match_rate": rate,
             "expected_false_matches_in_collection": rate * manifest.face_count,
