@@ -46,11 +46,6 @@ class ModelMismatch(FacegridError):
     status = 409
 
 
-class ShardsUnavailable(FacegridError):
-    code = "SHARDS_UNAVAILABLE"
-    status = 503
-
-
 class PurposeRequired(FacegridError):
     code = "PURPOSE_REQUIRED"
 
