@@ -17,7 +17,7 @@ from cluster.pipeline.errors import ImageError, Reason
 from cluster.pipeline.faces import FacePipeline, ImageFaces
 from cluster.pipeline.quality import QualityFilter
 from cluster.settings import Settings
-from cluster.storage import ObjectInfo, StorageError, open_store
+from cluster.storage import ObjectInfo, StorageAuthError, StorageError, open_store
 
 # Images decoded and embedded together: big enough to batch the ResNet, small enough to bound memory per actor.
 READ_BATCH = 16
@@ -76,9 +76,6 @@ class IndexPartition:
         self.source = open_store(spec.source_uri, settings)
         self.store = open_store(spec.store_uri, settings)
 
-    def ready(self) -> bool:
-        return True
-
     def location(self, key: str) -> str:
         return source_location(self.source.uri, key)
 
@@ -96,7 +93,10 @@ class IndexPartition:
                 try:
                     blobs.append(self.source.get(obj.key))
                     readable.append(obj)
+                except StorageAuthError:
+                    raise  # not this object's fault: the whole job must stop, and resumes once fixed
                 except StorageError as exc:
+                    # Recorded and counted, and retried by the next run of the job (see jobs/index.py).
                     errors.append(self._error(obj, Reason.READ_FAILED, str(exc)))
             read_s += time.perf_counter() - began
             outputs = self.pipeline(blobs, self.spec.max_faces, self.spec.quality_filter)

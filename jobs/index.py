@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import pyarrow.compute as pc
 import ray
 
 from cluster.access import Caller, local_operator
@@ -17,6 +18,7 @@ from cluster.collection import Collections, Manifest
 from cluster.embedder import IndexJobSpec, IndexPartition, Partition, PartitionResult, source_location
 from cluster.errors import CollectionNotFound, ModelMismatch
 from cluster.models.registry import EMBEDDER_ID, ModelRegistry
+from cluster.pipeline.errors import Reason
 from cluster.pipeline.quality import QualityFilter
 from cluster.raycluster import append_audit, cluster_gpus, embedder_count, embedder_options, ensure_ray, live_shards
 from cluster.settings import RuntimeSettings, Settings
@@ -47,9 +49,12 @@ def iter_partitions(objects: Iterable[ObjectInfo], size: int = PARTITION_SIZE) -
 
 
 def indexed_objects(collections: Collections, manifest: Manifest) -> set[tuple[str, str]]:
-    """(location, etag) of every object the collection already holds, as faces or as error records."""
+    """(location, etag) of every object the collection already holds, as faces or as error records; objects that
+    could not be read are not held: the next run tries them again."""
+    errors = collections.errors(manifest)
+    errors = errors.filter(pc.not_equal(errors.column("reason"), str(Reason.READ_FAILED)))
     done: set[tuple[str, str]] = set()
-    for table in (collections.faces(manifest, ["source_key", "source_etag"]), collections.errors(manifest)):
+    for table in (collections.faces(manifest, ["source_key", "source_etag"]), errors):
         done.update(zip(table.column("source_key").to_pylist(), table.column("source_etag").to_pylist(), strict=True))
     return done
 
