@@ -39,10 +39,19 @@ class AuditLog:
         self.store = store
 
     def _head(self) -> dict[str, Any]:
+        """The chain's last record, found through the pointer to the current segment (rewritten only on rotation)."""
         try:
-            return dict(json.loads(self.store.get(HEAD)))
+            segment = json.loads(self.store.get(HEAD))["segment"]
         except ObjectNotFound:
             return {"seq": 0, "hash": GENESIS, "segment": None, "segment_records": 0}
+        last = json.loads(self.store.last_line(segment))
+        first_seq = int(segment.rsplit("/", 1)[1].split(".")[0])
+        return {
+            "seq": last["seq"],
+            "hash": last["hash"],
+            "segment": segment,
+            "segment_records": last["seq"] - first_seq + 1,
+        }
 
     def append(self, entry: dict[str, Any]) -> dict[str, Any]:
         with _lock(self.store):
@@ -54,12 +63,11 @@ class AuditLog:
             line = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
             key, count = head["segment"], head["segment_records"]
             if key is None or count >= SEGMENT_RECORDS or f"/{now:%Y/%m/%d}/" not in key:
-                key, count = _segment_key(now, record["seq"]), 0
+                key = _segment_key(now, record["seq"])
                 self.store.put(key, line.encode())
+                self.store.put(HEAD, json.dumps({"segment": key}).encode())
             else:
                 self.store.append(key, line.encode())
-            pointer = {"seq": record["seq"], "hash": record["hash"], "segment": key, "segment_records": count + 1}
-            self.store.put(HEAD, json.dumps(pointer).encode())
         return {"seq": record["seq"], "hash": record["hash"]}
 
 

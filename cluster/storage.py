@@ -79,6 +79,9 @@ class ObjectStore:
             current = b""
         self.put(key, current + data)
 
+    def last_line(self, key: str) -> bytes:
+        return self.get(key).rstrip(b"\n").rsplit(b"\n", 1)[-1]
+
     def put_parquet(self, key: str, table: pa.Table) -> None:
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
@@ -134,6 +137,17 @@ class LocalStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def last_line(self, key: str) -> bytes:
+        """Reads backwards from the end, so the cost does not grow with the object."""
+        with self._path(key).open("rb") as handle:
+            end = handle.seek(0, os.SEEK_END)
+            chunk, start = b"", end
+            while start > 0 and chunk.rstrip(b"\n").count(b"\n") == 0:
+                start = max(0, start - 4096)
+                handle.seek(start)
+                chunk = handle.read(end - start)
+        return chunk.rstrip(b"\n").rsplit(b"\n", 1)[-1]
 
     def append(self, key: str, data: bytes) -> None:
         path = self._path(key)
