@@ -107,6 +107,7 @@ def test_right_person_is_top_match(world: dict[str, Any]) -> None:
             top = body["matches"][0]
             assert top["source"].startswith("s3://photos/lfw/") and len(top["bbox"]) == 4
             assert 0 < top["estimated_false_match_rate"] <= 1e-2
+    print(f"\nright person top match: {hits}/{PROBED_PEOPLE}")
     assert hits / PROBED_PEOPLE >= 0.95
 
 
