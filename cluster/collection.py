@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
+from cluster import index_spec
 from cluster.errors import CollectionExists, CollectionNotFound, InvalidCollectionName, InvalidRequest
 from cluster.pipeline.embed import EMBEDDING_DIM
 from cluster.storage import ObjectNotFound, ObjectStore
@@ -58,7 +59,8 @@ class Manifest(BaseModel):
     model_sha256: str
     dim: int = EMBEDDING_DIM
     metric: str = "cosine"
-    index_spec: str = "Flat"
+    index_spec: str = index_spec.AUTO
+    built_specs: dict[str, str] = {}  # per shard, what `auto` resolved to at the last publish
     shard_count: int = 4
     max_false_match_rate: float = DEFAULT_MAX_FALSE_MATCH_RATE
     version: int = 0
@@ -102,6 +104,7 @@ class Collections:
             )
         if not 1 <= manifest.shard_count <= 1024:
             raise InvalidRequest("shard_count must be between 1 and 1024")
+        index_spec.validate(manifest.index_spec)
         if not 0 < manifest.max_false_match_rate < 1:
             raise InvalidRequest("max_false_match_rate must be between 0 and 1")
         if self.store.exists(self.prefix(manifest.name) + "manifest.json"):
@@ -154,13 +157,14 @@ class Collections:
         new.version = manifest.version + 1
         faces = _deduplicate(self.faces(new, ["face_id", "faiss_id", "embedding", "shard", "indexed_at"]))
         new.face_count = faces.num_rows
-        new.shards = {}
+        new.shards, new.built_specs = {}, {}
         shard_column = faces.column("shard").to_numpy()
         for shard in range(new.shard_count):
             rows = faces.filter(pa.array(shard_column == shard))
+            spec = index_spec.resolve(new.index_spec, rows.num_rows)
             key = f"{self.prefix(new.name)}shards/{shard}/{new.version:08d}.faiss"
-            self.store.put(key, build_shard_index(rows, new.dim))
-            new.shards[str(shard)] = key
+            self.store.put(key, build_shard_index(rows, new.dim, spec, seed=shard))
+            new.shards[str(shard)], new.built_specs[str(shard)] = key, spec
         new.updated_at = _now()
         self._write_manifest(new)
         self._drop_old_snapshots(new)
@@ -202,11 +206,11 @@ def _deduplicate(table: pa.Table) -> pa.Table:
     return table.filter(pa.array(first))
 
 
-def build_shard_index(rows: pa.Table, dim: int) -> bytes:
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+def build_shard_index(rows: pa.Table, dim: int, spec: str, seed: int = 0) -> bytes:
+    vectors = np.zeros((0, dim), np.float32)
     if rows.num_rows:
         vectors = np.stack(rows.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
-        index.add_with_ids(vectors, rows.column("faiss_id").to_numpy().astype(np.int64))
+    index = index_spec.build(spec, vectors, rows.column("faiss_id").to_numpy().astype(np.int64), seed)
     return faiss.serialize_index(index).tobytes()
 
 

@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 
 from cluster.collection import Collections, Manifest
 from cluster.errors import CollectionNotFound
+from cluster.index_spec import SearchKnobs, apply_knobs, current_knobs
 from cluster.settings import Settings
 from cluster.storage import open_store
 
@@ -25,6 +26,7 @@ class FaceShard:
         self.shard = shard
         self.version = -1
         self.records: dict[int, dict[str, Any]] = {}
+        self.defaults = SearchKnobs()
         self.index: faiss.Index = faiss.IndexIDMap2(faiss.IndexFlatIP(128))
         # A shard answers one small query at a time: more threads only add contention on shared cores.
         faiss.omp_set_num_threads(1)
@@ -46,6 +48,7 @@ class FaceShard:
             else:
                 blob = np.frombuffer(self.collections.store.get(key), dtype=np.uint8)
                 self.index = faiss.deserialize_index(blob)
+                self.defaults = current_knobs(self.index)
             self.records = self._records(manifest)
             self.version = manifest.version
         return self.version
@@ -56,11 +59,18 @@ class FaceShard:
         table = table.filter(pc.equal(table.column("shard"), self.shard)).drop_columns(["shard"])
         return {row.pop("faiss_id"): row for row in table.to_pylist()}
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, list[list[dict[str, Any]]]]:
+    def search(
+        self, queries: np.ndarray, k: int, knobs: SearchKnobs | None = None
+    ) -> tuple[np.ndarray, np.ndarray, list[list[dict[str, Any]]]]:
         """Top-k per query: similarities, ids, and each hit's record."""
         if self.index.ntotal == 0:
             empty: list[list[dict[str, Any]]] = [[] for _ in queries]
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64), empty
+        knobs = knobs or SearchKnobs()
+        apply_knobs(
+            self.index,
+            SearchKnobs(knobs.nprobe or self.defaults.nprobe, knobs.ef_search or self.defaults.ef_search),
+        )
         scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.index.ntotal))
         records = [[self.records.get(int(i), {}) for i in row] for row in ids]
         return scores, ids, records

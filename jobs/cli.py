@@ -186,18 +186,11 @@ def search(
     as_json: JsonFlag = False,
 ) -> None:
     """Search COLLECTION for the faces in IMAGE: the same code path as the HTTP API."""
+    from serving.accountable import SearchRequest
+
     blob = image.read_bytes()
     result = call(
-        lambda s, c: s.search(
-            c,
-            collection,
-            blob,
-            purpose=purpose,
-            case_id=case_id,
-            threshold=threshold,
-            max_results=max_results,
-            max_faces=max_faces,
-        )
+        lambda s, c: s.search(c, collection, blob, SearchRequest(purpose, case_id, threshold, max_results, max_faces))
     )
     if as_json:
         print(json.dumps(result, default=str))

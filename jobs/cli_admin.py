@@ -27,10 +27,11 @@ def collections_create(
     name: str,
     shards: int = 4,
     max_false_match_rate: Annotated[float, typer.Option(help="The floor: most false matches per comparison.")] = 1e-5,
+    index: Annotated[str, typer.Option(help="auto, Flat, HNSW<M>, IVF<n>,SQ8 or IVF<n>,PQ<m> (per shard)")] = "auto",
     as_json: JsonFlag = False,
 ) -> None:
     """Create an empty collection pinned to this build's embedding model."""
-    manifest = call(lambda s, c: s.create_collection(c, name, shards, max_false_match_rate))
+    manifest = call(lambda s, c: s.create_collection(c, name, shards, max_false_match_rate, index))
     emit(manifest.model_dump(exclude={"face_files", "error_files", "shards"}), as_json)
 
 

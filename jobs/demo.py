@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.access import Caller
+from serving.accountable import SearchRequest
 from serving.service import FaceService
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -40,6 +41,6 @@ async def search_probes(
     service: FaceService, caller: Caller, collection: str, probes: list[Path]
 ) -> list[dict[str, Any]]:
     return [
-        await service.search(caller, collection, p.read_bytes(), purpose="system-test", case_id="DEMO", max_results=5)
+        await service.search(caller, collection, p.read_bytes(), SearchRequest("system-test", "DEMO", max_results=5))
         for p in probes
     ]

@@ -6,17 +6,22 @@ import asyncio
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from cluster.access import Action, Caller, KeyStore, authorize
 from cluster.audit import read_records
-from cluster.errors import REFUSAL_CODES, FacegridError, PurposeRequired
+from cluster.errors import REFUSAL_CODES, FacegridError, InvalidRequest, PurposeRequired
+from cluster.index_spec import SearchKnobs
 from cluster.pipeline.errors import ImageError
 from cluster.raycluster import append_audit
 from cluster.settings import Settings
 from cluster.storage import LocalStore, ObjectStore
 from cluster.transparency import transparency_report
+
+# Larger nprobe or efSearch than this only burns CPU: at 4,096 an IVF search is close to exhaustive.
+MAX_KNOB = 4096
 
 
 class Accountable:
@@ -79,16 +84,35 @@ class Accountable:
             raise PurposeRequired("a case_id is required: the reference of the case this search serves")
 
 
-def search_entry(
-    action: str, collection: str | None, purpose: str | None, case_id: str | None, threshold: float | None, probe: str
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SearchRequest:
+    """What a search asks, besides the probe: why, for which case, how strict, how many, how thorough."""
+
+    purpose: str | None
+    case_id: str | None
+    threshold: float | None = None
+    max_results: int = 10
+    max_faces: int = 1
+    knobs: SearchKnobs = field(default_factory=SearchKnobs)
+
+    def check(self, max_results: int) -> None:
+        if not 1 <= self.max_results <= max_results:
+            raise InvalidRequest(f"max_results must be between 1 and {max_results}")
+        if self.max_faces < 1:
+            raise InvalidRequest("max_faces must be at least 1")
+        for name, value in (("nprobe", self.knobs.nprobe), ("ef_search", self.knobs.ef_search)):
+            if value is not None and not 1 <= value <= MAX_KNOB:
+                raise InvalidRequest(f"{name} must be between 1 and {MAX_KNOB}")
+
+
+def search_entry(action: str, collection: str | None, request: SearchRequest, probe: str) -> dict[str, Any]:
     return {
         "action": action,
         "collection": collection,
-        "purpose": purpose,
-        "case_id": case_id,
+        "purpose": request.purpose,
+        "case_id": request.case_id,
         "probe_sha256": probe,
-        "threshold_requested": threshold,
+        "threshold_requested": request.threshold,
     }
 
 

@@ -14,6 +14,7 @@ from cluster.access import Action, Caller, authorize
 from cluster.calibration import estimated_false_match_rate, floor_similarity
 from cluster.collection import Collections, Manifest, face_row
 from cluster.errors import InvalidRequest, NoFaceInProbe, ThresholdBelowFloor
+from cluster.index_spec import AUTO, SearchKnobs
 from cluster.models.registry import EMBEDDER_ID, ModelRegistry
 from cluster.pipeline.errors import ImageError, Reason
 from cluster.pipeline.faces import Face, FacePipeline, ImageFaces
@@ -21,7 +22,7 @@ from cluster.pipeline.quality import QualityFilter
 from cluster.raycluster import ensure_ray, live_shards, shard_actor
 from cluster.settings import Settings
 from cluster.storage import open_store
-from serving.accountable import Accountable, record_results, search_entry
+from serving.accountable import Accountable, SearchRequest, record_results, search_entry
 from serving.fanout import Hit, fan_out
 
 LEADS_NOTICE = (
@@ -86,13 +87,15 @@ class FaceService(Accountable):
 
     # --- collections -------------------------------------------------------------------------------------------
 
-    async def create_collection(self, caller: Caller, name: str, shards: int, max_false_match_rate: float) -> Manifest:
+    async def create_collection(
+        self, caller: Caller, name: str, shards: int, max_false_match_rate: float, index: str = AUTO
+    ) -> Manifest:
         entry = {"action": "create-collection", "collection": name, "max_false_match_rate": max_false_match_rate}
         async with self.audited(caller, entry):
             authorize(caller, Action.COLLECTIONS_WRITE)
-            return self._create_collection(name, shards, max_false_match_rate)
+            return self._create_collection(name, shards, max_false_match_rate, index)
 
-    def _create_collection(self, name: str, shards: int, max_false_match_rate: float) -> Manifest:
+    def _create_collection(self, name: str, shards: int, max_false_match_rate: float, index: str) -> Manifest:
         self.registry.ensure(EMBEDDER_ID)
         card = self.registry.card(EMBEDDER_ID) or {}
         self.floor_similarity(max_false_match_rate)  # refuses rates the calibration cannot support
@@ -102,6 +105,7 @@ class FaceService(Accountable):
             model_sha256=card["sha256"],
             shard_count=shards,
             max_false_match_rate=max_false_match_rate,
+            index_spec=index,
         )
         return self.collections.create(manifest)
 
@@ -177,73 +181,67 @@ class FaceService(Accountable):
             "shard": hit.shard,
         }
 
-    async def search_vectors(self, manifest: Manifest, vectors: np.ndarray, k: int, threshold: float) -> Any:
+    async def search_vectors(
+        self, manifest: Manifest, vectors: np.ndarray, k: int, threshold: float, knobs: SearchKnobs | None = None
+    ) -> Any:
         handles = await self.shards(manifest)
-        result = await fan_out(handles, vectors, k, self.settings.serving.shard_timeout_s, self.fanout_executor)
+        timeout = self.settings.serving.shard_timeout_s
+        result = await fan_out(handles, vectors, k, timeout, self.fanout_executor, knobs)
         matches = [[self._match(h, manifest) for h in hits if h.similarity >= threshold] for hits in result.hits]
         return matches, result.missing_shards
 
-    async def search(
-        self,
-        caller: Caller,
-        collection: str,
-        blob: bytes,
-        *,
-        purpose: str | None,
-        case_id: str | None,
-        threshold: float | None = None,
-        max_results: int = 10,
-        max_faces: int = 1,
-    ) -> dict[str, Any]:
-        entry = search_entry("search", collection, purpose, case_id, threshold, hashlib.sha256(blob).hexdigest())
+    async def search(self, caller: Caller, collection: str, blob: bytes, request: SearchRequest) -> dict[str, Any]:
+        """Search with the faces of a probe photo: the largest, or up to `request.max_faces` of them."""
+        entry = search_entry("search", collection, request, hashlib.sha256(blob).hexdigest())
         async with self.audited(caller, entry):
-            result = await self._search(caller, collection, blob, purpose, case_id, threshold, max_results, max_faces)
+            manifest, limits = self._prepare_search(caller, collection, request)
+            probe = await self.probe(blob, request.max_faces)
+            if not probe.faces:
+                skipped = [_face_json(f) for f in probe.skipped]
+                raise NoFaceInProbe("no face was found in the probe image", skipped=skipped)
+            vectors = np.stack([f.embedding for f in probe.faces if f.embedding is not None])
+            matches, missing = await self.search_vectors(
+                manifest, vectors, request.max_results, limits["applied"], request.knobs
+            )
+            searched = [
+                {"searched_face": _face_json(f), "matches": m} for f, m in zip(probe.faces, matches, strict=True)
+            ]
+            result = {
+                **self._answer(manifest, limits, searched[0]["matches"], missing, request),
+                "searched_face": searched[0]["searched_face"],
+                "other_faces": searched[1:],
+                "unsearched_faces": [_face_json(f) for f in probe.skipped],
+            }
             record_results(entry, result, [result, *result["other_faces"]])
         return result
 
-    async def _search(
-        self,
-        caller: Caller,
-        collection: str,
-        blob: bytes,
-        purpose: str | None,
-        case_id: str | None,
-        threshold: float | None,
-        max_results: int,
-        max_faces: int,
+    async def search_vector(
+        self, caller: Caller, collection: str, vector: list[float], request: SearchRequest
     ) -> dict[str, Any]:
-        if max_faces < 1:
-            raise InvalidRequest("max_faces must be at least 1")
-        manifest, limits = self._prepare_search(caller, collection, purpose, case_id, threshold, max_results)
-        probe = await self.probe(blob, max_faces)
-        if not probe.faces:
-            raise NoFaceInProbe("no face was found in the probe image", skipped=[_face_json(f) for f in probe.skipped])
-        vectors = np.stack([f.embedding for f in probe.faces if f.embedding is not None])
-        matches, missing = await self.search_vectors(manifest, vectors, max_results, limits["applied"])
-        searched = [{"searched_face": _face_json(f), "matches": m} for f, m in zip(probe.faces, matches, strict=True)]
-        return {
-            **self._answer(manifest, limits, searched[0]["matches"], missing, purpose, case_id),
-            "searched_face": searched[0]["searched_face"],
-            "other_faces": searched[1:],
-            "unsearched_faces": [_face_json(f) for f in probe.skipped],
-        }
+        """Search with an embedding made elsewhere by the same model (the collection's model id must match)."""
+        query = np.asarray(vector, dtype=np.float32)
+        entry = search_entry("search-vector", collection, request, hashlib.sha256(query.tobytes()).hexdigest())
+        async with self.audited(caller, entry):
+            manifest, limits = self._prepare_search(caller, collection, request)
+            norm = float(np.linalg.norm(query)) if query.ndim == 1 else 0.0
+            if query.shape != (manifest.dim,) or not np.isfinite(norm) or norm == 0:
+                raise InvalidRequest(f"vector must be {manifest.dim} finite numbers, not all zero")
+            matches, missing = await self.search_vectors(
+                manifest, (query / norm)[None], request.max_results, limits["applied"], request.knobs
+            )
+            result = self._answer(manifest, limits, matches[0], missing, request)
+            record_results(entry, result, [result])
+        return result
 
     def _prepare_search(
-        self,
-        caller: Caller,
-        collection: str,
-        purpose: str | None,
-        case_id: str | None,
-        threshold: float | None,
-        max_results: int,
+        self, caller: Caller, collection: str, request: SearchRequest
     ) -> tuple[Manifest, dict[str, Any]]:
         """The checks every search passes before any work: role, purpose, case id, limits, collection, floor."""
         authorize(caller, Action.SEARCH, collection)
-        self.check_purpose(purpose, case_id)
-        if not 1 <= max_results <= self.settings.serving.max_results:
-            raise InvalidRequest(f"max_results must be between 1 and {self.settings.serving.max_results}")
+        self.check_purpose(request.purpose, request.case_id)
+        request.check(self.settings.serving.max_results)
         manifest = self.manifest(collection)
-        return manifest, self.applied_threshold(manifest, threshold)
+        return manifest, self.applied_threshold(manifest, request.threshold)
 
     @staticmethod
     def _answer(
@@ -251,8 +249,7 @@ class FaceService(Accountable):
         limits: dict[str, Any],
         matches: list[dict[str, Any]],
         missing: list[int],
-        purpose: str | None,
-        case_id: str | None,
+        request: SearchRequest,
     ) -> dict[str, Any]:
         return {
             "collection": manifest.name,
@@ -262,54 +259,17 @@ class FaceService(Accountable):
             "collection_faces": manifest.face_count,
             "partial": bool(missing),
             "missing_shards": missing,
-            "purpose": purpose,
-            "case_id": case_id,
+            "purpose": request.purpose,
+            "case_id": request.case_id,
             "notice": LEADS_NOTICE,
         }
-
-    async def search_vector(
-        self,
-        caller: Caller,
-        collection: str,
-        vector: list[float],
-        *,
-        purpose: str | None,
-        case_id: str | None,
-        threshold: float | None = None,
-        max_results: int = 10,
-    ) -> dict[str, Any]:
-        """Search with an embedding made elsewhere by the same model (the collection's model id must match)."""
-        query = np.asarray(vector, dtype=np.float32)
-        entry = search_entry(
-            "search-vector", collection, purpose, case_id, threshold, hashlib.sha256(query.tobytes()).hexdigest()
-        )
-        async with self.audited(caller, entry):
-            result = await self._search_vector(caller, collection, query, purpose, case_id, threshold, max_results)
-            record_results(entry, result, [result])
-        return result
-
-    async def _search_vector(
-        self,
-        caller: Caller,
-        collection: str,
-        query: np.ndarray,
-        purpose: str | None,
-        case_id: str | None,
-        threshold: float | None,
-        max_results: int,
-    ) -> dict[str, Any]:
-        manifest, limits = self._prepare_search(caller, collection, purpose, case_id, threshold, max_results)
-        norm = float(np.linalg.norm(query)) if query.ndim == 1 else 0.0
-        if query.shape != (manifest.dim,) or not np.isfinite(norm) or norm == 0:
-            raise InvalidRequest(f"vector must be {manifest.dim} finite numbers, not all zero")
-        matches, missing = await self.search_vectors(manifest, (query / norm)[None], max_results, limits["applied"])
-        return self._answer(manifest, limits, matches[0], missing, purpose, case_id)
 
     async def compare(
         self, caller: Caller, a: bytes, b: bytes, *, purpose: str | None, case_id: str | None
     ) -> dict[str, Any]:
         probe = hashlib.sha256(a).hexdigest() + ":" + hashlib.sha256(b).hexdigest()
-        async with self.audited(caller, search_entry("compare", None, purpose, case_id, None, probe)) as entry:
+        request = SearchRequest(purpose=purpose, case_id=case_id)
+        async with self.audited(caller, search_entry("compare", None, request, probe)) as entry:
             result = await self._compare(caller, a, b, purpose, case_id)
             entry["similarity"] = result["similarity"]
         return result

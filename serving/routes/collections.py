@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from cluster.collection import DEFAULT_MAX_FALSE_MATCH_RATE
+from cluster.index_spec import AUTO
 from serving.deps import CallerDep, Service
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
@@ -17,11 +18,14 @@ class CreateCollection(BaseModel):
     name: str
     shards: int = Field(4, ge=1, le=1024)
     max_false_match_rate: float = Field(DEFAULT_MAX_FALSE_MATCH_RATE, gt=0, lt=1)
+    index_spec: str = AUTO
 
 
 @router.post("", status_code=201)
 async def create(body: CreateCollection, service: Service, caller: CallerDep) -> dict[str, Any]:
-    manifest = await service.create_collection(caller, body.name, body.shards, body.max_false_match_rate)
+    manifest = await service.create_collection(
+        caller, body.name, body.shards, body.max_false_match_rate, body.index_spec
+    )
     return manifest.model_dump(exclude={"face_files", "error_files"})
 
 

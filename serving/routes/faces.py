@@ -7,6 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from pydantic import BaseModel
 
+from cluster.index_spec import SearchKnobs
+from serving.accountable import SearchRequest
 from serving.deps import CallerDep, Service, read_upload
 
 router = APIRouter(prefix="/v1/collections/{collection}", tags=["faces"])
@@ -23,18 +25,13 @@ async def search(
     threshold: Annotated[float | None, Form(description="Minimum similarity; never below the floor")] = None,
     max_results: Annotated[int, Form()] = 10,
     max_faces: Annotated[int, Form(description="1: the largest face; N: up to N faces of the probe")] = 1,
+    nprobe: Annotated[int | None, Form(description="IVF lists to visit (IVF collections)")] = None,
+    ef_search: Annotated[int | None, Form(description="HNSW search breadth (HNSW collections)")] = None,
 ) -> dict[str, Any]:
     blob = await read_upload(image, service.settings.serving.max_upload_bytes)
-    return await service.search(
-        caller,
-        collection,
-        blob,
-        purpose=purpose,
-        case_id=case_id,
-        threshold=threshold,
-        max_results=max_results,
-        max_faces=max_faces,
-    )
+    knobs = SearchKnobs(nprobe, ef_search)
+    request = SearchRequest(purpose, case_id, threshold, max_results, max_faces, knobs)
+    return await service.search(caller, collection, blob, request)
 
 
 class VectorSearch(BaseModel):
@@ -43,19 +40,15 @@ class VectorSearch(BaseModel):
     case_id: str | None = None
     threshold: float | None = None
     max_results: int = 10
+    nprobe: int | None = None
+    ef_search: int | None = None
 
 
 @router.post("/search-vector")
 async def search_vector(collection: str, body: VectorSearch, service: Service, caller: CallerDep) -> dict[str, Any]:
-    return await service.search_vector(
-        caller,
-        collection,
-        body.vector,
-        purpose=body.purpose,
-        case_id=body.case_id,
-        threshold=body.threshold,
-        max_results=body.max_results,
-    )
+    knobs = SearchKnobs(body.nprobe, body.ef_search)
+    request = SearchRequest(body.purpose, body.case_id, body.threshold, body.max_results, knobs=knobs)
+    return await service.search_vector(caller, collection, body.vector, request)
 
 
 @router.get("/faces")

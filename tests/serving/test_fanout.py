@@ -54,7 +54,9 @@ class FakeShard:
         self.index = faiss.deserialize_index(index_bytes)
         self.delay = delay
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, list[list[dict[str, Any]]]]:
+    def search(
+        self, queries: np.ndarray, k: int, knobs: object = None
+    ) -> tuple[np.ndarray, np.ndarray, list[list[dict[str, Any]]]]:
         time.sleep(self.delay)
         scores, ids = self.index.search(queries, k)
         return scores, ids, [[{} for _ in row] for row in ids]
