@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from cluster import index_spec
 from cluster.errors import CollectionExists, CollectionNotFound, InvalidCollectionName, InvalidRequest
 from cluster.pipeline.embed import EMBEDDING_DIM
+from cluster.snapshot import RECORD_COLUMNS, write_shard
 from cluster.storage import ObjectNotFound, ObjectStore
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -53,6 +54,12 @@ ERROR_SCHEMA = pa.schema(
 )
 
 
+class TrainedIndex(BaseModel):
+    spec: str
+    key: str
+    faces: int  # the collection's size when it was trained
+
+
 class Manifest(BaseModel):
     name: str
     model_id: str
@@ -60,7 +67,8 @@ class Manifest(BaseModel):
     dim: int = EMBEDDING_DIM
     metric: str = "cosine"
     index_spec: str = index_spec.AUTO
-    built_specs: dict[str, str] = {}  # per shard, what `auto` resolved to at the last publish
+    built_spec: str | None = None  # what `auto` resolved to at the last publish, the same for every shard
+    trained: TrainedIndex | None = None  # the IVF training that later publishes add to
     shard_count: int = 4
     max_false_match_rate: float = DEFAULT_MAX_FALSE_MATCH_RATE
     version: int = 0
@@ -69,7 +77,7 @@ class Manifest(BaseModel):
     face_count: int = 0
     face_files: list[str] = []
     error_files: list[str] = []
-    shards: dict[str, str] = {}
+    shards: dict[str, str] = {}  # shard number -> the folder of its snapshot (index.faiss, records.arrow)
 
 
 def face_id_for(collection: str, key: str, etag: str, index: int) -> tuple[str, int]:
@@ -79,7 +87,8 @@ def face_id_for(collection: str, key: str, etag: str, index: int) -> tuple[str, 
     return f"{faiss_id:016x}", faiss_id
 
 
-def shard_of(faiss_id: int, shard_count: int) -> int:
+def shard_of(faiss_id: Any, shard_count: int) -> Any:
+    """The shard a face id routes to (an int or a numpy array of them)."""
     return faiss_id % shard_count
 
 
@@ -149,31 +158,89 @@ class Collections:
         tables = [self.store.get_parquet(key) for key in manifest.error_files]
         return pa.concat_tables(tables) if tables else ERROR_SCHEMA.empty_table()
 
-    def publish(self, manifest: Manifest, face_files: Iterable[str] = (), error_files: Iterable[str] = ()) -> Manifest:
-        """Build shard snapshots from every published face record, then swap the manifest in: all or nothing."""
+    def publish(
+        self, manifest: Manifest, face_files: Iterable[str] = (), error_files: Iterable[str] = (), retrain: bool = False
+    ) -> Manifest:
+        """Build every shard's snapshot from the published face records, then swap the manifest in: all or nothing.
+
+        Shards are built one at a time from their own rows (memory: one shard, not the collection). Routing is
+        by face id and the manifest's shard count, so a new count reshards. Compressed indexes add to the
+        collection's trained index while the resolved spec is unchanged; `retrain` trains afresh.
+        """
         new = manifest.model_copy(deep=True)
         new.face_files = sorted(set(manifest.face_files) | set(face_files))
         new.error_files = sorted(set(manifest.error_files) | set(error_files))
         new.version = manifest.version + 1
-        faces = _deduplicate(self.faces(new, ["face_id", "faiss_id", "embedding", "shard", "indexed_at"]))
-        new.face_count = faces.num_rows
-        new.shards, new.built_specs = {}, {}
-        shard_column = faces.column("shard").to_numpy()
+        ids = self._unique_ids(new)
+        new.face_count = len(ids)
+        per_shard = np.bincount(shard_of(ids, new.shard_count), minlength=new.shard_count)
+        spec = new.built_spec = index_spec.resolve(new.index_spec, int(per_shard.max(initial=0)))
+        new.shards = {}
+        trained = None
         for shard in range(new.shard_count):
-            rows = faces.filter(pa.array(shard_column == shard))
-            spec = index_spec.resolve(new.index_spec, rows.num_rows)
-            key = f"{self.prefix(new.name)}shards/{shard}/{new.version:08d}.faiss"
-            self.store.put(key, build_shard_index(rows, new.dim, spec, seed=shard))
-            new.shards[str(shard)], new.built_specs[str(shard)] = key, spec
+            rows = _deduplicate(self._shard_rows(new, shard))
+            if index_spec.compressed(spec) and trained is None:
+                trained = self._trained(new, spec, rows, retrain)
+            directory = f"{self.prefix(new.name)}shards/{new.version:08d}/{shard}"
+            write_shard(self.store, directory, rows, spec, trained, seed=shard)
+            new.shards[str(shard)] = directory
         new.updated_at = _now()
         self._write_manifest(new)
-        self._drop_old_snapshots(new)
+        self._drop_unreferenced(new)
         return new
 
-    def _drop_old_snapshots(self, manifest: Manifest) -> None:
-        current = set(manifest.shards.values())
-        for info in self.store.list(self.prefix(manifest.name) + "shards/"):
-            if info.key not in current:
+    def rebuild(
+        self, manifest: Manifest, shard_count: int | None = None, spec: str | None = None, retrain: bool = False
+    ) -> Manifest:
+        """New snapshots from the same records, with another shard count or index spec; swapped in atomically."""
+        changes: dict[str, Any] = {}
+        if shard_count is not None:
+            if not 1 <= shard_count <= 1024:
+                raise InvalidRequest("shard_count must be between 1 and 1024")
+            changes["shard_count"] = shard_count
+        if spec is not None:
+            changes["index_spec"] = index_spec.validate(spec)
+        return self.publish(manifest.model_copy(update=changes), retrain=retrain)
+
+    def _unique_ids(self, manifest: Manifest) -> np.ndarray:
+        parts = [self.store.get_parquet(k, ["faiss_id"]).column("faiss_id").to_numpy() for k in manifest.face_files]
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+    def _shard_rows(self, manifest: Manifest, shard: int) -> pa.Table:
+        columns = ["face_id", "faiss_id", "embedding", "indexed_at", *RECORD_COLUMNS[1:]]
+        tables = []
+        for key in manifest.face_files:
+            table = self.store.get_parquet(key, columns)
+            mine = shard_of(table.column("faiss_id").to_numpy(), manifest.shard_count) == shard
+            tables.append(table.filter(pa.array(mine)))
+        return pa.concat_tables(tables) if tables else FACE_SCHEMA.empty_table().select(columns)
+
+    def _trained(self, manifest: Manifest, spec: str, rows: pa.Table, retrain: bool) -> faiss.Index:
+        """The collection's trained (empty) IVF index: the stored one while the spec holds, else trained now on
+        a sample of the first shard's rows (a uniform sample of the collection: routing is by a hash)."""
+        held = manifest.trained
+        if held is not None and held.spec == spec and not retrain:
+            try:
+                return faiss.deserialize_index(np.frombuffer(self.store.get(held.key), dtype=np.uint8))
+            except ObjectNotFound:
+                pass
+        vectors = np.stack(rows.column("embedding").to_numpy(zero_copy_only=False)) if rows.num_rows else None
+        sample = index_spec.training_sample(
+            vectors if vectors is not None else np.zeros((0, manifest.dim), np.float32), spec
+        )
+        trained = index_spec.train(spec, sample, seed=manifest.version)
+        key = f"{self.prefix(manifest.name)}trained/{manifest.version:08d}.faiss"
+        self.store.put(key, faiss.serialize_index(trained).tobytes())
+        manifest.trained = TrainedIndex(spec=spec, key=key, faces=manifest.face_count)
+        return trained
+
+    def _drop_unreferenced(self, manifest: Manifest) -> None:
+        """Old snapshots and trainings go once the manifest no longer names them (loaded shards keep theirs)."""
+        keep = set(manifest.shards.values())
+        trained = manifest.trained.key if manifest.trained else None
+        prefix = self.prefix(manifest.name)
+        for info in [*self.store.list(prefix + "shards/"), *self.store.list(prefix + "trained/")]:
+            if info.key.rsplit("/", 1)[0] not in keep and info.key != trained:
                 self.store.delete(info.key)
 
     def erase_faces(self, manifest: Manifest, face_ids: set[str], external_ids: set[str]) -> tuple[Manifest, list[str]]:
@@ -204,14 +271,6 @@ def _deduplicate(table: pa.Table) -> pa.Table:
     first = np.ones(len(ids), dtype=bool)
     first[1:] = ids[1:] != ids[:-1]
     return table.filter(pa.array(first))
-
-
-def build_shard_index(rows: pa.Table, dim: int, spec: str, seed: int = 0) -> bytes:
-    vectors = np.zeros((0, dim), np.float32)
-    if rows.num_rows:
-        vectors = np.stack(rows.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
-    index = index_spec.build(spec, vectors, rows.column("faiss_id").to_numpy().astype(np.int64), seed)
-    return faiss.serialize_index(index).tobytes()
 
 
 def face_row(record: dict[str, Any]) -> dict[str, Any]:

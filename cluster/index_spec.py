@@ -1,10 +1,11 @@
-"""FAISS index specs per collection: the automatic choice by size, training on a sample, exact re-ranking, knobs."""
+"""FAISS index specs per collection: the automatic choice by size, training on a sample, knobs, GPU placement."""
 
 from __future__ import annotations
 
 import math
 import re
 from dataclasses import dataclass
+from typing import Any, cast
 
 import faiss
 import numpy as np
@@ -14,14 +15,16 @@ from cluster.errors import InvalidRequest
 AUTO = "auto"
 _SPEC = re.compile(r"^(?:Flat|HNSW(?P<m>\d+)|IVF(?P<nlist>\d+),(?:SQ8|PQ(?P<pq>\d+)))$")
 # Per shard. Flat search of 200k x 128 takes about 2 ms on one core here: beyond that a graph pays off; beyond 2M
-# faces per shard HNSW's ~700 bytes per face no longer fit, and IVF with 8-bit codes (128 bytes) takes over.
+# faces per shard HNSW's ~700 bytes per face no longer fit, and IVF with 8-bit codes (136 bytes with its id) takes over.
 FLAT_LIMIT = 200_000
 HNSW_LIMIT = 2_000_000
-# FAISS wants 39 to 256 training points per inverted list; more only slows training.
-TRAIN_POINTS_PER_LIST = 128
-# Compressed codes only shortlist: the best k * RERANK_FACTOR are re-scored with the exact vectors.
-RERANK_FACTOR = 4
+# FAISS wants 39 to 256 training points per inverted list; 64 trains 4096 lists in about 30 s on two cores.
+TRAIN_POINTS_PER_LIST = 64
+MIN_POINTS_PER_LIST = 39
 HNSW_EF_CONSTRUCTION = 80
+# Compressed codes only shortlist: the best k * factor are re-scored with the exact stored vectors. Product
+# quantisation ranks coarser than 8-bit scalar codes, so it shortlists more.
+RERANK_FACTOR = {"SQ8": 4, "PQ": 16}
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class SearchKnobs:
 def validate(spec: str) -> str:
     if spec != AUTO and not _SPEC.match(spec):
         raise InvalidRequest(f"index spec {spec!r}: use auto, Flat, HNSW<M>, IVF<n>,SQ8 or IVF<n>,PQ<m>")
+    if (match := _SPEC.match(spec)) and match["pq"] and 128 % int(match["pq"]):
+        raise InvalidRequest(f"index spec {spec!r}: PQ<m> needs m dividing 128 (8, 16, 32, 64)")
     return spec
 
 
@@ -46,65 +51,123 @@ def resolve(spec: str, faces_per_shard: int) -> str:
         return "Flat"
     if faces_per_shard <= HNSW_LIMIT:
         return "HNSW32"
-    nlist = 2 ** round(math.log2(4 * math.sqrt(faces_per_shard)))
+    nlist = 2 ** round(math.log2(2 * math.sqrt(faces_per_shard)))
     return f"IVF{nlist},SQ8"
 
 
+def compressed(spec: str) -> bool:
+    """Whether the index holds lossy codes, so that shards keep exact vectors beside it for re-ranking."""
+    return spec.startswith("IVF")
+
+
+def rerank_factor(spec: str) -> int:
+    return RERANK_FACTOR["PQ" if ",PQ" in spec else "SQ8"] if compressed(spec) else 1
+
+
 def default_nprobe(nlist: int) -> int:
-    # A sixteenth of the lists, at least 16: near-exact recall on clustered face embeddings (tests/cluster).
+    # A sixteenth of the lists, at least 16: near-exact mate recall on clustered face embeddings (tests/cluster).
     return min(nlist, max(16, nlist // 16))
 
 
-def build(spec: str, vectors: np.ndarray, ids: np.ndarray, seed: int = 0) -> faiss.Index:
-    """An inner-product index with 64-bit ids; IVF specs train on a sample and re-rank with exact vectors."""
+def train(spec: str, sample: np.ndarray, seed: int = 0) -> faiss.Index:
+    """An empty IVF index trained on `sample` (the coarse centroids and the codes), shared by every shard."""
+    match = _SPEC.match(spec)
+    if match is None or not match["nlist"]:
+        raise InvalidRequest(f"index spec {spec!r} needs no training")
+    dim = sample.shape[1]
+    nlist = max(1, min(int(match["nlist"]), len(sample) // MIN_POINTS_PER_LIST or 1))
+    codes = f"PQ{match['pq']}" if match["pq"] else "SQ8"
+    index = faiss.index_factory(dim, f"IVF{nlist},{codes}", faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.extract_index_ivf(index)
+    ivf.cp.seed = seed
+    if match["pq"]:
+        quantizer: Any = faiss.downcast_index(index)
+        quantizer.pq.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST
+    if len(sample):
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    ivf.nprobe = default_nprobe(nlist)
+    return index
+
+
+def training_sample(vectors: np.ndarray, spec: str, seed: int = 0) -> np.ndarray:
+    match = _SPEC.match(spec)
+    want = int(match["nlist"]) * TRAIN_POINTS_PER_LIST if match and match["nlist"] else 0
+    if len(vectors) <= want:
+        return vectors
+    rng = np.random.default_rng(seed)
+    return vectors[np.sort(rng.choice(len(vectors), want, replace=False))]
+
+
+def build(
+    spec: str, vectors: np.ndarray, ids: np.ndarray, seed: int = 0, trained: faiss.Index | None = None
+) -> faiss.Index:
+    """An inner-product index with 64-bit ids. IVF specs add to `trained` (or train on a sample of `vectors`)."""
     dim = vectors.shape[1]
     match = _SPEC.match(spec)
     if match is None:
         raise InvalidRequest(f"cannot build index spec {spec!r}")
-    if spec == "Flat":
-        base: faiss.Index = faiss.IndexFlatIP(dim)
+    if match["nlist"]:
+        # IVF keeps the ids in its lists: no id map (and no id map's hash table, ~40 bytes a face) is needed.
+        index = faiss.clone_index(trained) if trained is not None else train(spec, training_sample(vectors, spec, seed))
     elif match["m"]:
-        base = faiss.IndexHNSWFlat(dim, int(match["m"]), faiss.METRIC_INNER_PRODUCT)
-        base.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        graph = faiss.IndexHNSWFlat(dim, int(match["m"]), faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index = faiss.IndexIDMap(graph)
     else:
-        nlist = max(1, min(int(match["nlist"]), len(vectors) // 39 or 1))
-        codes = f"PQ{match['pq']}" if match["pq"] else "SQ8"
-        ivf = faiss.index_factory(dim, f"IVF{nlist},{codes}", faiss.METRIC_INNER_PRODUCT)
-        if len(vectors):
-            rng = np.random.default_rng(seed)
-            sample = rng.choice(len(vectors), min(len(vectors), nlist * TRAIN_POINTS_PER_LIST), replace=False)
-            ivf.train(vectors[np.sort(sample)])
-        faiss.extract_index_ivf(ivf).nprobe = default_nprobe(nlist)
-        base = faiss.IndexRefineFlat(ivf)
-        base.k_factor = RERANK_FACTOR
-    index = faiss.IndexIDMap2(base)
+        index = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
     if len(vectors):
         index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
     return index
 
 
-def _searcher(index: faiss.Index) -> faiss.Index:
-    """The index that does the searching under the id map and the re-ranking stage."""
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
-    if isinstance(inner, faiss.IndexRefine):
-        inner = faiss.downcast_index(inner.base_index)
-    return inner
+def searcher(index: faiss.Index) -> faiss.Index:
+    """The index that does the searching under an id map."""
+    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else faiss.downcast_index(index)
 
 
-def current_knobs(index: faiss.Index) -> SearchKnobs:
-    """The knobs an index was built with: what a query that sets none gets back to."""
-    inner = _searcher(index)
-    if isinstance(inner, faiss.IndexIVF):
-        return SearchKnobs(nprobe=inner.nprobe)
-    if isinstance(inner, faiss.IndexHNSW):
-        return SearchKnobs(ef_search=inner.hnsw.efSearch)
-    return SearchKnobs()
+@dataclass(frozen=True)
+class Tuning:
+    """What per-query knobs apply to, read from the CPU index before it is placed (a GPU copy hides its kind)."""
+
+    kind: str  # "ivf", "hnsw" or "flat"
+    nlist: int
+    defaults: SearchKnobs
+
+    @classmethod
+    def of(cls, index: faiss.Index) -> Tuning:
+        inner = searcher(index)
+        if isinstance(inner, faiss.IndexIVF):
+            return cls("ivf", inner.nlist, SearchKnobs(nprobe=inner.nprobe))
+        if isinstance(inner, faiss.IndexHNSW):
+            return cls("hnsw", 0, SearchKnobs(ef_search=inner.hnsw.efSearch))
+        return cls("flat", 0, SearchKnobs())
+
+    def params(self, knobs: SearchKnobs | None) -> faiss.SearchParameters | None:
+        """Per-call parameters: concurrent searches on one shard never change each other's knobs."""
+        knobs = knobs or SearchKnobs()
+        if self.kind == "ivf":
+            ivf = faiss.SearchParametersIVF()
+            ivf.nprobe = max(1, min(knobs.nprobe or self.defaults.nprobe or 1, self.nlist))
+            return ivf
+        if self.kind == "hnsw":
+            hnsw: Any = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+            hnsw.efSearch = max(1, knobs.ef_search or self.defaults.ef_search or 16)
+            return cast(faiss.SearchParameters, hnsw)
+        return None
 
 
-def apply_knobs(index: faiss.Index, knobs: SearchKnobs) -> None:
-    """Set per-query knobs on whatever the id map wraps (a shard answers one call at a time)."""
-    inner = _searcher(index)
-    if knobs.nprobe is not None and isinstance(inner, faiss.IndexIVF):
-        inner.nprobe = max(1, min(knobs.nprobe, inner.nlist))
-    if knobs.ef_search is not None and isinstance(inner, faiss.IndexHNSW):
-        inner.hnsw.efSearch = max(1, knobs.ef_search)
+def gpu_eligible(spec: str) -> bool:
+    """FAISS runs Flat and IVF on a GPU; HNSW stays on the CPU."""
+    return not spec.startswith("HNSW")
+
+
+def place(index: faiss.Index, spec: str, gpus: int, device: int = 0) -> tuple[faiss.Index, str]:
+    """The index on a GPU (fp16 storage) when FAISS reports one and the spec runs there, else as it is."""
+    if gpus <= 0 or not gpu_eligible(spec) or not hasattr(faiss, "StandardGpuResources"):
+        return index, "cpu"
+    resources = faiss.StandardGpuResources()
+    options = faiss.GpuClonerOptions()
+    options.useFloat16 = True
+    gpu_index = faiss.index_cpu_to_gpu(resources, device % gpus, index, options)
+    setattr(gpu_index, "referenced_resources", resources)  # noqa: B010 - kept alive as long as the index
+    return gpu_index, f"gpu:{device % gpus}"

@@ -40,6 +40,16 @@ class ServingSettings(BaseModel):
         "system-test",
     ]
     shard_timeout_s: float = 2.0
+    # FAISS threads per shard actor. One is right for latency (a shard answers small batches, and shards share
+    # the cores); raise it for throughput on a node with cores to spare. Index builds use every core.
+    shard_threads: int = 1
+    # Put Flat and IVF shards on a GPU when FAISS reports one in the shard's process (fp16 storage).
+    shard_gpu: bool = True
+    # Micro-batching: while `batch_in_flight` fan-outs to a collection are running, later queries wait and go
+    # out together (up to `max_batch`), after `batch_window_ms` more to gather company. A lone query never waits.
+    batch_in_flight: int = 2
+    max_batch: int = 64
+    batch_window_ms: float = 0.0
     max_upload_bytes: int = 20_000_000
     max_results: int = 100
 
@@ -48,6 +58,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACEGRID_", env_nested_delimiter="__", extra="ignore")
 
     model_dir: Path = Field(default_factory=lambda: Path(user_cache_dir("facegrid")) / "models")
+    # Where shard actors keep the records files of snapshots read from S3 (they are memory-mapped, not loaded).
+    shard_cache: Path = Field(default_factory=lambda: Path(user_cache_dir("facegrid")) / "shards")
     store: str = Field(default_factory=lambda: str(Path(user_data_dir("facegrid")) / "store"))
     s3_endpoint: str | None = None
     s3_access_key: str | None = None

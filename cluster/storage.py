@@ -82,13 +82,20 @@ class ObjectStore:
     def last_line(self, key: str) -> bytes:
         return self.get(key).rstrip(b"\n").rsplit(b"\n", 1)[-1]
 
+    def download(self, key: str, path: Path) -> None:
+        """Copy an object to a local file (written aside, then renamed into place)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{random.getrandbits(32):x}")
+        tmp.write_bytes(self.get(key))
+        os.replace(tmp, path)
+
     def put_parquet(self, key: str, table: pa.Table) -> None:
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
         self.put(key, buffer.getvalue())
 
-    def get_parquet(self, key: str) -> pa.Table:
-        return pq.read_table(io.BytesIO(self.get(key)))
+    def get_parquet(self, key: str, columns: Sequence[str] | None = None) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.get(key)), columns=None if columns is None else [*columns])
 
 
 class LocalStore(ObjectStore):
@@ -102,6 +109,13 @@ class LocalStore(ObjectStore):
         if path != self.uri and not path.startswith(self.uri + os.sep):
             raise StorageError(f"key {key!r} escapes the store root")
         return Path(path)
+
+    def path_of(self, key: str) -> Path:
+        """The file behind a key, for readers that map it rather than copy it."""
+        path = self._path(key)
+        if not path.is_file():
+            raise ObjectNotFound(f"no object {key!r} in {self.uri}")
+        return path
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         base = self._path(prefix) if prefix else self.root
@@ -265,6 +279,13 @@ class S3Store(ObjectStore):
             lambda: self.client.put_object(self.bucket, self._full(key), io.BytesIO(data), len(data)),
             f"{self.uri}{key}",
         )
+
+    def download(self, key: str, path: Path) -> None:
+        """Streamed to disk: a shard's records file can be larger than what its process should hold."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{random.getrandbits(32):x}")
+        _retry(lambda: self.client.fget_object(self.bucket, self._full(key), str(tmp)), f"{self.uri}{key}")
+        os.replace(tmp, path)
 
     def delete(self, key: str) -> None:
         _retry(lambda: self.client.remove_object(self.bucket, self._full(key)), f"{self.uri}{key}")

@@ -212,14 +212,40 @@ def search(
 def bench_search(
     faces: int = 100_000,
     shards: int = 4,
-    queries: int = 500,
+    index: Annotated[str, typer.Option(help="Per-shard spec: auto, Flat, HNSW<M>, IVF<n>,SQ8, IVF<n>,PQ<m>")] = "auto",
+    clients: Annotated[int, typer.Option(help="Concurrent clients for the throughput figure.")] = 16,
+    queries: Annotated[int, typer.Option(help="Probes, each a held-out sample of an indexed identity.")] = 500,
+    images: Annotated[
+        Path, typer.Option(exists=True, file_okay=False, help="Photos (a folder per person) to fit the vectors to.")
+    ] = Path("../shared/lfw-dev/images"),
+    compare_accountability: Annotated[
+        bool, typer.Option(help="Also time a server without auth and audit, query by query.")
+    ] = False,
     store_dir: Annotated[Path | None, typer.Option(help="Where the temporary collection goes.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Single-vector probes through the HTTP API and shard fan-out, against in-process exact FAISS."""
-    from jobs.bench_search import run_search_benchmark
+    """Searches over synthetic faces fitted to our embeddings of real photos, through the HTTP API and the shards,
+    against one in-process exact IndexFlatIP: latency, throughput, mate recall, memory, build time."""
+    import numpy
 
-    emit(run_search_benchmark(settings(), faces, shards, queries, store_dir), as_json)
+    from jobs.bench_search import run_search_benchmark
+    from jobs.synthetic import fitted_statistics
+
+    local = settings()
+    statistics = fitted_statistics(local, images)
+    result = run_search_benchmark(
+        local,
+        faces,
+        shards,
+        queries,
+        store_dir,
+        statistics,
+        index=index,
+        clients=clients,
+        compare_accountability=compare_accountability,
+        progress=lambda line: console.print(f"[dim]{line}[/dim]"),
+    )
+    emit(result | statistics.check(numpy.random.default_rng(1)), as_json)
 
 
 @bench_app.command("index")

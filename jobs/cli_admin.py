@@ -55,6 +55,19 @@ def collections_delete(
     emit({"collection": name, "deleted_objects": call(lambda s, c: s.delete_collection(c, name))}, as_json)
 
 
+@collections_app.command("rebuild")
+def collections_rebuild(
+    name: str,
+    shards: Annotated[int | None, typer.Option(help="Reshard to this many shards.")] = None,
+    index: Annotated[str | None, typer.Option(help="Rebuild with this index spec.")] = None,
+    retrain: Annotated[bool, typer.Option(help="Train a compressed index afresh instead of adding to it.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Rebuild a collection's snapshots, retrain or reshard it; searches are answered from the old ones meanwhile."""
+    result = call(lambda s, c: s.rebuild_collection(c, name, shards, index, retrain))
+    emit({k: v for k, v in result.items() if k != "shards"}, as_json)
+
+
 @faces_app.command("list")
 def faces_list(collection: str, limit: int = 20, offset: int = 0, as_json: JsonFlag = False) -> None:
     emit(call(lambda s, c: s.list_faces(c, collection, limit, offset)), as_json)

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import ray
 
 from cluster.access import Action, Caller, authorize
 from cluster.calibration import estimated_false_match_rate, floor_similarity
@@ -23,7 +24,8 @@ from cluster.raycluster import ensure_ray, live_shards, shard_actor
 from cluster.settings import Settings
 from cluster.storage import open_store
 from serving.accountable import Accountable, SearchRequest, record_results, search_entry
-from serving.fanout import Hit, fan_out
+from serving.batcher import MicroBatcher
+from serving.fanout import FanOutResult, Hit, fan_out
 
 LEADS_NOTICE = (
     "Matches are investigative leads, not identifications. Each needs review by a trained person before any action; "
@@ -32,7 +34,14 @@ LEADS_NOTICE = (
 # How long a manifest read stays fresh for searches; publishes are visible to the API within this time.
 MANIFEST_TTL_S = 1.0
 # A new shard actor starts a worker process and reads its snapshot and records before it can answer.
-SHARD_STARTUP_TIMEOUT_S = 120.0
+SHARD_STARTUP_TIMEOUT_S = 600.0
+# After a reshard the old shard set keeps answering this long, for servers whose manifest is not yet fresh.
+RETIRE_AFTER_S = 10 * MANIFEST_TTL_S
+
+
+def _retire(handles: list[Any]) -> None:
+    for handle in handles:
+        ray.kill(handle)
 
 
 def _face_json(face: Face) -> dict[str, Any]:
@@ -58,6 +67,7 @@ class FaceService(Accountable):
         self.fanout_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="facegrid-fanout")
         self._manifests: dict[str, tuple[float, Manifest]] = {}
         self._shards: dict[str, dict[int, Any]] = {}
+        self._batchers: dict[str, tuple[dict[int, Any], MicroBatcher]] = {}
 
     @property
     def pipeline(self) -> FacePipeline:
@@ -78,12 +88,56 @@ class FaceService(Accountable):
         handles = self._shards.get(manifest.name)
         if handles is None or len(handles) != manifest.shard_count:
             ensure_ray()
-            handles = {i: shard_actor(self.settings, manifest.name, i) for i in range(manifest.shard_count)}
+            count = manifest.shard_count
+            handles = {i: shard_actor(self.settings, manifest.name, i, count) for i in range(count)}
             await asyncio.wait_for(
                 asyncio.gather(*(h.reload.remote() for h in handles.values())), SHARD_STARTUP_TIMEOUT_S
             )
             self._shards[manifest.name] = handles
         return handles
+
+    def batcher(self, name: str, handles: dict[int, Any]) -> MicroBatcher:
+        """The collection's micro-batcher over these shard handles (a new one after a reshard)."""
+        held = self._batchers.get(name)
+        if held is None or held[0] is not handles:
+            serving = self.settings.serving
+            timeout = serving.shard_timeout_s
+
+            async def run(queries: np.ndarray, k: int, knobs: SearchKnobs) -> FanOutResult:
+                return await fan_out(handles, queries, k, timeout, self.fanout_executor, knobs)
+
+            window_s = serving.batch_window_ms / 1000
+            held = (handles, MicroBatcher(run, serving.batch_in_flight, serving.max_batch, window_s))
+            self._batchers[name] = held
+        return held[1]
+
+    async def rebuild_collection(
+        self, caller: Caller, name: str, shards: int | None = None, index: str | None = None, retrain: bool = False
+    ) -> dict[str, Any]:
+        """Rebuild the snapshots (another index spec, fresh training) or reshard, while searches go on.
+
+        Same shard count: every shard swaps its snapshot atomically on reload. Another count: the new shard set
+        loads first, this server then sends searches to it, and the old set is retired RETIRE_AFTER_S later
+        (other servers' manifests are at most MANIFEST_TTL_S old).
+        """
+        entry = {"action": "rebuild-collection", "collection": name, "shards": shards, "index_spec": index}
+        async with self.audited(caller, entry):
+            authorize(caller, Action.COLLECTIONS_WRITE, name)
+            old = self.manifest(name, fresh=True)
+            loop = asyncio.get_running_loop()
+            # Not on self.executor: audit appends run there, and a rebuild takes minutes.
+            new = await loop.run_in_executor(None, self.collections.rebuild, old, shards, index, retrain)
+            ensure_ray()
+            if new.shard_count == old.shard_count:
+                await asyncio.gather(*(s.reload.remote() for s in live_shards(name, new.shard_count)))
+            else:
+                await self.shards(new)  # loaded before any search is sent to it
+                self._manifests[name] = (time.monotonic(), new)
+                await asyncio.sleep(RETIRE_AFTER_S)
+                _retire(live_shards(name, old.shard_count))
+            self._manifests[name] = (time.monotonic(), new)
+            entry.update(version=new.version, built_spec=new.built_spec, faces=new.face_count)
+        return new.model_dump(exclude={"face_files", "error_files"})
 
     # --- collections -------------------------------------------------------------------------------------------
 
@@ -185,8 +239,7 @@ class FaceService(Accountable):
         self, manifest: Manifest, vectors: np.ndarray, k: int, threshold: float, knobs: SearchKnobs | None = None
     ) -> Any:
         handles = await self.shards(manifest)
-        timeout = self.settings.serving.shard_timeout_s
-        result = await fan_out(handles, vectors, k, timeout, self.fanout_executor, knobs)
+        result = await self.batcher(manifest.name, handles).search(vectors, k, knobs)
         matches = [[self._match(h, manifest) for h in hits if h.similarity >= threshold] for hits in result.hits]
         return matches, result.missing_shards
 

@@ -1,4 +1,4 @@
-"""Collections: create, list, describe, delete."""
+"""Collections: create, list, describe, rebuild, delete."""
 
 from __future__ import annotations
 
@@ -27,6 +27,18 @@ async def create(body: CreateCollection, service: Service, caller: CallerDep) ->
         caller, body.name, body.shards, body.max_false_match_rate, body.index_spec
     )
     return manifest.model_dump(exclude={"face_files", "error_files"})
+
+
+class RebuildCollection(BaseModel):
+    shards: int | None = Field(None, ge=1, le=1024)
+    index_spec: str | None = None
+    retrain: bool = False
+
+
+@router.post("/{collection}/rebuild")
+async def rebuild(collection: str, body: RebuildCollection, service: Service, caller: CallerDep) -> dict[str, Any]:
+    """Rebuild, retrain or reshard; searches are answered throughout, and the new snapshots swap in atomically."""
+    return await service.rebuild_collection(caller, collection, body.shards, body.index_spec, body.retrain)
 
 
 @router.get("")
