@@ -5,11 +5,13 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 from cluster.storage import LocalStore, ObjectNotFound, ObjectStore
 
@@ -71,14 +73,23 @@ class AuditLog:
         return {"seq": record["seq"], "hash": record["hash"]}
 
 
+_LOCKS: dict[Path, tuple[threading.Lock, TextIO]] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
 @contextmanager
 def _lock(store: ObjectStore) -> Iterator[None]:
+    """Threads of this process take a mutex, processes an flock on a file kept open (no open/mkdir per append)."""
     if not isinstance(store, LocalStore):
         yield
         return
     path = store.root / "audit" / ".lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
+    with _LOCKS_GUARD:
+        if path not in _LOCKS:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _LOCKS[path] = (threading.Lock(), path.open("a"))
+        mutex, handle = _LOCKS[path]
+    with mutex:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -54,9 +54,17 @@ def build_calibration(genuine: np.ndarray, impostor: np.ndarray, failed_genuine:
     }
 
 
+_TABLES: dict[int, tuple[dict[str, Any], np.ndarray, np.ndarray]] = {}
+
+
 def _table(calibration: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    rows = sorted(calibration["table"], key=lambda r: r[1])
-    return np.array([r[1] for r in rows]), np.log10([r[0] for r in rows])
+    """(similarities, log10 rates), ascending; built once per calibration object (every match is looked up)."""
+    held = _TABLES.get(id(calibration))
+    if held is None or held[0] is not calibration:
+        rows = sorted(calibration["table"], key=lambda r: r[1])
+        held = (calibration, np.array([r[1] for r in rows]), np.log10([r[0] for r in rows]))
+        _TABLES[id(calibration)] = held
+    return held[1], held[2]
 
 
 def estimated_false_match_rate(similarity: float | np.ndarray, calibration: dict[str, Any]) -> np.ndarray:

@@ -47,7 +47,7 @@ class ServingSettings(BaseModel):
     shard_gpu: bool = True
     # Micro-batching: while `batch_in_flight` fan-outs to a collection are running, later queries wait and go
     # out together (up to `max_batch`), after `batch_window_ms` more to gather company. A lone query never waits.
-    batch_in_flight: int = 2
+    batch_in_flight: int = 1
     max_batch: int = 64
     batch_window_ms: float = 0.0
     max_upload_bytes: int = 20_000_000

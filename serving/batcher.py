@@ -32,7 +32,7 @@ class MicroBatcher:
     under load a little longer to gather company. Must be used from one event loop.
     """
 
-    def __init__(self, run: Run, in_flight: int = 2, max_batch: int = 64, window_s: float = 0.0) -> None:
+    def __init__(self, run: Run, in_flight: int = 1, max_batch: int = 64, window_s: float = 0.0) -> None:
         self.run = run
         self.in_flight = max(1, in_flight)
         self.max_batch = max(1, max_batch)

@@ -221,8 +221,13 @@ class FaceService(Accountable):
             raise result
         return result
 
-    def _match(self, hit: Hit, manifest: Manifest) -> dict[str, Any]:
-        rate = float(estimated_false_match_rate(hit.similarity, self.calibration))
+    def _matches(self, hits: list[Hit], manifest: Manifest, threshold: float) -> list[dict[str, Any]]:
+        kept = [h for h in hits if h.similarity >= threshold]
+        rates = estimated_false_match_rate(np.array([h.similarity for h in kept]), self.calibration)
+        return [self._match(h, float(r), manifest) for h, r in zip(kept, rates, strict=True)]
+
+    @staticmethod
+    def _match(hit: Hit, rate: float, manifest: Manifest) -> dict[str, Any]:
         record = hit.record
         return {
             "face_id": record.get("face_id", f"{hit.faiss_id:016x}"),
@@ -240,7 +245,7 @@ class FaceService(Accountable):
     ) -> Any:
         handles = await self.shards(manifest)
         result = await self.batcher(manifest.name, handles).search(vectors, k, knobs)
-        matches = [[self._match(h, manifest) for h in hits if h.similarity >= threshold] for hits in result.hits]
+        matches = [self._matches(hits, manifest, threshold) for hits in result.hits]
         return matches, result.missing_shards
 
     async def search(self, caller: Caller, collection: str, blob: bytes, request: SearchRequest) -> dict[str, Any]:
