@@ -176,6 +176,14 @@ class Collections:
         per_shard = np.bincount(shard_of(ids, new.shard_count), minlength=new.shard_count)
         spec = new.built_spec = index_spec.resolve(new.index_spec, int(per_shard.max(initial=0)))
         new.shards = {}
+        with index_spec.all_cores():
+            self._build_shards(new, spec, retrain)
+        new.updated_at = _now()
+        self._write_manifest(new)
+        self._drop_unreferenced(new)
+        return new
+
+    def _build_shards(self, new: Manifest, spec: str, retrain: bool) -> None:
         trained = None
         for shard in range(new.shard_count):
             rows = _deduplicate(self._shard_rows(new, shard))
@@ -184,10 +192,6 @@ class Collections:
             directory = f"{self.prefix(new.name)}shards/{new.version:08d}/{shard}"
             write_shard(self.store, directory, rows, spec, trained, seed=shard)
             new.shards[str(shard)] = directory
-        new.updated_at = _now()
-        self._write_manifest(new)
-        self._drop_unreferenced(new)
-        return new
 
     def rebuild(
         self, manifest: Manifest, shard_count: int | None = None, spec: str | None = None, retrain: bool = False

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -25,6 +28,17 @@ HNSW_EF_CONSTRUCTION = 80
 # Compressed codes only shortlist: the best k * factor are re-scored with the exact stored vectors. Product
 # quantisation ranks coarser than 8-bit scalar codes, so it shortlists more.
 RERANK_FACTOR = {"SQ8": 4, "PQ": 16}
+
+
+@contextmanager
+def all_cores() -> Iterator[None]:
+    """FAISS on every core for a build (training, adding), whatever this process uses for searching."""
+    held = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(held)
 
 
 @dataclass(frozen=True)

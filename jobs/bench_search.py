@@ -123,14 +123,15 @@ def write_gallery(
     write_s = time.perf_counter() - started
     probes = stats.samples(probe_centres, rng)
 
-    faiss.omp_set_num_threads(1)
+    held = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # one query on one core, as a shard answers it
     timed = []
     for probe in probes[:BASELINE_TIMED]:
         began = time.perf_counter()
         baseline.search(probe[None], TOP)
         timed.append(time.perf_counter() - began)
-    faiss.omp_set_num_threads(0)  # back to every core, for the exact answers in one batch
-    _, rows = baseline.search(probes, TOP)
+    faiss.omp_set_num_threads(held)
+    _, rows = baseline.search(probes, TOP)  # the exact answers, on every core
     gallery = Gallery(baseline.ntotal, probes, probe_identity, rows + 1, timed, write_s)
     return files, gallery
 
