@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from cluster import index_spec
 from cluster.errors import CollectionExists, CollectionNotFound, InvalidCollectionName, InvalidRequest
 from cluster.pipeline.embed import EMBEDDING_DIM
-from cluster.snapshot import RECORD_COLUMNS, write_shard
+from cluster.snapshot import RECORD_COLUMNS, extend_shard, write_shard
 from cluster.storage import ObjectNotFound, ObjectStore
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -164,8 +164,9 @@ class Collections:
         """Build every shard's snapshot from the published face records, then swap the manifest in: all or nothing.
 
         Shards are built one at a time from their own rows (memory: one shard, not the collection). Routing is
-        by face id and the manifest's shard count, so a new count reshards. Compressed indexes add to the
-        collection's trained index while the resolved spec is unchanged; `retrain` trains afresh.
+        by face id and the manifest's shard count, so a new count reshards. A publish that only adds records to
+        Flat or IVF shards of an unchanged shape adds them to the previous snapshots; IVF indexes are built from
+        the collection's trained index while the resolved spec is unchanged; `retrain` trains afresh.
         """
         new = manifest.model_copy(deep=True)
         new.face_files = sorted(set(manifest.face_files) | set(face_files))
@@ -176,21 +177,36 @@ class Collections:
         per_shard = np.bincount(shard_of(ids, new.shard_count), minlength=new.shard_count)
         spec = new.built_spec = index_spec.resolve(new.index_spec, int(per_shard.max(initial=0)))
         new.shards = {}
+        added = sorted(set(face_files) - set(manifest.face_files))
+        extend = self._extendable(manifest, new, spec, retrain, added)
         with index_spec.all_cores():
-            self._build_shards(new, spec, retrain)
+            self._build_shards(new, spec, retrain, manifest if extend else None, added)
         new.updated_at = _now()
         self._write_manifest(new)
         self._drop_unreferenced(new)
         return new
 
-    def _build_shards(self, new: Manifest, spec: str, retrain: bool) -> None:
+    @staticmethod
+    def _extendable(old: Manifest, new: Manifest, spec: str, retrain: bool, added: list[str]) -> bool:
+        """Whether this publish only adds records to snapshots of the same shape: then shards add the new faces
+        to what they hold (IVF keeps its training) instead of rebuilding from every record."""
+        same_shape = len(old.shards) == new.shard_count == old.shard_count and old.built_spec == spec
+        return bool(added) and same_shape and not retrain and not spec.startswith("HNSW") and old.face_count > 0
+
+    def _build_shards(
+        self, new: Manifest, spec: str, retrain: bool, previous: Manifest | None, added: list[str]
+    ) -> None:
         trained = None
         for shard in range(new.shard_count):
-            rows = _deduplicate(self._shard_rows(new, shard))
-            if index_spec.compressed(spec) and trained is None:
-                trained = self._trained(new, spec, rows, retrain)
             directory = f"{self.prefix(new.name)}shards/{new.version:08d}/{shard}"
-            write_shard(self.store, directory, rows, spec, trained, seed=shard)
+            if previous is not None:
+                rows = _deduplicate(self._shard_rows(added, new.shard_count, shard))
+                extend_shard(self.store, previous.shards[str(shard)], directory, rows, spec)
+            else:
+                rows = _deduplicate(self._shard_rows(new.face_files, new.shard_count, shard))
+                if index_spec.compressed(spec) and trained is None:
+                    trained = self._trained(new, spec, rows, retrain)
+                write_shard(self.store, directory, rows, spec, trained, seed=shard)
             new.shards[str(shard)] = directory
 
     def rebuild(
@@ -210,12 +226,12 @@ class Collections:
         parts = [self.store.get_parquet(k, ["faiss_id"]).column("faiss_id").to_numpy() for k in manifest.face_files]
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
-    def _shard_rows(self, manifest: Manifest, shard: int) -> pa.Table:
+    def _shard_rows(self, files: list[str], shard_count: int, shard: int) -> pa.Table:
         columns = ["face_id", "faiss_id", "embedding", "indexed_at", *RECORD_COLUMNS[1:]]
         tables = []
-        for key in manifest.face_files:
+        for key in files:
             table = self.store.get_parquet(key, columns)
-            mine = shard_of(table.column("faiss_id").to_numpy(), manifest.shard_count) == shard
+            mine = shard_of(table.column("faiss_id").to_numpy(), shard_count) == shard
             tables.append(table.filter(pa.array(mine)))
         return pa.concat_tables(tables) if tables else FACE_SCHEMA.empty_table().select(columns)
 

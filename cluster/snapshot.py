@@ -32,10 +32,36 @@ def write_shard(
     """Build one shard's index from `rows` (faiss_id, embedding and the record columns) and store both files."""
     rows = rows.sort_by("faiss_id").combine_chunks()
     dim = rows.schema.field("embedding").type.list_size
-    vectors = _vectors(rows.column("embedding"), dim)
-    index = index_spec.build(spec, vectors, rows.column("faiss_id").to_numpy(), seed, trained)
+    index = index_spec.build(
+        spec, _vectors(rows.column("embedding"), dim), rows.column("faiss_id").to_numpy(), seed, trained
+    )
+    return _store(store, directory, index, rows, spec)
+
+
+def extend_shard(store: ObjectStore, previous: str, directory: str, rows: pa.Table, spec: str) -> int:
+    """The previous snapshot plus `rows`: added to its index without retraining or re-adding what it holds.
+
+    A face in `rows` that the snapshot already holds (indexed again) replaces it. Flat and IVF only: FAISS
+    cannot remove from an HNSW graph, so those shards are rebuilt.
+    """
+    index = faiss.deserialize_index(np.frombuffer(store.get(f"{previous}/{INDEX_FILE}"), dtype=np.uint8))
+    held = _read_records(store, f"{previous}/{RECORDS_FILE}")
+    rows = rows.sort_by("faiss_id").combine_chunks()
+    new_ids = rows.column("faiss_id").to_numpy()
+    held_ids = held.column("faiss_id").to_numpy()
+    replaced = np.isin(held_ids, new_ids)
+    if replaced.any():
+        index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(held_ids[replaced])))
+    if rows.num_rows:
+        vectors = _vectors(rows.column("embedding"), rows.schema.field("embedding").type.list_size)
+        index.add_with_ids(np.ascontiguousarray(vectors), new_ids)
+    kept = held.filter(pa.array(~replaced))
+    merged = pa.concat_tables([kept, rows.select(kept.column_names).cast(kept.schema)])
+    return _store(store, directory, index, merged.sort_by("faiss_id").combine_chunks(), spec)
+
+
+def _store(store: ObjectStore, directory: str, index: faiss.Index, rows: pa.Table, spec: str) -> int:
     store.put(f"{directory}/{INDEX_FILE}", faiss.serialize_index(index).tobytes())
-    del index
     keep = ["faiss_id", *RECORD_COLUMNS] + (["embedding"] if index_spec.compressed(spec) else [])
     sink = pa.BufferOutputStream()
     table = rows.select(keep)
@@ -43,6 +69,12 @@ def write_shard(
         writer.write_table(table, max_chunksize=max(1, table.num_rows))
     store.put(f"{directory}/{RECORDS_FILE}", sink.getvalue())
     return rows.num_rows
+
+
+def _read_records(store: ObjectStore, key: str) -> pa.Table:
+    if isinstance(store, LocalStore):
+        return pa.ipc.open_file(pa.memory_map(str(store.path_of(key)))).read_all()
+    return pa.ipc.open_file(pa.py_buffer(store.get(key))).read_all()
 
 
 def _vectors(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
@@ -90,11 +122,11 @@ class ShardSnapshot:
         key = f"{directory}/{RECORDS_FILE}"
         local = None
         if isinstance(store, LocalStore):
-            path = store.path_of(key)
+            records = _read_records(store, key)
         else:
-            path = local = cache / key
-            store.download(key, path)
-        records = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+            local = cache / key
+            store.download(key, local)
+            records = pa.ipc.open_file(pa.memory_map(str(local))).read_all()
         return cls(index, records, spec, placement, local)
 
     @property

@@ -1,0 +1,84 @@
+"""Growth: a publish that adds records extends the shards (IVF keeps its training); re-indexed faces replace
+their old selves; the result equals a rebuild from every record; erasure still rebuilds for real."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from cluster.collection import Collections, Manifest
+from cluster.snapshot import Placement, ShardSnapshot
+from cluster.storage import LocalStore
+from jobs.bench_search import _table, synthetic_faces
+
+
+def _snapshots(collections: Collections, manifest: Manifest, tmp: Path) -> list[ShardSnapshot]:
+    return [
+        ShardSnapshot.load(collections.store, manifest.shards[str(s)], manifest.built_spec or "", tmp, Placement())
+        for s in range(manifest.shard_count)
+    ]
+
+
+def _search(snapshots: list[ShardSnapshot], probes: np.ndarray) -> list[list[int]]:
+    found = []
+    for probe in probes:
+        hits = []
+        for snapshot in snapshots:
+            scores, ids, _ = snapshot.search(probe[None], 5)
+            hits += list(zip(scores[0].tolist(), ids[0].tolist(), strict=True))
+        found.append([i for _, i in sorted(hits, reverse=True)[:5]])
+    return found
+
+
+@pytest.mark.parametrize("spec", ["IVF32,SQ8", "Flat", "HNSW16"])
+def test_adding_extends_and_equals_a_rebuild(spec: str, tmp_path: Path) -> None:
+    collections = Collections(LocalStore(tmp_path / "store"))
+    manifest = collections.create(Manifest(name="grow", model_id="m", model_sha256="s", shard_count=2, index_spec=spec))
+    vectors, _ = synthetic_faces(3100, 128, seed=5)
+    collections.store.put_parquet("collections/grow/faces/a.parquet", _table(vectors[:2000], 0, 2))
+    first = collections.publish(manifest, ["collections/grow/faces/a.parquet"])
+    assert first.face_count == 2000 and first.built_spec == spec
+
+    # 1000 new faces, and faces 1..100 indexed again with other vectors (a later run over changed photos).
+    again = _table(vectors[2000:2100], 0, 2)
+    later = pa.array([datetime.now(UTC) + timedelta(minutes=1)] * 100, again.schema.field("indexed_at").type)
+    again = again.set_column(again.schema.get_field_index("indexed_at"), "indexed_at", later)
+    added = pa.concat_tables([_table(vectors[2100:3100], 2000, 2), again])
+    collections.store.put_parquet("collections/grow/faces/b.parquet", added)
+    grown = collections.publish(first, ["collections/grow/faces/b.parquet"])
+    # Extended in place, except HNSW (FAISS cannot remove from its graph): rebuilt from every record.
+    assert Collections._extendable(first, grown, spec, False, ["b"]) == (spec != "HNSW16")
+    assert grown.face_count == 3000
+    if spec.startswith("IVF"):
+        assert grown.trained == first.trained  # added to the trained index, not retrained
+    snapshots = _snapshots(collections, grown, tmp_path / "cache")
+    assert sum(s.ntotal for s in snapshots) == 3000 and sum(len(s.ids) for s in snapshots) == 3000
+
+    probes = np.concatenate([vectors[2000:2100], vectors[2100:2200], vectors[:5]])
+    found = _search(snapshots, probes)
+    # A re-indexed face is found by its new vector, and its old vector is gone.
+    assert all(f[0] == i + 1 for i, f in enumerate(found[:100]))
+    assert all(f[0] == 2001 + i for i, f in enumerate(found[100:200]))
+    assert all(f[0] != 1 + i for i, f in enumerate(found[200:]))
+
+    rebuilt = collections.rebuild(grown)
+    assert _search(_snapshots(collections, rebuilt, tmp_path / "cache2"), probes) == found
+
+
+def test_erasure_after_growth_rebuilds(tmp_path: Path) -> None:
+    collections = Collections(LocalStore(tmp_path / "store"))
+    manifest = collections.create(Manifest(name="g", model_id="m", model_sha256="s", shard_count=2, index_spec="Flat"))
+    vectors, _ = synthetic_faces(600, 128, seed=6)
+    for n, start in enumerate((0, 300)):
+        key = f"collections/g/faces/{n}.parquet"
+        collections.store.put_parquet(key, _table(vectors[start : start + 300], start, 2))
+        manifest = collections.publish(manifest, [key])
+    manifest, erased = collections.erase_faces(manifest, {f"{1:016x}", f"{400:016x}"}, set())
+    assert len(erased) == 2 and manifest.face_count == 598
+    snapshots = _snapshots(collections, manifest, tmp_path / "cache")
+    assert sum(s.ntotal for s in snapshots) == 598
+    assert all(1 not in s.ids and 400 not in s.ids for s in snapshots)
