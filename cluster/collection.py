@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import secrets
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -16,13 +17,20 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from cluster import index_spec
-from cluster.errors import CollectionExists, CollectionNotFound, InvalidCollectionName, InvalidRequest
+from cluster.errors import (
+    CollectionChanged,
+    CollectionExists,
+    CollectionNotFound,
+    InvalidCollectionName,
+    InvalidRequest,
+)
 from cluster.pipeline.embed import EMBEDDING_DIM
 from cluster.snapshot import RECORD_COLUMNS, extend_shard, write_shard
 from cluster.storage import ObjectNotFound, ObjectStore
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_MAX_FALSE_MATCH_RATE = 1e-5
+PUBLISH_ATTEMPTS = 3
 
 FACE_SCHEMA = pa.schema(
     [
@@ -179,12 +187,32 @@ class Collections:
         new.shards = {}
         added = sorted(set(face_files) - set(manifest.face_files))
         extend = self._extendable(manifest, new, spec, retrain, added)
+        # A folder of its own: a concurrent publish of the same version never writes into this one.
+        folder = f"{new.version:08d}-{secrets.token_hex(4)}"
         with index_spec.all_cores():
-            self._build_shards(new, spec, retrain, manifest if extend else None, added)
+            self._build_shards(new, folder, spec, retrain, manifest if extend else None, added)
         new.updated_at = _now()
+        current = self.get(new.name)
+        if current.version != manifest.version:
+            self._drop_unreferenced(current, only=f"{self.prefix(new.name)}shards/{folder}/")
+            raise CollectionChanged(
+                f"collection {new.name!r} moved to version {current.version} while version {new.version} was being "
+                f"built from {manifest.version}; nothing was changed, run it again"
+            )
         self._write_manifest(new)
         self._drop_unreferenced(new)
         return new
+
+    def publish_latest(self, name: str, face_files: Iterable[str] = (), error_files: Iterable[str] = ()) -> Manifest:
+        """Publish onto the current version; if another publish lands meanwhile, build again on top of it."""
+        face_files, error_files = list(face_files), list(error_files)
+        for attempt in range(PUBLISH_ATTEMPTS):
+            try:
+                return self.publish(self.get(name), face_files, error_files)
+            except CollectionChanged:
+                if attempt == PUBLISH_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _extendable(old: Manifest, new: Manifest, spec: str, retrain: bool, added: list[str]) -> bool:
@@ -194,11 +222,11 @@ class Collections:
         return bool(added) and same_shape and not retrain and not spec.startswith("HNSW") and old.face_count > 0
 
     def _build_shards(
-        self, new: Manifest, spec: str, retrain: bool, previous: Manifest | None, added: list[str]
+        self, new: Manifest, folder: str, spec: str, retrain: bool, previous: Manifest | None, added: list[str]
     ) -> None:
         trained = None
         for shard in range(new.shard_count):
-            directory = f"{self.prefix(new.name)}shards/{new.version:08d}/{shard}"
+            directory = f"{self.prefix(new.name)}shards/{folder}/{shard}"
             if previous is not None:
                 rows = _deduplicate(self._shard_rows(added, new.shard_count, shard))
                 extend_shard(self.store, previous.shards[str(shard)], directory, rows, spec)
@@ -249,17 +277,23 @@ class Collections:
             vectors if vectors is not None else np.zeros((0, manifest.dim), np.float32), spec
         )
         trained = index_spec.train(spec, sample, seed=manifest.version)
-        key = f"{self.prefix(manifest.name)}trained/{manifest.version:08d}.faiss"
+        key = f"{self.prefix(manifest.name)}trained/{manifest.version:08d}-{secrets.token_hex(4)}.faiss"
         self.store.put(key, faiss.serialize_index(trained).tobytes())
         manifest.trained = TrainedIndex(spec=spec, key=key, faces=manifest.face_count)
         return trained
 
-    def _drop_unreferenced(self, manifest: Manifest) -> None:
-        """Old snapshots and trainings go once the manifest no longer names them (loaded shards keep theirs)."""
+    def _drop_unreferenced(self, manifest: Manifest, only: str | None = None) -> None:
+        """Snapshots and trainings the manifest no longer names go (loaded shards keep theirs); `only` limits
+        this to one folder, for a publish that lost a race cleaning up after itself."""
         keep = set(manifest.shards.values())
         trained = manifest.trained.key if manifest.trained else None
         prefix = self.prefix(manifest.name)
-        for info in [*self.store.list(prefix + "shards/"), *self.store.list(prefix + "trained/")]:
+        listed = (
+            [*self.store.list(only)]
+            if only
+            else [*self.store.list(prefix + "shards/"), *self.store.list(prefix + "trained/")]
+        )
+        for info in listed:
             if info.key.rsplit("/", 1)[0] not in keep and info.key != trained:
                 self.store.delete(info.key)
 
@@ -278,7 +312,7 @@ class Collections:
                 self.store.put_parquet(key, table.filter(pc.invert(doomed)))
         if not erased:
             return manifest, []
-        return self.publish(manifest), sorted(set(erased))
+        return self.publish_latest(manifest.name), sorted(set(erased))
 
 
 def _deduplicate(table: pa.Table) -> pa.Table:

@@ -27,6 +27,13 @@ class CollectionExists(FacegridError):
     status = 409
 
 
+class CollectionChanged(FacegridError):
+    """Another publish landed while this one was being built; nothing of this one was made visible."""
+
+    code = "COLLECTION_CHANGED"
+    status = 409
+
+
 class InvalidCollectionName(FacegridError):
     code = "INVALID_COLLECTION_NAME"
 

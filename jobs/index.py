@@ -166,7 +166,7 @@ def run_index_job(
     error_files = [r.error_file for r in results if r.error_file]
     published = manifest
     if face_files or error_files:
-        published = collections.publish(manifest, face_files, error_files)
+        published = collections.publish_latest(collection, face_files, error_files)
         if ray.is_initialized():
             ray.get([shard.reload.remote() for shard in live_shards(collection, published.shard_count)])
     store.delete(_checkpoint_key(job_id))

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from cluster.collection import Collections, Manifest
+from cluster.errors import CollectionChanged
 from cluster.snapshot import Placement, ShardSnapshot
 from cluster.storage import LocalStore
 from jobs.bench_search import _table, synthetic_faces
@@ -82,3 +83,19 @@ def test_erasure_after_growth_rebuilds(tmp_path: Path) -> None:
     snapshots = _snapshots(collections, manifest, tmp_path / "cache")
     assert sum(s.ntotal for s in snapshots) == 598
     assert all(1 not in s.ids and 400 not in s.ids for s in snapshots)
+
+
+def test_a_publish_that_lost_a_race_changes_nothing(tmp_path: Path) -> None:
+    collections = Collections(LocalStore(tmp_path / "store"))
+    stale = collections.create(Manifest(name="r", model_id="m", model_sha256="s", shard_count=2, index_spec="Flat"))
+    vectors, _ = synthetic_faces(200, 128, seed=8)
+    for n in range(2):
+        collections.store.put_parquet(f"collections/r/faces/{n}.parquet", _table(vectors[n * 100 :][:100], n * 100, 2))
+    winner = collections.publish(stale, ["collections/r/faces/0.parquet"])
+    with pytest.raises(CollectionChanged):
+        collections.publish(stale, ["collections/r/faces/1.parquet"])  # built from the version before the winner
+    assert collections.get("r") == winner
+    folders = {i.key.split("/")[3] for i in collections.store.list("collections/r/shards/")}
+    assert folders == {winner.shards["0"].split("/")[3]}  # the loser's snapshots were removed
+    latest = collections.publish_latest("r", ["collections/r/faces/1.parquet"])
+    assert latest.face_count == 200 and latest.version == winner.version + 1
