@@ -1,14 +1,23 @@
-"""A shard's published snapshot: a FAISS index, and its records in an Arrow file that is memory-mapped, not loaded.
+"""A shard's published snapshot, in files that a shard reads on demand rather than holds.
 
-The records file holds, sorted by FAISS id, what a match shows (face id, source, box) and, for compressed (IVF)
-indexes, the exact vectors that re-rank the index's shortlist. Mapped rather than read, it costs resident memory
-only for the pages a search touches: a 10M-face collection keeps ~136 bytes a face in RAM, not ~650.
+Per shard folder, all sorted by FAISS id:
+- `index.faiss`: the index (held in memory);
+- `ids.i64`: the ids (held in memory, 8 bytes a face), to find a hit's row;
+- `records.arrow`: what a match shows (face id, source, box) in Arrow batches of RECORD_BATCH_ROWS; a hit reads
+  its batch from the file;
+- `vectors.f32` (compressed indexes only): the exact vectors that re-rank the index's shortlist, read a row at a
+  time with pread.
+
+Reads go through the page cache, not a memory map: on Linux every fault on a mapped file also maps up to 15
+neighbouring cached pages (fault-around, which MADV_RANDOM does not stop on every kernel), and a few hundred
+searches made a whole 2.5M-face vector file resident in each shard.
 """
 
 from __future__ import annotations
 
 import os
 import resource
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,19 +32,21 @@ from cluster.storage import LocalStore, ObjectStore
 
 RECORD_COLUMNS = ["face_id", "external_image_id", "source_key", "bbox"]
 INDEX_FILE = "index.faiss"
+IDS_FILE = "ids.i64"
 RECORDS_FILE = "records.arrow"
+VECTORS_FILE = "vectors.f32"
+# A hit reads one batch of records: small enough to cost little, large enough to keep the file's footer small.
+RECORD_BATCH_ROWS = 256
 
 
 def write_shard(
     store: ObjectStore, directory: str, rows: pa.Table, spec: str, trained: faiss.Index | None, seed: int
 ) -> int:
-    """Build one shard's index from `rows` (faiss_id, embedding and the record columns) and store both files."""
+    """Build one shard's index from `rows` (faiss_id, embedding and the record columns) and store its files."""
     rows = rows.sort_by("faiss_id").combine_chunks()
-    dim = rows.schema.field("embedding").type.list_size
-    index = index_spec.build(
-        spec, _vectors(rows.column("embedding"), dim), rows.column("faiss_id").to_numpy(), seed, trained
-    )
-    return _store(store, directory, index, rows, spec)
+    vectors = _vectors(rows.column("embedding"), rows.schema.field("embedding").type.list_size)
+    index = index_spec.build(spec, vectors, rows.column("faiss_id").to_numpy(), seed, trained)
+    return _store(store, directory, index, rows.select(["faiss_id", *RECORD_COLUMNS]), vectors, spec)
 
 
 def extend_shard(store: ObjectStore, previous: str, directory: str, rows: pa.Table, spec: str) -> int:
@@ -45,40 +56,42 @@ def extend_shard(store: ObjectStore, previous: str, directory: str, rows: pa.Tab
     cannot remove from an HNSW graph, so those shards are rebuilt.
     """
     index = faiss.deserialize_index(np.frombuffer(store.get(f"{previous}/{INDEX_FILE}"), dtype=np.uint8))
-    held = _read_records(store, f"{previous}/{RECORDS_FILE}")
+    held = pa.ipc.open_file(pa.py_buffer(store.get(f"{previous}/{RECORDS_FILE}"))).read_all()
+    held_ids = held.column("faiss_id").to_numpy()
     rows = rows.sort_by("faiss_id").combine_chunks()
     new_ids = rows.column("faiss_id").to_numpy()
-    held_ids = held.column("faiss_id").to_numpy()
+    new_vectors = _vectors(rows.column("embedding"), rows.schema.field("embedding").type.list_size)
     replaced = np.isin(held_ids, new_ids)
     if replaced.any():
         index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(held_ids[replaced])))
     if rows.num_rows:
-        vectors = _vectors(rows.column("embedding"), rows.schema.field("embedding").type.list_size)
-        index.add_with_ids(np.ascontiguousarray(vectors), new_ids)
-    kept = held.filter(pa.array(~replaced))
-    merged = pa.concat_tables([kept, rows.select(kept.column_names).cast(kept.schema)])
-    return _store(store, directory, index, merged.sort_by("faiss_id").combine_chunks(), spec)
+        index.add_with_ids(np.ascontiguousarray(new_vectors), new_ids)
+    records = pa.concat_tables([held.filter(pa.array(~replaced)), rows.select(held.column_names).cast(held.schema)])
+    order = pa.array(np.argsort(records.column("faiss_id").to_numpy(), kind="stable"))
+    vectors = None
+    if index_spec.compressed(spec):
+        held_vectors = np.frombuffer(store.get(f"{previous}/{VECTORS_FILE}"), "<f4").reshape(-1, new_vectors.shape[1])
+        vectors = np.concatenate([held_vectors[~replaced], new_vectors])[order.to_numpy()]
+    return _store(store, directory, index, records.take(order).combine_chunks(), vectors, spec)
 
 
-def _store(store: ObjectStore, directory: str, index: faiss.Index, rows: pa.Table, spec: str) -> int:
+def _store(
+    store: ObjectStore, directory: str, index: faiss.Index, records: pa.Table, vectors: np.ndarray | None, spec: str
+) -> int:
     store.put(f"{directory}/{INDEX_FILE}", faiss.serialize_index(index).tobytes())
-    keep = ["faiss_id", *RECORD_COLUMNS] + (["embedding"] if index_spec.compressed(spec) else [])
+    store.put(f"{directory}/{IDS_FILE}", records.column("faiss_id").to_numpy().astype("<i8").tobytes())
     sink = pa.BufferOutputStream()
-    table = rows.select(keep)
-    with pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table, max_chunksize=max(1, table.num_rows))
+    with pa.ipc.new_file(sink, records.schema) as writer:
+        writer.write_table(records, max_chunksize=RECORD_BATCH_ROWS)
     store.put(f"{directory}/{RECORDS_FILE}", sink.getvalue())
-    return rows.num_rows
-
-
-def _read_records(store: ObjectStore, key: str) -> pa.Table:
-    if isinstance(store, LocalStore):
-        return pa.ipc.open_file(pa.memory_map(str(store.path_of(key)))).read_all()
-    return pa.ipc.open_file(pa.py_buffer(store.get(key))).read_all()
+    if index_spec.compressed(spec):
+        assert vectors is not None
+        store.put(f"{directory}/{VECTORS_FILE}", np.ascontiguousarray(vectors, dtype="<f4").tobytes())
+    return records.num_rows
 
 
 def _vectors(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
-    """The float32 (n, dim) view of a fixed-size-list column: zero-copy for one chunk, as a mapped file has."""
+    """The float32 (n, dim) view of a fixed-size-list column (zero-copy for one chunk)."""
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     if not chunks or sum(len(c) for c in chunks) == 0:
         return np.zeros((0, dim), np.float32)
@@ -86,13 +99,16 @@ def _vectors(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def resident_bytes() -> int:
-    """This process's resident memory (mapped file pages it touched included)."""
+def resident_bytes() -> dict[str, int]:
+    """This process's resident memory: `total`, and `mapped_files` (pages of mapped files, libraries included).
+    Linux /proc; elsewhere the peak, counted as private."""
     try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        with open("/proc/self/status") as status:
+            fields = dict(line.split(":", 1) for line in status if line.startswith(("VmRSS", "RssFile")))
+        kib = {k: int(v.split()[0]) * 1024 for k, v in fields.items()}
+        return {"total": kib["VmRSS"], "mapped_files": kib.get("RssFile", 0)}
+    except (OSError, KeyError, ValueError):
+        return {"total": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "mapped_files": 0}
 
 
 @dataclass
@@ -104,30 +120,30 @@ class Placement:
 class ShardSnapshot:
     """One loaded shard: search with exact re-ranking of compressed shortlists, and each hit's record."""
 
-    def __init__(self, index: faiss.Index, records: pa.Table, spec: str, placement: Placement, local: Path | None):
+    def __init__(self, index: faiss.Index, files: dict[str, Path], spec: str, placement: Placement, owned: bool):
         self.tuning = Tuning.of(index)
         self.index, self.device = index_spec.place(index, spec, placement.gpus, placement.device)
         self.spec = spec
-        self.records = records.drop_columns(["embedding"]) if "embedding" in records.column_names else records
-        self.ids = records.column("faiss_id").to_numpy()
-        self.vectors: np.ndarray | None = None
-        if "embedding" in records.column_names:
-            self.vectors = _vectors(records.column("embedding"), records.schema.field("embedding").type.list_size)
+        self.files = files
+        self.owned = owned  # downloaded copies this snapshot removes when released
+        self.ids = np.fromfile(files[IDS_FILE], dtype="<i8")
+        self.records = pa.ipc.open_file(pa.OSFile(str(files[RECORDS_FILE])))
+        self._reading = threading.Lock()
+        self.vectors_fd = os.open(files[VECTORS_FILE], os.O_RDONLY) if VECTORS_FILE in files else None
+        self.dim = index.d
         self.factor = index_spec.rerank_factor(spec)
-        self.local = local  # a downloaded copy this snapshot owns (None when mapped from the store itself)
 
     @classmethod
     def load(cls, store: ObjectStore, directory: str, spec: str, cache: Path, placement: Placement) -> ShardSnapshot:
         index = faiss.deserialize_index(np.frombuffer(store.get(f"{directory}/{INDEX_FILE}"), dtype=np.uint8))
-        key = f"{directory}/{RECORDS_FILE}"
-        local = None
+        names = [IDS_FILE, RECORDS_FILE] + ([VECTORS_FILE] if index_spec.compressed(spec) else [])
         if isinstance(store, LocalStore):
-            records = _read_records(store, key)
-        else:
-            local = cache / key
-            store.download(key, local)
-            records = pa.ipc.open_file(pa.memory_map(str(local))).read_all()
-        return cls(index, records, spec, placement, local)
+            return cls(index, {n: store.path_of(f"{directory}/{n}") for n in names}, spec, placement, owned=False)
+        files = {}
+        for name in names:
+            files[name] = cache / directory / name
+            store.download(f"{directory}/{name}", files[name])
+        return cls(index, files, spec, placement, owned=True)
 
     @property
     def ntotal(self) -> int:
@@ -143,30 +159,51 @@ class ShardSnapshot:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64), empty
         k = min(k, self.ntotal)
         scores, ids = self.index.search(queries, min(k * self.factor, self.ntotal), params=self.tuning.params(knobs))
-        if self.vectors is not None:
+        if self.vectors_fd is not None:
             scores, ids = self._rerank(queries, ids, k)
         scores, ids = scores[:, :k], ids[:, :k]
         return scores, ids, [self._records(row) for row in ids]
 
     def _records(self, ids: np.ndarray) -> list[dict[str, Any]]:
-        """Records aligned with `ids` ({} where FAISS padded with -1)."""
-        found = ids >= 0
-        table = self.records.take(pa.array(np.searchsorted(self.ids, ids[found]))).drop_columns(["faiss_id"])
-        rows = iter(table.to_pylist())
-        return [next(rows) if hit else {} for hit in found]
+        """Records aligned with `ids` ({} where FAISS padded with -1), each read from its batch in the file."""
+        out: list[dict[str, Any]] = []
+        for faiss_id in ids.tolist():
+            if faiss_id < 0:
+                out.append({})
+                continue
+            row = int(np.searchsorted(self.ids, faiss_id))
+            with self._reading:
+                batch = self.records.get_batch(row // RECORD_BATCH_ROWS)
+            record = batch.slice(row % RECORD_BATCH_ROWS, 1).to_pylist()[0]
+            del record["faiss_id"]
+            out.append(record)
+        return out
+
+    def _exact(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of these ids, a pread each (the page cache holds what is hot)."""
+        assert self.vectors_fd is not None
+        size = 4 * self.dim
+        rows = np.searchsorted(self.ids, ids).tolist()
+        raw = b"".join(os.pread(self.vectors_fd, size, row * size) for row in rows)
+        return np.frombuffer(raw, dtype="<f4").reshape(len(rows), self.dim)
 
     def _rerank(self, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        assert self.vectors is not None
         out_scores = np.full((len(queries), k), -np.inf, np.float32)
         out_ids = np.full((len(queries), k), -1, np.int64)
         for q, row in enumerate(ids):
             found = row[row >= 0]
-            exact = self.vectors[np.searchsorted(self.ids, found)] @ queries[q]
+            exact = self._exact(found) @ queries[q]
             best = np.argsort(-exact, kind="stable")[:k]
             out_scores[q, : len(best)], out_ids[q, : len(best)] = exact[best], found[best]
         return out_scores, out_ids
 
     def release(self) -> None:
-        """Remove a downloaded records file (open mappings stay valid until they are dropped)."""
-        if self.local is not None:
-            self.local.unlink(missing_ok=True)
+        """Remove downloaded copies. The open files stay readable for searches still running on this snapshot,
+        and close when it is dropped."""
+        if self.owned:
+            for path in self.files.values():
+                path.unlink(missing_ok=True)
+
+    def __del__(self) -> None:
+        if getattr(self, "vectors_fd", None) is not None:
+            os.close(self.vectors_fd)  # type: ignore[arg-type]
