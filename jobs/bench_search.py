@@ -170,7 +170,9 @@ def _found(response: httpx.Response) -> list[int]:
     return [int(m["face_id"], 16) for m in body["matches"]]
 
 
-def sequential(clients: list[httpx.Client], probes: np.ndarray) -> tuple[list[list[float]], list[list[int]]]:
+def sequential(
+    clients: list[httpx.Client], probes: np.ndarray, body: dict[str, Any]
+) -> tuple[list[list[float]], list[list[int]]]:
     """Single searches one after another, alternating between the servers query by query (they share the
     machine's ups and downs); the first WARMUP only warm up. Returns times per server and the first's answers."""
     times: list[list[float]] = [[] for _ in clients]
@@ -178,7 +180,7 @@ def sequential(clients: list[httpx.Client], probes: np.ndarray) -> tuple[list[li
     for i, probe in enumerate(np.concatenate([probes[:WARMUP], probes])):
         for n, client in enumerate(clients):
             began = time.perf_counter()
-            response = client.post("/v1/collections/bench/search-vector", json={**BODY, "vector": probe.tolist()})
+            response = client.post("/v1/collections/bench/search-vector", json={**body, "vector": probe.tolist()})
             elapsed = time.perf_counter() - began
             found = _found(response)
             if i >= WARMUP:
@@ -200,7 +202,9 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     return status, await reader.readexactly(length)
 
 
-def _load(url: str, headers: dict[str, str], probes: list[list[float]], clients: int, seconds: float) -> dict[str, Any]:
+def _load(
+    url: str, headers: dict[str, str], body: dict[str, Any], probes: list[list[float]], clients: int, seconds: float
+) -> dict[str, Any]:
     """C clients on kept-alive connections, each sending its next search as soon as the last is answered.
 
     Runs in a process of its own and speaks bare HTTP/1.1 over asyncio streams with the requests prepared in
@@ -210,12 +214,12 @@ def _load(url: str, headers: dict[str, str], probes: list[list[float]], clients:
     extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     requests = []
     for probe in probes:
-        body = json.dumps({**BODY, "vector": probe}).encode()
+        payload = json.dumps({**body, "vector": probe}).encode()
         head = (
             f"POST /v1/collections/bench/search-vector HTTP/1.1\r\nHost: {host}\r\n{extra}"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
         )
-        requests.append(head.encode() + body)
+        requests.append(head.encode() + payload)
 
     async def client(stop: float, done: list[float], failed: list[str]) -> None:
         rng = random.Random()
@@ -223,9 +227,9 @@ def _load(url: str, headers: dict[str, str], probes: list[list[float]], clients:
         try:
             while time.perf_counter() < stop:
                 began = time.perf_counter()
-                status, body = await _exchange(reader, writer, rng.choice(requests))
-                if status != 200 or json.loads(body)["partial"]:
-                    failed.append(f"{status} {body[:200]!r}")
+                status, answer = await _exchange(reader, writer, rng.choice(requests))
+                if status != 200 or json.loads(answer)["partial"]:
+                    failed.append(f"{status} {answer[:200]!r}")
                 else:
                     done.append(time.perf_counter() - began)
         finally:
@@ -244,10 +248,12 @@ def _load(url: str, headers: dict[str, str], probes: list[list[float]], clients:
     return asyncio.run(main())
 
 
-def concurrent_load(url: str, headers: dict[str, str], probes: np.ndarray, clients: int) -> dict[str, Any]:
+def concurrent_load(
+    url: str, headers: dict[str, str], body: dict[str, Any], probes: np.ndarray, clients: int
+) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        result: dict[str, Any] = pool.apply(_load, (url, headers, probes.tolist(), clients, LOAD_SECONDS))
+        result: dict[str, Any] = pool.apply(_load, (url, headers, body, probes.tolist(), clients, LOAD_SECONDS))
     return result
 
 
@@ -267,10 +273,12 @@ def run_search_benchmark(
     index: str = "auto",
     clients: int = 16,
     compare_accountability: bool = False,
+    knobs: dict[str, int] | None = None,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     say = progress or (lambda _: None)
+    body = {**BODY, **(knobs or {})}  # per-query nprobe / ef_search go with every search
     root = Path(tempfile.mkdtemp(prefix="facegrid-bench-", dir=store_dir))
     try:
         settings = settings.model_copy(update={"store": str(root)})
@@ -304,12 +312,12 @@ def run_search_benchmark(
             served = [stack.enter_context(_client(service, headers)) for service, headers in variants]
             say("loading shards")
             started = time.perf_counter()
-            _found(served[0][1].post("/v1/collections/bench/search-vector", json={**BODY, "vector": [1.0] * 128}))
+            _found(served[0][1].post("/v1/collections/bench/search-vector", json={**body, "vector": [1.0] * 128}))
             load_s = time.perf_counter() - started
             say(f"{len(gallery.probes)} single searches")
-            times, answers = sequential([client for _, client in served], gallery.probes)
+            times, answers = sequential([client for _, client in served], gallery.probes, body)
             say(f"{clients} clients for {LOAD_SECONDS:.0f} s")
-            load = concurrent_load(served[0][0], variants[0][1], gallery.probes, clients)
+            load = concurrent_load(served[0][0], variants[0][1], body, gallery.probes, clients)
         resident = shard_memory("bench", shards)
         p50, p99 = _percentiles(times[0])
         baseline_p50, baseline_p99 = _percentiles(gallery.baseline_times)
@@ -318,6 +326,7 @@ def run_search_benchmark(
             "shards": shards,
             "index": index,
             "built_spec": manifest.built_spec,
+            "knobs": knobs or "defaults",
             "queries": len(gallery.probes),
             "p50_ms": p50,
             "p99_ms": p99,

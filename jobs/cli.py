@@ -221,6 +221,8 @@ def bench_search(
     compare_accountability: Annotated[
         bool, typer.Option(help="Also time a server without auth and audit, query by query.")
     ] = False,
+    nprobe: Annotated[int | None, typer.Option(help="IVF lists per search (default: a quarter).")] = None,
+    ef_search: Annotated[int | None, typer.Option(help="HNSW breadth per search (default: 128).")] = None,
     store_dir: Annotated[Path | None, typer.Option(help="Where the temporary collection goes.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -243,6 +245,7 @@ def bench_search(
         index=index,
         clients=clients,
         compare_accountability=compare_accountability,
+        knobs={k: v for k, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v is not None},
         progress=lambda line: console.print(f"[dim]{line}[/dim]"),
     )
     emit(result | statistics.check(numpy.random.default_rng(1)), as_json)

@@ -12,7 +12,7 @@ import pytest
 
 from cluster.collection import FACE_SCHEMA
 from cluster.errors import InvalidRequest
-from cluster.index_spec import FLAT_LIMIT, HNSW_LIMIT, SearchKnobs, Tuning, build, place, resolve
+from cluster.index_spec import FLAT_LIMIT, SearchKnobs, Tuning, build, place, resolve
 from cluster.snapshot import Placement, ShardSnapshot, write_shard
 from cluster.storage import LocalStore
 from jobs.bench_search import synthetic_faces
@@ -83,8 +83,8 @@ def test_knobs_trade_recall_per_query(data: dict[str, np.ndarray], tmp_path: Pat
 
 def test_auto_choice_by_shard_size() -> None:
     assert resolve("auto", 10) == "Flat"
-    assert resolve("auto", FLAT_LIMIT + 1) == "HNSW32"
-    assert resolve("auto", HNSW_LIMIT + 1).startswith("IVF") and resolve("auto", 2_500_000) == "IVF4096,SQ8"
+    assert resolve("auto", FLAT_LIMIT + 1) == "IVF1024,SQ8"
+    assert resolve("auto", 250_000) == "IVF1024,SQ8" and resolve("auto", 2_500_000) == "IVF4096,SQ8"
     assert resolve("IVF1024,PQ32", 10) == "IVF1024,PQ32"
     for bad in ("LSH", "IVF64,PQ7"):
         with pytest.raises(InvalidRequest):
