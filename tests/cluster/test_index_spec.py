@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from cluster import snapshot
 from cluster.collection import FACE_SCHEMA
 from cluster.errors import InvalidRequest
 from cluster.index_spec import FLAT_LIMIT, SearchKnobs, Tuning, build, place, resolve
@@ -108,3 +109,14 @@ def test_gpu_placement_follows_what_faiss_reports(data: dict[str, np.ndarray]) -
     assert Tuning.of(build("IVF64,SQ8", data["vectors"], data["ids"])).kind == "ivf"
     if faiss.get_num_gpus() == 0:
         assert Placement(gpus=faiss.get_num_gpus()).gpus == 0
+
+
+def test_records_read_from_the_file_match_those_held(
+    data: dict[str, np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large shards read a hit's record from its batch in the file instead of holding them all: same answers."""
+    held = _snapshot(tmp_path / "held", "IVF64,SQ8", data)
+    monkeypatch.setattr(snapshot, "RECORDS_IN_MEMORY_BYTES", 0)
+    read = _snapshot(tmp_path / "read", "IVF64,SQ8", data)
+    assert held.held is not None and read.held is None
+    assert held.search(data["probes"][:20], 10)[2] == read.search(data["probes"][:20], 10)[2]
