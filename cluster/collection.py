@@ -25,7 +25,7 @@ from cluster.errors import (
     InvalidRequest,
 )
 from cluster.pipeline.embed import EMBEDDING_DIM
-from cluster.snapshot import RECORD_COLUMNS, extend_shard, write_shard
+from cluster.snapshot import RECORD_COLUMNS, extend_shard, vectors_of, write_shard
 from cluster.storage import ObjectNotFound, ObjectStore
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -272,10 +272,7 @@ class Collections:
                 return faiss.deserialize_index(np.frombuffer(self.store.get(held.key), dtype=np.uint8))
             except ObjectNotFound:
                 pass
-        vectors = np.stack(rows.column("embedding").to_numpy(zero_copy_only=False)) if rows.num_rows else None
-        sample = index_spec.training_sample(
-            vectors if vectors is not None else np.zeros((0, manifest.dim), np.float32), spec
-        )
+        sample = index_spec.training_sample(vectors_of(rows.column("embedding").combine_chunks(), manifest.dim), spec)
         trained = index_spec.train(spec, sample, seed=manifest.version)
         key = f"{self.prefix(manifest.name)}trained/{manifest.version:08d}-{secrets.token_hex(4)}.faiss"
         self.store.put(key, faiss.serialize_index(trained).tobytes())

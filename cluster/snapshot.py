@@ -48,7 +48,7 @@ def write_shard(
 ) -> int:
     """Build one shard's index from `rows` (faiss_id, embedding and the record columns) and store its files."""
     rows = rows.sort_by("faiss_id").combine_chunks()
-    vectors = _vectors(rows.column("embedding"), rows.schema.field("embedding").type.list_size)
+    vectors = vectors_of(rows.column("embedding"), rows.schema.field("embedding").type.list_size)
     index = index_spec.build(spec, vectors, rows.column("faiss_id").to_numpy(), seed, trained)
     return _store(store, directory, index, rows.select(["faiss_id", *RECORD_COLUMNS]), vectors, spec)
 
@@ -64,7 +64,7 @@ def extend_shard(store: ObjectStore, previous: str, directory: str, rows: pa.Tab
     held_ids = held.column("faiss_id").to_numpy()
     rows = rows.sort_by("faiss_id").combine_chunks()
     new_ids = rows.column("faiss_id").to_numpy()
-    new_vectors = _vectors(rows.column("embedding"), rows.schema.field("embedding").type.list_size)
+    new_vectors = vectors_of(rows.column("embedding"), rows.schema.field("embedding").type.list_size)
     replaced = np.isin(held_ids, new_ids)
     if replaced.any():
         index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(held_ids[replaced])))
@@ -94,7 +94,7 @@ def _store(
     return records.num_rows
 
 
-def _vectors(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
+def vectors_of(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
     """The float32 (n, dim) view of a fixed-size-list column (zero-copy for one chunk)."""
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     if not chunks or sum(len(c) for c in chunks) == 0:

@@ -130,12 +130,13 @@ class FaceService(Accountable):
             ensure_ray()
             if new.shard_count == old.shard_count:
                 await asyncio.gather(*(s.reload.remote() for s in live_shards(name, new.shard_count)))
+                self._manifests[name] = (time.monotonic(), new)
             else:
                 await self.shards(new)  # loaded before any search is sent to it
                 self._manifests[name] = (time.monotonic(), new)
                 await asyncio.sleep(RETIRE_AFTER_S)
-                _retire(live_shards(name, old.shard_count))
-            self._manifests[name] = (time.monotonic(), new)
+                if self.manifest(name, fresh=True).shard_count != old.shard_count:  # not resharded back meanwhile
+                    _retire(live_shards(name, old.shard_count))
             entry.update(version=new.version, built_spec=new.built_spec, faces=new.face_count)
         return new.model_dump(exclude={"face_files", "error_files"})
 
