@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from cluster.index_spec import SearchKnobs
@@ -27,11 +28,11 @@ async def search(
     max_faces: Annotated[int, Form(description="1: the largest face; N: up to N faces of the probe")] = 1,
     nprobe: Annotated[int | None, Form(description="IVF lists to visit (IVF collections)")] = None,
     ef_search: Annotated[int | None, Form(description="HNSW search breadth (HNSW collections)")] = None,
-) -> dict[str, Any]:
+) -> JSONResponse:
     blob = await read_upload(image, service.settings.serving.max_upload_bytes)
     knobs = SearchKnobs(nprobe, ef_search)
     request = SearchRequest(purpose, case_id, threshold, max_results, max_faces, knobs)
-    return await service.search(caller, collection, blob, request)
+    return JSONResponse(await service.search(caller, collection, blob, request))
 
 
 class VectorSearch(BaseModel):
@@ -45,10 +46,11 @@ class VectorSearch(BaseModel):
 
 
 @router.post("/search-vector")
-async def search_vector(collection: str, body: VectorSearch, service: Service, caller: CallerDep) -> dict[str, Any]:
+async def search_vector(collection: str, body: VectorSearch, service: Service, caller: CallerDep) -> JSONResponse:
     knobs = SearchKnobs(body.nprobe, body.ef_search)
     request = SearchRequest(body.purpose, body.case_id, body.threshold, body.max_results, knobs=knobs)
-    return await service.search_vector(caller, collection, body.vector, request)
+    # Rendered here: the answer is plain JSON types already, and FastAPI's encoder walk cost 0.4 ms a search.
+    return JSONResponse(await service.search_vector(caller, collection, body.vector, request))
 
 
 @router.get("/faces")
