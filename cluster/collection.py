@@ -180,13 +180,14 @@ class Collections:
         new.face_files = sorted(set(manifest.face_files) | set(face_files))
         new.error_files = sorted(set(manifest.error_files) | set(error_files))
         new.version = manifest.version + 1
+        added = sorted(set(face_files) - set(manifest.face_files))
+        superseded = self._drop_superseded(new, added, sorted(set(error_files) - set(manifest.error_files)))
         ids = self._unique_ids(new)
         new.face_count = len(ids)
         per_shard = np.bincount(shard_of(ids, new.shard_count), minlength=new.shard_count)
         spec = new.built_spec = index_spec.resolve(new.index_spec, int(per_shard.max(initial=0)))
         new.shards = {}
-        added = sorted(set(face_files) - set(manifest.face_files))
-        extend = self._extendable(manifest, new, spec, retrain, added)
+        extend = not superseded and self._extendable(manifest, new, spec, retrain, added)
         # A folder of its own: a concurrent publish of the same version never writes into this one.
         folder = f"{new.version:08d}-{secrets.token_hex(4)}"
         with index_spec.all_cores():
@@ -213,6 +214,46 @@ class Collections:
                 if attempt == PUBLISH_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
+
+    def _drop_superseded(self, manifest: Manifest, face_files: list[str], error_files: list[str]) -> int:
+        """Erase the faces of an object's older version when a newer version of the same key is published: a
+        changed photo replaces its faces (even with none), and its old embeddings do not linger. Returns how many
+        face records went; only files holding one of the published keys are read row by row or rewritten."""
+        fresh = set(face_files)
+        older = [key for key in manifest.face_files if key not in fresh]
+        if not older or not (face_files or error_files):
+            return 0
+        published = [self.store.get_parquet(k, ["source_key", "source_etag", "indexed_at"]) for k in face_files]
+        published += [
+            self.store.get_parquet(k, ["source_key", "source_etag", "at"]).rename_columns(
+                ["source_key", "source_etag", "indexed_at"]
+            )
+            for k in error_files
+        ]
+        versions = pa.concat_tables(published)
+        keys = pc.unique(versions.column("source_key"))
+        removed = 0
+        for key in older:
+            table = self.store.get_parquet(key, ["source_key", "source_etag", "indexed_at"])
+            hit = pc.is_in(table.column("source_key"), value_set=keys)
+            if not pc.any(hit).as_py():
+                continue
+            rows = table.filter(hit)
+            mine = versions.filter(pc.is_in(versions.column("source_key"), value_set=rows.column("source_key")))
+            latest: dict[str, tuple[Any, str]] = {}
+            for source, etag, at in zip(*(mine.column(c).to_pylist() for c in mine.column_names), strict=True):
+                if source not in latest or at > latest[source][0]:
+                    latest[source] = (at, etag)
+            stale_rows = [
+                etag != latest[source][1] and at < latest[source][0]
+                for source, etag, at in zip(*(rows.column(c).to_pylist() for c in rows.column_names), strict=True)
+            ]
+            if any(stale_rows):
+                stale = np.zeros(table.num_rows, dtype=bool)
+                stale[np.flatnonzero(hit.to_numpy(zero_copy_only=False))] = stale_rows
+                self.store.put_parquet(key, self.store.get_parquet(key).filter(pa.array(~stale)))
+                removed += int(stale.sum())
+        return removed
 
     @staticmethod
     def _extendable(old: Manifest, new: Manifest, spec: str, retrain: bool, added: list[str]) -> bool:

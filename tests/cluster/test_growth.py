@@ -99,3 +99,30 @@ def test_a_publish_that_lost_a_race_changes_nothing(tmp_path: Path) -> None:
     assert folders == {winner.shards["0"].split("/")[3]}  # the loser's snapshots were removed
     latest = collections.publish_latest("r", ["collections/r/faces/1.parquet"])
     assert latest.face_count == 200 and latest.version == winner.version + 1
+
+
+def test_a_changed_object_replaces_its_faces(tmp_path: Path) -> None:
+    """Same key, new etag, indexed later: the old version's faces are erased from records and snapshots."""
+    collections = Collections(LocalStore(tmp_path / "store"))
+    manifest = collections.create(Manifest(name="c", model_id="m", model_sha256="s", shard_count=2, index_spec="Flat"))
+    vectors, _ = synthetic_faces(300, 128, seed=9)
+    collections.store.put_parquet("collections/c/faces/a.parquet", _table(vectors[:200], 0, 2))
+    manifest = collections.publish(manifest, ["collections/c/faces/a.parquet"])
+    # Objects 1..10 changed (new etag, so new face ids 1001..1010), re-indexed a minute later; one unchanged
+    # object (id 11) indexed again as a retry: same etag, same id, kept once.
+    changed = _table(vectors[200:210], 1000, 2)
+    retried = _table(vectors[10:11], 10, 2)
+    changed = changed.set_column(
+        changed.schema.get_field_index("source_key"), "source_key", _table(vectors[:10], 0, 2).column("source_key")
+    )
+    changed = changed.set_column(changed.schema.get_field_index("source_etag"), "source_etag", pa.array(["v2"] * 10))
+    later = pa.array([datetime.now(UTC) + timedelta(minutes=1)] * 10, changed.schema.field("indexed_at").type)
+    changed = changed.set_column(changed.schema.get_field_index("indexed_at"), "indexed_at", later)
+    collections.store.put_parquet("collections/c/faces/b.parquet", pa.concat_tables([changed, retried]))
+    manifest = collections.publish(manifest, ["collections/c/faces/b.parquet"])
+    assert manifest.face_count == 200  # 190 unchanged + 10 replaced, the retry counted once
+    ids = set(collections.faces(manifest, ["faiss_id"]).column("faiss_id").to_pylist())
+    assert not ids & set(range(1, 11)) and set(range(1001, 1011)) <= ids
+    snapshots = _snapshots(collections, manifest, tmp_path / "cache")
+    held = {int(i) for s in snapshots for i in s.ids}
+    assert held == ids and sum(s.ntotal for s in snapshots) == 200
