@@ -47,8 +47,8 @@ class FaceShard:
             except CollectionNotFound:
                 self._swap(None, -1)
                 return self.version
-            if manifest.shard_count != self.shard_count:
-                self.retired = True  # resharded: answer from what is held until the service retires this actor
+            self.retired = manifest.shard_count != self.shard_count
+            if self.retired:  # resharded: answer from what is held until the service retires this actor
                 return self.version
             directory = manifest.shards.get(str(self.shard))
             if manifest.version != self.version and directory is not None:

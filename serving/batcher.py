@@ -49,9 +49,9 @@ class MicroBatcher:
         self._dispatch()
         return await future
 
-    def _dispatch(self) -> None:
+    def _dispatch(self, after_batch: bool = False) -> None:
         while self.waiting and self.running < self.in_flight:
-            busy = self.running > 0
+            busy = after_batch or self.running > 0  # queries queued behind a fan-out: the collection is loaded
             batch = self._take([])
             self.running += 1
             task = asyncio.ensure_future(self._run(batch, busy))
@@ -100,4 +100,4 @@ class MicroBatcher:
                     item.future.set_result(FanOutResult(hits, list(result.missing_shards)))
         finally:
             self.running -= 1
-            self._dispatch()
+            self._dispatch(after_batch=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable
 
 import faiss
 import numpy as np
@@ -103,3 +105,26 @@ def test_a_failed_fan_out_fails_its_queries_only() -> None:
 def test_shards_ask_for_a_gpu_share_only_where_the_cluster_has_gpus(gpus: int, shards: int, share: float) -> None:
     options = shard_options(gpus, shards)
     assert options["num_cpus"] == SHARD_CPUS and options.get("num_gpus") == share
+
+
+def test_a_window_gathers_more_under_load_only() -> None:
+    shards = Shards()
+    batcher = MicroBatcher(shards.run, in_flight=1, window_s=0.05)
+
+    async def waves() -> None:
+        await batcher.search(shards.vectors[:1], 3)  # alone: goes at once, no window
+        first = asyncio.ensure_future(batcher.search(shards.vectors[:1], 3))
+        await asyncio.sleep(0)
+        early = [asyncio.ensure_future(batcher.search(shards.vectors[i : i + 1], 3)) for i in range(5)]
+        await asyncio.sleep(0.04)  # after the fan-out ahead returns, inside the window
+        late = [asyncio.ensure_future(batcher.search(shards.vectors[i : i + 1], 3)) for i in range(5)]
+        await asyncio.gather(first, *early, *late)
+
+    began = asyncio.run(_timed(waves()))
+    assert [n for n, _ in shards.calls] == [1, 1, 10] and began < 1.0
+
+
+async def _timed(work: Awaitable[None]) -> float:
+    began = time.perf_counter()
+    await work
+    return time.perf_counter() - began
