@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACEGRID_", env_nested_delimiter="__", extra="ignore")
 
     model_dir: Path = Field(default_factory=lambda: Path(user_cache_dir("facegrid")) / "models")
-    # Where shard actors keep the records files of snapshots read from S3 (they are memory-mapped, not loaded).
+    # Where shard actors keep the files of snapshots read from S3 (ids, records, exact vectors), read on demand.
     shard_cache: Path = Field(default_factory=lambda: Path(user_cache_dir("facegrid")) / "shards")
     store: str = Field(default_factory=lambda: str(Path(user_data_dir("facegrid")) / "store"))
     s3_endpoint: str | None = None

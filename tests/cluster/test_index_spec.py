@@ -46,7 +46,7 @@ def _rows(vectors: np.ndarray, ids: np.ndarray) -> pa.Table:
 
 
 def _snapshot(tmp: Path, spec: str, data: dict[str, np.ndarray]) -> ShardSnapshot:
-    """Written and loaded as a shard does: index and memory-mapped records (exact vectors for IVF)."""
+    """Written and loaded as a shard does: index, ids, records (and exact vectors for IVF) through its files."""
     store = LocalStore(tmp)
     write_shard(store, "shard", _rows(data["vectors"], data["ids"]), spec, None, seed=0)
     return ShardSnapshot.load(store, "shard", spec, tmp / "cache", Placement())
