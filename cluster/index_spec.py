@@ -181,13 +181,13 @@ def gpu_eligible(spec: str) -> bool:
     return not spec.startswith("HNSW")
 
 
-def place(index: faiss.Index, spec: str, gpus: int, device: int = 0) -> tuple[faiss.Index, str]:
+def place(index: faiss.Index, spec: str, gpus: int) -> tuple[faiss.Index, str]:
     """The index on a GPU (fp16 storage) when FAISS reports one and the spec runs there, else as it is."""
     if gpus <= 0 or not gpu_eligible(spec) or not hasattr(faiss, "StandardGpuResources"):
         return index, "cpu"
     resources = faiss.StandardGpuResources()
     options = faiss.GpuClonerOptions()
     options.useFloat16 = True
-    gpu_index = faiss.index_cpu_to_gpu(resources, device % gpus, index, options)
+    gpu_index = faiss.index_cpu_to_gpu(resources, 0, index, options)
     setattr(gpu_index, "referenced_resources", resources)  # noqa: B010 - kept alive as long as the index
-    return gpu_index, f"gpu:{device % gpus}"
+    return gpu_index, "gpu:0"

@@ -25,13 +25,13 @@ class FaceShard:
     has been resharded to another count keeps the snapshot it holds until it is retired.
     """
 
-    def __init__(self, settings: Settings, collection: str, shard: int, shard_count: int, device: int = 0) -> None:
+    def __init__(self, settings: Settings, collection: str, shard: int, shard_count: int) -> None:
         self.collections = Collections(open_store(settings.store, settings))
         self.collection = collection
         self.shard = shard
         self.shard_count = shard_count
         self.cache = Path(settings.shard_cache)
-        self.placement = Placement(gpus=faiss.get_num_gpus() if settings.serving.shard_gpu else 0, device=device)
+        self.placement = Placement(gpus=faiss.get_num_gpus() if settings.serving.shard_gpu else 0)
         self.snapshot: ShardSnapshot | None = None
         self.version = -1
         self.retired = False

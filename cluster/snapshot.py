@@ -117,8 +117,9 @@ def resident_bytes() -> dict[str, int]:
 
 @dataclass
 class Placement:
-    gpus: int = 0  # what FAISS reports in this process
-    device: int = 0  # which of them, for shards spread over a node's GPUs
+    # What FAISS reports in this process. Ray gives a shard actor its share of one GPU through
+    # CUDA_VISIBLE_DEVICES, so the shard always uses device 0 of what it sees.
+    gpus: int = 0
 
 
 class ShardSnapshot:
@@ -126,7 +127,7 @@ class ShardSnapshot:
 
     def __init__(self, index: faiss.Index, files: dict[str, Path], spec: str, placement: Placement, owned: bool):
         self.tuning = Tuning.of(index)
-        self.index, self.device = index_spec.place(index, spec, placement.gpus, placement.device)
+        self.index, self.device = index_spec.place(index, spec, placement.gpus)
         self.spec = spec
         self.files = files
         self.owned = owned  # downloaded copies this snapshot removes when released
