@@ -100,6 +100,12 @@ def shard_of(faiss_id: Any, shard_count: int) -> Any:
     return faiss_id % shard_count
 
 
+def _check_shard_count(shard_count: int) -> int:
+    if not 1 <= shard_count <= 1024:
+        raise InvalidRequest("shard_count must be between 1 and 1024")
+    return shard_count
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -119,8 +125,7 @@ class Collections:
             raise InvalidCollectionName(
                 f"collection name {manifest.name!r} must be 1-64 letters, digits, '_', '.' or '-'"
             )
-        if not 1 <= manifest.shard_count <= 1024:
-            raise InvalidRequest("shard_count must be between 1 and 1024")
+        _check_shard_count(manifest.shard_count)
         index_spec.validate(manifest.index_spec)
         if not 0 < manifest.max_false_match_rate < 1:
             raise InvalidRequest("max_false_match_rate must be between 0 and 1")
@@ -284,9 +289,7 @@ class Collections:
         """New snapshots from the same records, with another shard count or index spec; swapped in atomically."""
         changes: dict[str, Any] = {}
         if shard_count is not None:
-            if not 1 <= shard_count <= 1024:
-                raise InvalidRequest("shard_count must be between 1 and 1024")
-            changes["shard_count"] = shard_count
+            changes["shard_count"] = _check_shard_count(shard_count)
         if spec is not None:
             changes["index_spec"] = index_spec.validate(spec)
         return self.publish(manifest.model_copy(update=changes), retrain=retrain)

@@ -140,11 +140,6 @@ def build(
     return index
 
 
-def searcher(index: faiss.Index) -> faiss.Index:
-    """The index that does the searching under an id map."""
-    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else faiss.downcast_index(index)
-
-
 @dataclass(frozen=True)
 class Tuning:
     """What per-query knobs apply to, read from the CPU index before it is placed (a GPU copy hides its kind)."""
@@ -155,7 +150,7 @@ class Tuning:
 
     @classmethod
     def of(cls, index: faiss.Index) -> Tuning:
-        inner = searcher(index)
+        inner = faiss.downcast_index(index.index if isinstance(index, faiss.IndexIDMap) else index)
         if isinstance(inner, faiss.IndexIVF):
             return cls("ivf", inner.nlist, SearchKnobs(nprobe=inner.nprobe))
         if isinstance(inner, faiss.IndexHNSW):
