@@ -10,6 +10,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +46,16 @@ class ObjectInfo:
     key: str
     size: int
     etag: str
+
+
+@contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A file beside `path` to write, renamed onto it when the block ends: readers never see half a file (and a
+    LocalStore listing skips the `.tmp` name meanwhile)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{random.getrandbits(32):x}")
+    yield tmp
+    os.replace(tmp, path)
 
 
 class ObjectStore:
@@ -83,11 +94,9 @@ class ObjectStore:
         return self.get(key).rstrip(b"\n").rsplit(b"\n", 1)[-1]
 
     def download(self, key: str, path: Path) -> None:
-        """Copy an object to a local file (written aside, then renamed into place)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{random.getrandbits(32):x}")
-        tmp.write_bytes(self.get(key))
-        os.replace(tmp, path)
+        """Copy an object to a local file."""
+        with _replacing(path) as tmp:
+            tmp.write_bytes(self.get(key))
 
     def put_parquet(self, key: str, table: pa.Table) -> None:
         buffer = io.BytesIO()
@@ -143,11 +152,8 @@ class LocalStore(ObjectStore):
             raise StorageError(f"cannot read {key!r} in {self.uri}: {exc}") from exc
 
     def put(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{random.getrandbits(32):x}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        with _replacing(self._path(key)) as tmp:
+            tmp.write_bytes(data)
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -282,10 +288,8 @@ class S3Store(ObjectStore):
 
     def download(self, key: str, path: Path) -> None:
         """Streamed to disk: a shard's records file can be larger than what its process should hold."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{random.getrandbits(32):x}")
-        _retry(lambda: self.client.fget_object(self.bucket, self._full(key), str(tmp)), f"{self.uri}{key}")
-        os.replace(tmp, path)
+        with _replacing(path) as tmp:
+            _retry(lambda: self.client.fget_object(self.bucket, self._full(key), str(tmp)), f"{self.uri}{key}")
 
     def delete(self, key: str) -> None:
         _retry(lambda: self.client.remove_object(self.bucket, self._full(key)), f"{self.uri}{key}")
