@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from cluster.collection import ERROR_SCHEMA, FACE_SCHEMA, face_id_for, shard_of
+from cluster.models.registry import DEFAULT_EMBEDDER
 from cluster.pipeline.errors import ImageError, Reason
 from cluster.pipeline.faces import FacePipeline, ImageFaces
 from cluster.pipeline.quality import QualityFilter
@@ -33,6 +34,7 @@ class IndexJobSpec:
     max_faces: int | None = None
     quality_filter: QualityFilter = QualityFilter.LOW
     external_id_from: str = "key"  # "key": the object key relative to the source; "basename": its file name
+    model_id: str = DEFAULT_EMBEDDER  # the collection's pinned model
 
 
 @dataclass
@@ -72,7 +74,7 @@ class IndexPartition:
     def __init__(self, settings: Settings, spec: IndexJobSpec) -> None:
         self.settings = settings
         self.spec = spec
-        self.pipeline = FacePipeline(settings)
+        self.pipeline = FacePipeline(settings, model_id=spec.model_id)
         self.source = open_store(spec.source_uri, settings)
         self.store = open_store(spec.store_uri, settings)
 

@@ -30,7 +30,7 @@ import ray
 from cluster.access import Role
 from cluster.audit import verify
 from cluster.collection import FACE_SCHEMA, Collections, Manifest, shard_of
-from cluster.models.registry import EMBEDDER_ID, ModelRegistry
+from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry, embedding_of
 from cluster.raycluster import ensure_ray, live_shards
 from cluster.settings import Settings
 from cluster.storage import LocalStore
@@ -276,6 +276,7 @@ def run_search_benchmark(
     knobs: dict[str, int] | None = None,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    model_id: str = DEFAULT_EMBEDDER,
 ) -> dict[str, Any]:
     say = progress or (lambda _: None)
     body = {**BODY, **(knobs or {})}  # per-query nprobe / ef_search go with every search
@@ -283,13 +284,14 @@ def run_search_benchmark(
     try:
         settings = settings.model_copy(update={"store": str(root)})
         registry = ModelRegistry(settings.model_dir)
-        registry.ensure(EMBEDDER_ID)
+        registry.ensure(model_id)
         collections = Collections(LocalStore(root))
         manifest = collections.create(
             Manifest(
                 name="bench",
-                model_id=EMBEDDER_ID,
-                model_sha256=(registry.card(EMBEDDER_ID) or {})["sha256"],
+                model_id=model_id,
+                model_sha256=(registry.card(model_id) or {})["sha256"],
+                dim=embedding_of(model_id).dim,
                 shard_count=shards,
                 index_spec=index,
                 max_false_match_rate=BENCH_MAX_FALSE_MATCH_RATE,
@@ -312,7 +314,9 @@ def run_search_benchmark(
             served = [stack.enter_context(_client(service, headers)) for service, headers in variants]
             say("loading shards")
             started = time.perf_counter()
-            _found(served[0][1].post("/v1/collections/bench/search-vector", json={**body, "vector": [1.0] * 128}))
+            _found(
+                served[0][1].post("/v1/collections/bench/search-vector", json={**body, "vector": [1.0] * manifest.dim})
+            )
             load_s = time.perf_counter() - started
             say(f"{len(gallery.probes)} single searches")
             times, answers = sequential([client for _, client in served], gallery.probes, body)

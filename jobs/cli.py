@@ -15,7 +15,7 @@ from rich.table import Table
 from cluster.raycluster_env import prepare_ray_environment
 from cluster.settings import get_settings
 from jobs.cli_admin import audit_app, collections_app, faces_app, jobs_app, keys_app
-from jobs.cli_common import JsonFlag, call, console, emit, fail, progress_bar, settings, user_errors
+from jobs.cli_common import JsonFlag, ModelOption, call, console, emit, fail, progress_bar, settings, user_errors
 
 app = typer.Typer(help="facegrid: accountable, distributed face search.", no_args_is_help=True)
 models_app = typer.Typer(help="Build and describe the converted models.", no_args_is_help=True)
@@ -59,21 +59,23 @@ def models_build(force: bool = False, as_json: JsonFlag = False) -> None:
 @models_app.command("list")
 def models_list(as_json: JsonFlag = False) -> None:
     """Show a model card per model: source, licence, sha256, inputs, outputs and calibration."""
-    from cluster.models.registry import EMBEDDER_ID, ModelRegistry
+    from cluster.models.registry import EMBEDDERS, ModelRegistry
 
     registry = ModelRegistry(settings().model_dir)
     cards = registry.build_all()
     for card in cards:
-        if card["model_id"] == EMBEDDER_ID:
+        if card["model_id"] in EMBEDDERS:
             # Until `facegrid eval` runs here, the calibration shipped with facegrid is the one searches use.
-            calibration = registry.calibration(EMBEDDER_ID)
+            calibration = registry.calibration(card["model_id"])
             card["calibration"] = {k: v for k, v in calibration.items() if k != "table"}
     if as_json:
         print(json.dumps({"models": cards}))
         return
     for card in cards:
         table = Table(title=card["model_id"], show_header=False)
-        for key in ("description", "source_package", "source_version", "licence", "sha256", "inputs", "outputs"):
+        keys = ["description", "source_package", "source_version", "licence", "sha256", "inputs", "outputs"]
+        keys += [k for k in ("dim", "aligner", "preprocessing", "training_data", "match_similarity") if k in card]
+        for key in keys:
             table.add_row(key, json.dumps(card[key]) if isinstance(card[key], list) else str(card[key]))
         table.add_row("calibration", json.dumps(card.get("calibration")) if card.get("calibration") else "none")
         Console().print(table)
@@ -86,37 +88,44 @@ def eval_lfw(
     limit: Annotated[int | None, typer.Option(help="First N same and first N different pairs.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for ROC/DET plots and lfw.json.")] = Path("out/eval"),
     store_calibration: Annotated[bool, typer.Option(help="Write the calibration into the model card.")] = True,
+    model: ModelOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Verification accuracy and FNMR at fixed FMR on an LFW-style pairs file."""
-    from cluster.models.registry import EMBEDDER_ID, ModelRegistry
+    from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry
     from cluster.pipeline.faces import FacePipeline
     from jobs.evaluate import evaluate_lfw, read_pairs
 
+    model_id = model or DEFAULT_EMBEDDER
     registry = ModelRegistry(settings().model_dir)
-    pipeline = FacePipeline(settings(), registry)
+    try:
+        pipeline = FacePipeline(settings(), registry, model_id)
+    except user_errors() as exc:
+        raise fail(exc) from exc
     count = len({n for p in read_pairs(pairs, limit) for n in (p.a, p.b)})
     with progress_bar() as bar:
         task = bar.add_task("embedding", total=count, extra="")
         result = evaluate_lfw(pipeline, images, pairs, limit, out, lambda n: bar.advance(task, n))
     calibration = result.pop("calibration")
     if store_calibration and limit is None:
-        card = registry.card(EMBEDDER_ID) or {}
+        card = registry.card(model_id) or {}
         card["calibration"] = {**calibration, "dataset": str(images), "pairs_file": str(pairs)}
-        registry.write_card(EMBEDDER_ID, card)
+        registry.write_card(model_id, card)
     emit(result, as_json)
 
 
 @bench_app.command("embed")
 def bench_embed(
-    images: Annotated[Path, typer.Option(exists=True, file_okay=False)],
+    images: Annotated[Path, typer.Option(exists=True, file_okay=False)] = Path("../shared/lfw-dev/images"),
     limit: int = 500,
+    model: ModelOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Ours (MTCNN + ONNX ResNet) against dlib's own pipeline, per core, on the same images."""
+    """Ours (MTCNN + the model on ONNX Runtime) against dlib's own pipeline, per core, on the same images."""
+    from cluster.models.registry import DEFAULT_EMBEDDER
     from jobs.bench_embed import run_embed_benchmark
 
-    emit(run_embed_benchmark(settings(), images, limit, console), as_json)
+    emit(run_embed_benchmark(settings(), images, limit, console, model or DEFAULT_EMBEDDER), as_json)
 
 
 @app.command("index")
@@ -128,6 +137,7 @@ def index(
     quality_filter: Annotated[str, typer.Option(help="NONE, LOW, MEDIUM or HIGH")] = "LOW",
     external_image_id: Annotated[str, typer.Option(help="'key' (object key) or 'basename'")] = "key",
     wait: Annotated[bool, typer.Option(help="With a cluster address: follow the job's logs.")] = True,
+    model: ModelOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Index every face under SOURCE into COLLECTION (submitted as a Ray job when --address is http://...)."""
@@ -137,7 +147,10 @@ def index(
     if address.startswith("http"):
         from jobs.submit import submit_index
 
-        emit(submit_index(address, settings(), collection, source, shards, max_faces, quality_filter, wait), as_json)
+        submitted = submit_index(
+            address, settings(), collection, source, shards, max_faces, quality_filter, wait, model
+        )
+        emit(submitted, as_json)
         return
     from jobs.index import run_index_job
 
@@ -168,6 +181,7 @@ def index(
                 external_id_from=external_image_id,
                 on_plan=planned,
                 on_partition=advance,
+                model=model,
             )
         except user_errors() as exc:
             raise fail(exc) from exc
@@ -224,17 +238,20 @@ def bench_search(
     nprobe: Annotated[int | None, typer.Option(help="IVF lists per search (default: a quarter).")] = None,
     ef_search: Annotated[int | None, typer.Option(help="HNSW breadth per search (default: 128).")] = None,
     store_dir: Annotated[Path | None, typer.Option(help="Where the temporary collection goes.")] = None,
+    model: ModelOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Searches over synthetic faces fitted to our embeddings of real photos, through the HTTP API and the shards,
     against one in-process exact IndexFlatIP: latency, throughput, mate recall, memory, build time."""
     import numpy
 
+    from cluster.models.registry import DEFAULT_EMBEDDER
     from jobs.bench_search import run_search_benchmark
     from jobs.synthetic import fitted_statistics
 
     local = settings()
-    statistics = fitted_statistics(local, images)
+    model_id = model or DEFAULT_EMBEDDER
+    statistics = fitted_statistics(local, images, model_id)
     result = run_search_benchmark(
         local,
         faces,
@@ -247,8 +264,9 @@ def bench_search(
         compare_accountability=compare_accountability,
         knobs={k: v for k, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v is not None},
         progress=lambda line: console.print(f"[dim]{line}[/dim]"),
+        model_id=model_id,
     )
-    emit(result | statistics.check(numpy.random.default_rng(1)), as_json)
+    emit({"model_id": model_id} | result | statistics.check(numpy.random.default_rng(1)), as_json)
 
 
 @bench_app.command("index")
@@ -291,6 +309,7 @@ def demo(
     probes: int = 5,
 ) -> None:
     """The main job end to end on the embedded default: build models, index IMAGES, search with held-out photos."""
+    from cluster.collection import DEFAULT_MAX_FALSE_MATCH_RATE
     from cluster.models.registry import ModelRegistry
     from cluster.storage import LocalStore, open_store
     from jobs.demo import hold_out_probes, search_probes, stage_source
@@ -305,7 +324,9 @@ def demo(
         source = stage_source(images, held, store.root / "demo-sources" / collection)
     console.print(f"[bold]2/3[/bold] indexing {images} into collection {collection!r} at {store.uri}")
     if collection not in call(lambda s, c: s.list_collections(c)):
-        call(lambda s, c: s.create_collection(c, collection, 4, DEMO_MAX_FALSE_MATCH_RATE))
+        # The default floor (1e-5 false matches per comparison) with the default model, as a user would get.
+        manifest = call(lambda s, c: s.create_collection(c, collection, 4, DEFAULT_MAX_FALSE_MATCH_RATE))
+        console.print(f"collection {collection!r}: {manifest.model_id}, floor {manifest.max_false_match_rate:g}")
     index(
         collection,
         str(source),
@@ -314,6 +335,7 @@ def demo(
         quality_filter="LOW",
         external_image_id="key",
         wait=True,
+        model=None,
         as_json=False,
     )
     console.print(f"[bold]3/3[/bold] searching with {len(held)} photos that were not indexed")
@@ -335,8 +357,6 @@ def demo(
     console.print(LEADS)
 
 
-# The demo collection's floor: one false match in 10,000 comparisons, where about 3 in 4 true mates pass on lfw-dev.
-DEMO_MAX_FALSE_MATCH_RATE = 1e-4
 LEADS = "Matches are investigative leads that need human review, never identifications on their own."
 
 

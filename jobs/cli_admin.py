@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cluster.access import Caller, Role
-from jobs.cli_common import JsonFlag, call, console, emit
+from jobs.cli_common import JsonFlag, ModelOption, call, console, emit
 
 if TYPE_CHECKING:
     from serving.service import FaceService
@@ -28,10 +28,11 @@ def collections_create(
     shards: int = 4,
     max_false_match_rate: Annotated[float, typer.Option(help="The floor: most false matches per comparison.")] = 1e-5,
     index: Annotated[str, typer.Option(help="auto, Flat, HNSW<M>, IVF<n>,SQ8 or IVF<n>,PQ<m> (per shard)")] = "auto",
+    model: ModelOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Create an empty collection pinned to this build's embedding model."""
-    manifest = call(lambda s, c: s.create_collection(c, name, shards, max_false_match_rate, index))
+    """Create an empty collection pinned to one embedding model (and that model's file, by sha256)."""
+    manifest = call(lambda s, c: s.create_collection(c, name, shards, max_false_match_rate, index, model))
     emit(manifest.model_dump(exclude={"face_files", "error_files", "shards"}), as_json)
 
 

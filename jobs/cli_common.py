@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 console = Console(stderr=True)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+ModelOption = Annotated[
+    str | None, typer.Option("--model", help="Embedding model: sface-2021dec (default) or dlib-resnet-v1.")
+]
 
 
 def settings() -> Settings:

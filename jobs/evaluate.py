@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from cluster.calibration import DEFAULT_MATCH_SIMILARITY, build_calibration, floor_similarity
+from cluster.calibration import build_calibration, floor_similarity
 from cluster.collection import DEFAULT_MAX_FALSE_MATCH_RATE
 from cluster.errors import InvalidRequest
+from cluster.models.registry import embedding_of
 from cluster.pipeline.errors import ImageError
 from cluster.pipeline.faces import FacePipeline
 
@@ -157,6 +158,14 @@ def _cross_validated_accuracy(sims: np.ndarray, labels: np.ndarray, folds: int =
     return correct / len(sims)
 
 
+def _best_threshold(sims: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The single threshold with the best accuracy over all pairs (how each model's match_similarity was chosen)."""
+    candidates = np.unique(np.round(sims, 3))
+    accuracy = np.array([((sims >= t) == labels).mean() for t in candidates])
+    best = int(np.argmax(accuracy))
+    return {"best_threshold": float(candidates[best]), "accuracy_at_best_threshold": round(float(accuracy[best]), 5)}
+
+
 def evaluate_lfw(
     pipeline: FacePipeline,
     images: Path,
@@ -174,7 +183,7 @@ def evaluate_lfw(
     )
     labels = np.array([p.same for p in pairs])
     failed = np.isnan(sims)
-    threshold = DEFAULT_MATCH_SIMILARITY
+    threshold = embedding_of(pipeline.model_id).match_similarity
     correct = (sims >= threshold) == labels
     correct[failed] = False
     genuine = sims[labels & ~failed]
@@ -182,6 +191,7 @@ def evaluate_lfw(
     calibration = build_calibration(genuine, impostor, failed_genuine=int((labels & failed).sum()))
     filled = np.where(failed, np.where(labels, -1.0, 1.0), sims)
     result: dict[str, Any] = {
+        "model_id": pipeline.model_id,
         "pairs": len(pairs),
         "same_pairs": int(labels.sum()),
         "different_pairs": int((~labels).sum()),
@@ -191,11 +201,14 @@ def evaluate_lfw(
         "threshold": threshold,
         "accuracy": round(float(correct.mean()), 5),
         "accuracy_10fold": round(_cross_validated_accuracy(filled, labels), 5),
+        **_best_threshold(filled, labels),
         "impostor_comparisons": len(impostor),
         "fnmr_at_fmr_1e-3": calibration["fnmr_at_fmr"]["1e-3"],
         "fnmr_at_fmr_1e-4": calibration["fnmr_at_fmr"]["1e-4"],
+        "fnmr_at_fmr_1e-5": calibration["fnmr_at_fmr"]["1e-5"],
         "similarity_at_fmr_1e-3": calibration["similarity_at_fmr"]["1e-3"],
         "similarity_at_fmr_1e-4": calibration["similarity_at_fmr"]["1e-4"],
+        "similarity_at_fmr_1e-5": calibration["similarity_at_fmr"]["1e-5"],
     }
     if out is not None:
         result["plots"] = _plots(out, genuine, impostor)

@@ -17,7 +17,7 @@ from cluster.access import Caller, local_operator
 from cluster.collection import Collections, Manifest
 from cluster.embedder import IndexJobSpec, IndexPartition, Partition, PartitionResult, source_location
 from cluster.errors import CollectionNotFound, ModelMismatch
-from cluster.models.registry import EMBEDDER_ID, ModelRegistry
+from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry, embedding_of
 from cluster.pipeline.errors import Reason
 from cluster.pipeline.quality import QualityFilter
 from cluster.raycluster import append_audit, cluster_gpus, embedder_count, embedder_options, ensure_ray, live_shards
@@ -80,19 +80,41 @@ def run_partitions(actors: list[Any], partitions: Iterator[Partition]) -> Iterat
         yield ray.get(ready)
 
 
-def ensure_collection(collections: Collections, registry: ModelRegistry, name: str, shards: int) -> Manifest:
-    registry.ensure(EMBEDDER_ID)
-    card = registry.card(EMBEDDER_ID) or {}
+def ensure_collection(
+    collections: Collections, registry: ModelRegistry, name: str, shards: int, model_id: str | None = None
+) -> Manifest:
+    """The collection, created with `model_id` (default: the default embedder) when it does not exist yet.
+
+    An existing collection keeps its own model: asking for another one, or a build whose file of that model
+    differs from the one the collection was indexed with, is refused rather than mixing embeddings."""
     try:
         manifest = collections.get(name)
     except CollectionNotFound:
+        wanted = model_id or DEFAULT_EMBEDDER
+        embedding_of(wanted)
+        registry.ensure(wanted)
+        card = registry.card(wanted) or {}
         return collections.create(
-            Manifest(name=name, model_id=EMBEDDER_ID, model_sha256=card["sha256"], shard_count=shards)
+            Manifest(
+                name=name,
+                model_id=wanted,
+                model_sha256=card["sha256"],
+                dim=embedding_of(wanted).dim,
+                shard_count=shards,
+            )
         )
-    if manifest.model_id != EMBEDDER_ID or manifest.model_sha256 != card.get("sha256"):
+    if model_id is not None and model_id != manifest.model_id:
         raise ModelMismatch(
-            f"collection {name!r} was indexed with {manifest.model_id} ({manifest.model_sha256[:12]}); this build has "
-            f"{EMBEDDER_ID} ({str(card.get('sha256'))[:12]}): create a new collection and re-index"
+            f"collection {name!r} holds {manifest.model_id} embeddings, not {model_id}: "
+            f"index into a new collection created with --model {model_id}"
+        )
+    embedding_of(manifest.model_id)
+    registry.ensure(manifest.model_id)
+    card = registry.card(manifest.model_id) or {}
+    if manifest.model_sha256 != card.get("sha256"):
+        raise ModelMismatch(
+            f"collection {name!r} was indexed with {manifest.model_id} ({manifest.model_sha256[:12]}); this build's "
+            f"file of that model is {str(card.get('sha256'))[:12]}: create a new collection and re-index"
         )
     return manifest
 
@@ -114,6 +136,7 @@ def run_index_job(
     on_plan: Callable[[int], None] | None = None,
     on_partition: Progress | None = None,
     caller: Caller | None = None,
+    model: str | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     store = open_store(settings.store, settings)
@@ -124,7 +147,7 @@ def run_index_job(
     collections = Collections(store)
     registry = ModelRegistry(settings.model_dir)
     registry.build_all()
-    manifest = ensure_collection(collections, registry, collection, shards)
+    manifest = ensure_collection(collections, registry, collection, shards, model)
     done_objects = indexed_objects(collections, manifest)
     job_id = job_id_for(collection, source_uri, manifest.version)
     if on_plan:
@@ -147,6 +170,7 @@ def run_index_job(
         max_faces,
         quality_filter,
         external_id_from,
+        manifest.model_id,
     )
     first = next(todo, None)
     if first is not None:

@@ -39,11 +39,14 @@ def submit_index(
     max_faces: int | None,
     quality_filter: str,
     wait: bool,
+    model: str | None = None,
 ) -> dict[str, Any]:
     client = job_client(address)
     args = ["facegrid", "index", collection, source, "--shards", str(shards), "--quality-filter", quality_filter]
     if max_faces is not None:
         args += ["--max-faces", str(max_faces)]
+    if model is not None:
+        args += ["--model", model]
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     env.setdefault("FACEGRID_STORE", settings.store)
     # Inside the job Ray sets RAY_ADDRESS to the cluster, so the same command runs there against the cluster.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cluster.models.registry import EMBEDDER_ID, ModelRegistry
+from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry
 from cluster.settings import Settings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -115,9 +115,12 @@ class FaceStatistics:
 
 
 def fitted_statistics(
-    settings: Settings, images: Path, progress: Callable[[int], None] | None = None
+    settings: Settings,
+    images: Path,
+    model_id: str = DEFAULT_EMBEDDER,
+    progress: Callable[[int], None] | None = None,
 ) -> FaceStatistics:
-    """Fit to our model's embeddings of `images` (a folder per person); cached by model and file list."""
+    """Fit to one model's embeddings of `images` (a folder per person); cached by model file and file list."""
     from cluster.pipeline.faces import FacePipeline
     from jobs.evaluate import embed_central_faces
 
@@ -128,12 +131,12 @@ def fitted_statistics(
     names = [n for n in names if counts[n.split("/")[0]] >= 2]
     registry = ModelRegistry(settings.model_dir)
     registry.build_all()
-    card = registry.card(EMBEDDER_ID) or {}
+    card = registry.card(model_id) or {}
     digest = hashlib.sha256("\n".join([card.get("sha256", ""), *names]).encode()).hexdigest()[:16]
     cache = settings.model_dir / "fits" / f"face-statistics-{digest}.npz"
     if cache.exists():
         return FaceStatistics.load(cache)
-    embeddings = embed_central_faces(FacePipeline(settings, registry), images, names, progress)
+    embeddings = embed_central_faces(FacePipeline(settings, registry, model_id), images, names, progress)
     statistics = FaceStatistics.fit(embeddings)
     statistics.save(cache)
     return statistics

@@ -14,9 +14,9 @@ import ray
 from cluster.access import Action, Caller, authorize
 from cluster.calibration import estimated_false_match_rate, floor_similarity
 from cluster.collection import Collections, Manifest, face_row
-from cluster.errors import InvalidRequest, NoFaceInProbe, ThresholdBelowFloor
+from cluster.errors import InvalidRequest, ModelMismatch, NoFaceInProbe, ThresholdBelowFloor
 from cluster.index_spec import AUTO, SearchKnobs
-from cluster.models.registry import EMBEDDER_ID, ModelRegistry
+from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry, embedding_of
 from cluster.pipeline.errors import ImageError, Reason
 from cluster.pipeline.faces import Face, FacePipeline, ImageFaces
 from cluster.pipeline.quality import QualityFilter
@@ -61,19 +61,29 @@ class FaceService(Accountable):
         super().__init__(settings, open_store(settings.store, settings), accountable)
         self.collections = Collections(self.store)
         self.registry = ModelRegistry(settings.model_dir)
-        self.calibration = self.registry.calibration(EMBEDDER_ID)
-        self._pipeline: FacePipeline | None = None
+        self._calibrations: dict[str, dict[str, Any]] = {}
+        self._pipelines: dict[str, FacePipeline] = {}
         # Fan-outs only wait on shards: many may be in flight, and none should queue behind a probe's embedding.
         self.fanout_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="facegrid-fanout")
         self._manifests: dict[str, tuple[float, Manifest]] = {}
         self._shards: dict[str, dict[int, Any]] = {}
         self._batchers: dict[str, tuple[dict[int, Any], MicroBatcher]] = {}
 
-    @property
-    def pipeline(self) -> FacePipeline:
-        if self._pipeline is None:
-            self._pipeline = FacePipeline(self.settings, self.registry)
-        return self._pipeline
+    def pipeline(self, model_id: str = DEFAULT_EMBEDDER) -> FacePipeline:
+        """The face pipeline of one embedding model, loaded on first use: a collection is searched with its own."""
+        pipeline = self._pipelines.get(model_id)
+        if pipeline is None:
+            embedding_of(model_id)
+            pipeline = self._pipelines[model_id] = FacePipeline(self.settings, self.registry, model_id)
+        return pipeline
+
+    def calibration(self, model_id: str) -> dict[str, Any]:
+        """The model's calibration, read once: every floor and per-match rate comes from its own model's."""
+        calibration = self._calibrations.get(model_id)
+        if calibration is None:
+            embedding_of(model_id)
+            calibration = self._calibrations[model_id] = self.registry.calibration(model_id)
+        return calibration
 
     def manifest(self, name: str, fresh: bool = False) -> Manifest:
         cached = self._manifests.get(name)
@@ -143,21 +153,37 @@ class FaceService(Accountable):
     # --- collections -------------------------------------------------------------------------------------------
 
     async def create_collection(
-        self, caller: Caller, name: str, shards: int, max_false_match_rate: float, index: str = AUTO
+        self,
+        caller: Caller,
+        name: str,
+        shards: int,
+        max_false_match_rate: float,
+        index: str = AUTO,
+        model: str | None = None,
     ) -> Manifest:
-        entry = {"action": "create-collection", "collection": name, "max_false_match_rate": max_false_match_rate}
+        model_id = model or DEFAULT_EMBEDDER
+        entry = {
+            "action": "create-collection",
+            "collection": name,
+            "max_false_match_rate": max_false_match_rate,
+            "model_id": model_id,
+        }
         async with self.audited(caller, entry):
             authorize(caller, Action.COLLECTIONS_WRITE)
-            return self._create_collection(name, shards, max_false_match_rate, index)
+            return self._create_collection(name, shards, max_false_match_rate, index, model_id)
 
-    def _create_collection(self, name: str, shards: int, max_false_match_rate: float, index: str) -> Manifest:
-        self.registry.ensure(EMBEDDER_ID)
-        card = self.registry.card(EMBEDDER_ID) or {}
-        self.floor_similarity(max_false_match_rate)  # refuses rates the calibration cannot support
+    def _create_collection(
+        self, name: str, shards: int, max_false_match_rate: float, index: str, model_id: str
+    ) -> Manifest:
+        embedding = embedding_of(model_id)
+        self.registry.ensure(model_id)
+        card = self.registry.card(model_id) or {}
+        self.floor_similarity(model_id, max_false_match_rate)  # refuses rates the calibration cannot support
         manifest = Manifest(
             name=name,
-            model_id=EMBEDDER_ID,
+            model_id=model_id,
             model_sha256=card["sha256"],
+            dim=embedding.dim,
             shard_count=shards,
             max_false_match_rate=max_false_match_rate,
             index_spec=index,
@@ -172,7 +198,8 @@ class FaceService(Accountable):
         authorize(caller, Action.COLLECTIONS_READ, name)
         manifest = self.manifest(name, fresh=True)
         described = manifest.model_dump(exclude={"face_files", "error_files"})
-        described["threshold_floor_similarity"] = round(self.floor_similarity(manifest.max_false_match_rate), 6)
+        floor = self.floor_similarity(manifest.model_id, manifest.max_false_match_rate)
+        described["threshold_floor_similarity"] = round(floor, 6)
         described["errors_by_reason"] = self._error_summary(manifest)
         return described
 
@@ -192,11 +219,11 @@ class FaceService(Accountable):
 
     # --- thresholds --------------------------------------------------------------------------------------------
 
-    def floor_similarity(self, max_false_match_rate: float) -> float:
-        return floor_similarity(max_false_match_rate, self.calibration)
+    def floor_similarity(self, model_id: str, max_false_match_rate: float) -> float:
+        return floor_similarity(max_false_match_rate, self.calibration(model_id))
 
     def applied_threshold(self, manifest: Manifest, requested: float | None) -> dict[str, Any]:
-        floor = self.floor_similarity(manifest.max_false_match_rate)
+        floor = self.floor_similarity(manifest.model_id, manifest.max_false_match_rate)
         if requested is not None and requested < floor:
             raise ThresholdBelowFloor(
                 f"threshold {requested:g} is looser than this collection's floor {floor:.4f} "
@@ -213,18 +240,20 @@ class FaceService(Accountable):
 
     # --- probes ------------------------------------------------------------------------------------------------
 
-    async def probe(self, blob: bytes, max_faces: int | None) -> ImageFaces:
+    async def probe(self, blob: bytes, max_faces: int | None, model_id: str = DEFAULT_EMBEDDER) -> ImageFaces:
         if len(blob) > self.settings.serving.max_upload_bytes:
             raise ImageError(Reason.IMAGE_TOO_LARGE, f"upload over {self.settings.serving.max_upload_bytes} bytes")
         loop = asyncio.get_running_loop()
-        result = (await loop.run_in_executor(self.executor, self.pipeline, [blob], max_faces))[0]
+        pipeline = self.pipeline(model_id)
+        result = (await loop.run_in_executor(self.executor, pipeline, [blob], max_faces))[0]
         if isinstance(result, ImageError):
             raise result
         return result
 
     def _matches(self, hits: list[Hit], manifest: Manifest, threshold: float) -> list[dict[str, Any]]:
         kept = [h for h in hits if h.similarity >= threshold]
-        rates = estimated_false_match_rate(np.array([h.similarity for h in kept]), self.calibration)
+        calibration = self.calibration(manifest.model_id)
+        rates = estimated_false_match_rate(np.array([h.similarity for h in kept]), calibration)
         return [self._match(h, float(r), manifest) for h, r in zip(kept, rates, strict=True)]
 
     @staticmethod
@@ -254,7 +283,7 @@ class FaceService(Accountable):
         entry = search_entry("search", collection, request, hashlib.sha256(blob).hexdigest())
         async with self.audited(caller, entry):
             manifest, limits = self._prepare_search(caller, collection, request)
-            probe = await self.probe(blob, request.max_faces)
+            probe = await self.probe(blob, request.max_faces, manifest.model_id)
             if not probe.faces:
                 skipped = [_face_json(f) for f in probe.skipped]
                 raise NoFaceInProbe("no face was found in the probe image", skipped=skipped)
@@ -275,13 +304,19 @@ class FaceService(Accountable):
         return result
 
     async def search_vector(
-        self, caller: Caller, collection: str, vector: list[float], request: SearchRequest
+        self, caller: Caller, collection: str, vector: list[float], request: SearchRequest, model_id: str | None = None
     ) -> dict[str, Any]:
-        """Search with an embedding made elsewhere by the same model (the collection's model id must match)."""
+        """Search with an embedding made elsewhere by the same model: the collection's model id, when the caller
+        names the vector's model, must match (vectors of two models can have the same length and mean nothing)."""
         query = np.asarray(vector, dtype=np.float32)
         entry = search_entry("search-vector", collection, request, hashlib.sha256(query.tobytes()).hexdigest())
         async with self.audited(caller, entry):
             manifest, limits = self._prepare_search(caller, collection, request)
+            if model_id is not None and model_id != manifest.model_id:
+                raise ModelMismatch(
+                    f"the vector is a {model_id} embedding; collection {collection!r} holds {manifest.model_id} "
+                    "embeddings, which cannot be compared with it"
+                )
             norm = float(np.linalg.norm(query)) if query.ndim == 1 else 0.0
             if query.shape != (manifest.dim,) or not np.isfinite(norm) or norm == 0:
                 raise InvalidRequest(f"vector must be {manifest.dim} finite numbers, not all zero")
@@ -324,29 +359,41 @@ class FaceService(Accountable):
         }
 
     async def compare(
-        self, caller: Caller, a: bytes, b: bytes, *, purpose: str | None, case_id: str | None
+        self,
+        caller: Caller,
+        a: bytes,
+        b: bytes,
+        *,
+        purpose: str | None,
+        case_id: str | None,
+        model: str | None = None,
     ) -> dict[str, Any]:
         probe = hashlib.sha256(a).hexdigest() + ":" + hashlib.sha256(b).hexdigest()
         request = SearchRequest(purpose=purpose, case_id=case_id)
-        async with self.audited(caller, search_entry("compare", None, request, probe)) as entry:
-            result = await self._compare(caller, a, b, purpose, case_id)
+        model_id = model or DEFAULT_EMBEDDER
+        async with self.audited(
+            caller, {**search_entry("compare", None, request, probe), "model_id": model_id}
+        ) as entry:
+            result = await self._compare(caller, a, b, purpose, case_id, model_id)
             entry["similarity"] = result["similarity"]
         return result
 
     async def _compare(
-        self, caller: Caller, a: bytes, b: bytes, purpose: str | None, case_id: str | None
+        self, caller: Caller, a: bytes, b: bytes, purpose: str | None, case_id: str | None, model_id: str
     ) -> dict[str, Any]:
         authorize(caller, Action.SEARCH)
         self.check_purpose(purpose, case_id)
-        first, second = await asyncio.gather(self.probe(a, 1), self.probe(b, 1))
+        calibration = self.calibration(model_id)
+        first, second = await asyncio.gather(self.probe(a, 1, model_id), self.probe(b, 1, model_id))
         if not first.faces or not second.faces:
             raise NoFaceInProbe("no face was found in " + ("the first" if not first.faces else "the second") + " image")
         fa, fb = first.faces[0], second.faces[0]
         assert fa.embedding is not None and fb.embedding is not None
         similarity = float(fa.embedding @ fb.embedding)
         return {
+            "model_id": model_id,
             "similarity": round(similarity, 6),
-            "estimated_false_match_rate": float(estimated_false_match_rate(similarity, self.calibration)),
+            "estimated_false_match_rate": float(estimated_false_match_rate(similarity, calibration)),
             "source_face": _face_json(fa),
             "target_face": _face_json(fb),
             "purpose": purpose,
@@ -357,7 +404,7 @@ class FaceService(Accountable):
     async def detect(self, caller: Caller, blob: bytes) -> dict[str, Any]:
         authorize(caller, Action.DETECT)
         loop = asyncio.get_running_loop()
-        result = (await loop.run_in_executor(self.executor, self.pipeline, [blob], None, QualityFilter.NONE))[0]
+        result = (await loop.run_in_executor(self.executor, self.pipeline(), [blob], None, QualityFilter.NONE))[0]
         if isinstance(result, ImageError):
             raise result
         return {"width": result.width, "height": result.height, "faces": [_face_json(f) for f in result.faces]}

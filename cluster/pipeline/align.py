@@ -1,17 +1,38 @@
-"""Align faces to 150x150 chips with a 5-point similarity transform, the layout dlib's face ResNet was trained on."""
+"""Align faces to model chips: a 5-point similarity transform onto the layout each embedding model was trained on."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-CHIP_SIZE = 150
-CHIP_PADDING = 0.25
-# Unit-face positions of left eye, right eye, nose tip, mouth left, mouth right (DESIGN.md, Models).
+# dlib's layout: unit-face positions of left eye, right eye, nose tip, mouth left, mouth right (DESIGN.md, Models),
+# padded by 0.25 on each side into a 150 px chip.
 UNIT_TEMPLATE = np.array(
     [[0.2253, 0.2062], [0.7747, 0.2062], [0.5, 0.5224], [0.2594, 0.8027], [0.7406, 0.8027]], dtype=np.float64
 )
+CHIP_SIZE = 150
+CHIP_PADDING = 0.25
 TEMPLATE = (UNIT_TEMPLATE + CHIP_PADDING) / (1 + 2 * CHIP_PADDING) * CHIP_SIZE
+# ArcFace's 112x112 layout (insightface's `arcface_dst`), which OpenCV's FaceRecognizerSF.alignCrop also uses.
+ARCFACE_TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float64,
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Aligner:
+    """A chip layout: where the five landmarks land, in pixels of a square chip. One aligner per collection."""
+
+    aligner_id: str
+    chip_size: int
+    template: np.ndarray
+
+
+DLIB_ALIGNER = Aligner("dlib-5pt-150", CHIP_SIZE, TEMPLATE)
+ARCFACE_ALIGNER = Aligner("arcface-5pt-112", 112, ARCFACE_TEMPLATE)
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -32,13 +53,17 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 class AlignFaces:
-    """Batch stage: (image, landmarks (n, 5, 2)) -> uint8 chips (n, 150, 150, 3)."""
+    """Batch stage: (image, landmarks (n, 5, 2)) -> uint8 chips (n, size, size, 3) in the aligner's layout."""
+
+    def __init__(self, aligner: Aligner = DLIB_ALIGNER) -> None:
+        self.aligner = aligner
 
     def __call__(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-        chips = np.empty((len(landmarks), CHIP_SIZE, CHIP_SIZE, 3), dtype=np.uint8)
+        size = self.aligner.chip_size
+        chips = np.empty((len(landmarks), size, size, 3), dtype=np.uint8)
         for i, points in enumerate(landmarks):
-            matrix = similarity_transform(points.astype(np.float64), TEMPLATE)
+            matrix = similarity_transform(points.astype(np.float64), self.aligner.template)
             chips[i] = cv2.warpAffine(
-                image, matrix, (CHIP_SIZE, CHIP_SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+                image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
             )
         return chips

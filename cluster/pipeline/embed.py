@@ -1,22 +1,24 @@
-"""Batched face embedding with dlib's ResNet on ONNX Runtime: aligned chips -> 128-D descriptors."""
+"""Batched face embedding on ONNX Runtime: aligned uint8 chips -> raw descriptors of the collection's model."""
 
 from __future__ import annotations
 
 import numpy as np
 
+# The width of the face records' embedding column; every shipped embedder writes 128 numbers.
 EMBEDDING_DIM = 128
 
 
 class EmbedFaces:
-    """Batch stage: uint8 chips (n, 150, 150, 3) -> float32 (n, 128) raw dlib descriptors."""
+    """Batch stage: uint8 chips (n, size, size, 3) -> float32 (n, dim) raw descriptors."""
 
-    def __init__(self, session: object, batch_size: int) -> None:
+    def __init__(self, session: object, batch_size: int, dim: int = EMBEDDING_DIM) -> None:
         self.session = session
         self.batch_size = batch_size
+        self.dim = dim
 
     def __call__(self, chips: np.ndarray) -> np.ndarray:
         if len(chips) == 0:
-            return np.zeros((0, EMBEDDING_DIM), np.float32)
+            return np.zeros((0, self.dim), np.float32)
         parts = [
             self.session.run(["descriptors"], {"chips": chips[i : i + self.batch_size]})[0]  # type: ignore[attr-defined]
             for i in range(0, len(chips), self.batch_size)

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cluster.models.registry import EMBEDDER_ID, ModelRegistry
-from cluster.pipeline.align import AlignFaces
+from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry, embedding_of
+from cluster.pipeline.align import DLIB_ALIGNER, AlignFaces
 from cluster.pipeline.decode import DecodeImages
 from cluster.pipeline.detect import DetectFaces, onnx_net
 from cluster.pipeline.embed import EmbedFaces, normalize
@@ -25,7 +25,7 @@ class Face:
     landmarks: np.ndarray  # (5, 2)
     confidence: float
     quality: FaceQuality
-    embedding: np.ndarray | None = None  # unit-length 128-D, only for indexed faces
+    embedding: np.ndarray | None = None  # unit-length, of the pipeline's model, only for kept faces
     skip_reasons: list[SkipReason] = field(default_factory=list)
 
 
@@ -48,16 +48,19 @@ class StageTimes:
 
 
 class FacePipeline:
-    """Loads the models once; call it with image bytes or decoded arrays, a batch at a time."""
+    """Loads the detector and one embedding model once; call it with image bytes or decoded arrays, a batch at a time.
 
-    def __init__(self, settings: Settings, registry: ModelRegistry | None = None) -> None:
+    One pipeline, one model and its aligner: a collection's faces never mix models or chip layouts."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry | None = None, model_id: str = DEFAULT_EMBEDDER):
         registry = registry or ModelRegistry(settings.model_dir)
+        embedding = embedding_of(model_id)
         sessions = {
-            model_id: create_session(registry.ensure(model_id), settings.runtime)
-            for model_id in ("mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet", EMBEDDER_ID)
+            name: create_session(registry.ensure(name), settings.runtime)
+            for name in ("mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet", model_id)
         }
-        self.model_id = EMBEDDER_ID
-        self.model_sha256 = (registry.card(EMBEDDER_ID) or {})["sha256"]
+        self.model_id = model_id
+        self.model_sha256 = (registry.card(model_id) or {})["sha256"]
         self.decode = DecodeImages(settings.max_image_pixels)
         self.detect = DetectFaces(
             onnx_net(sessions["mtcnn-pnet"]),
@@ -65,8 +68,10 @@ class FacePipeline:
             onnx_net(sessions["mtcnn-onet"]),
             settings.detector,
         )
-        self.align = AlignFaces()
-        self.embed = EmbedFaces(sessions[EMBEDDER_ID], settings.runtime.embed_batch_size)
+        # Quality is measured on dlib's 150 px layout whatever the model (its bars were measured there).
+        self.align_quality = AlignFaces(DLIB_ALIGNER)
+        self.align = self.align_quality if embedding.aligner is DLIB_ALIGNER else AlignFaces(embedding.aligner)
+        self.embed = EmbedFaces(sessions[model_id], settings.runtime.embed_batch_size, embedding.dim)
         self.times = StageTimes()
 
     def __call__(
@@ -95,11 +100,12 @@ class FacePipeline:
         kept_chips: list[np.ndarray] = []
         kept_faces: list[Face] = []
         for image, found in zip(images, detections, strict=True):
-            chips = self.align(image, found.landmarks)
+            quality_chips = self.align_quality(image, found.landmarks)
+            chips = quality_chips if self.align is self.align_quality else self.align(image, found.landmarks)
             order = np.argsort(-(found.boxes[:, 2] - found.boxes[:, 0]) * (found.boxes[:, 3] - found.boxes[:, 1]))
             result = ImageFaces(width=image.shape[1], height=image.shape[0], faces=[], skipped=[])
             for i in order:
-                quality = assess(found.boxes[i], found.landmarks[i], found.scores[i], chips[i])
+                quality = assess(found.boxes[i], found.landmarks[i], found.scores[i], quality_chips[i])
                 face = Face(found.boxes[i], found.landmarks[i], float(found.scores[i]), quality)
                 face.skip_reasons = reasons_to_skip(quality, quality_filter)
                 if not face.skip_reasons and max_faces is not None and len(result.faces) >= max_faces:

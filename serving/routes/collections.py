@@ -19,12 +19,13 @@ class CreateCollection(BaseModel):
     shards: int = Field(4, ge=1, le=1024)
     max_false_match_rate: float = Field(DEFAULT_MAX_FALSE_MATCH_RATE, gt=0, lt=1)
     index_spec: str = AUTO
+    model: str | None = Field(None, description="Embedding model: sface-2021dec (default) or dlib-resnet-v1")
 
 
 @router.post("", status_code=201)
 async def create(body: CreateCollection, service: Service, caller: CallerDep) -> dict[str, Any]:
     manifest = await service.create_collection(
-        caller, body.name, body.shards, body.max_false_match_rate, body.index_spec
+        caller, body.name, body.shards, body.max_false_match_rate, body.index_spec, body.model
     )
     return manifest.model_dump(exclude={"face_files", "error_files"})
 

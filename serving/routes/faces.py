@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from cluster.index_spec import SearchKnobs
 from serving.accountable import SearchRequest
@@ -37,6 +37,7 @@ async def search(
 
 class VectorSearch(BaseModel):
     vector: list[float]
+    model_id: str | None = Field(None, description="The model that made the vector; refused unless the collection's")
     purpose: str | None = None
     case_id: str | None = None
     threshold: float | None = None
@@ -50,7 +51,7 @@ async def search_vector(collection: str, body: VectorSearch, service: Service, c
     knobs = SearchKnobs(body.nprobe, body.ef_search)
     request = SearchRequest(body.purpose, body.case_id, body.threshold, body.max_results, knobs=knobs)
     # Rendered here: the answer is plain JSON types already, and FastAPI's encoder walk cost 0.4 ms a search.
-    return JSONResponse(await service.search_vector(caller, collection, body.vector, request))
+    return JSONResponse(await service.search_vector(caller, collection, body.vector, request, body.model_id))
 
 
 @router.get("/faces")

@@ -19,10 +19,11 @@ async def compare(
     target: Annotated[UploadFile, File()],
     purpose: Annotated[str | None, Form()] = None,
     case_id: Annotated[str | None, Form()] = None,
+    model: Annotated[str | None, Form(description="Embedding model (default sface-2021dec)")] = None,
 ) -> dict[str, Any]:
     limit = service.settings.serving.max_upload_bytes
     a, b = await read_upload(source, limit), await read_upload(target, limit)
-    return await service.compare(caller, a, b, purpose=purpose, case_id=case_id)
+    return await service.compare(caller, a, b, purpose=purpose, case_id=case_id, model=model)
 
 
 @router.post("/detect")

@@ -1,4 +1,5 @@
-"""The floor keeps its promise: evaluated on every lfw-dev pair, in sample and on people the calibration never saw."""
+"""Each model on every lfw-dev pair: its accuracy, and its floor keeping its promise in sample and on people the
+calibration never saw."""
 
 from __future__ import annotations
 
@@ -8,20 +9,32 @@ import pytest
 
 from cluster.calibration import floor_similarity
 from cluster.collection import DEFAULT_MAX_FALSE_MATCH_RATE
-from cluster.models.registry import EMBEDDER_ID, ModelRegistry
+from cluster.models.registry import DLIB_ID, SFACE_ID, ModelRegistry
+from cluster.pipeline.faces import FacePipeline
+from cluster.settings import Settings
 from jobs.evaluate import evaluate_lfw
 from tests.conftest import LFW
 
+# What each model must reach on lfw-dev: accuracy at its threshold, FNMR at FMR 1e-4 and 1e-5. dlib's own pipeline
+# reaches 0.966 on these greyscale photos (README); SFace's targets are the issue's.
+TARGETS = {SFACE_ID: (0.993, 0.035, 0.08), DLIB_ID: (0.98, 0.27, 0.52)}
 
-@pytest.fixture(scope="module")
-def evaluation(lfw_images: Path, pipeline, tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[no-untyped-def]
+
+@pytest.fixture(scope="module", params=[SFACE_ID, DLIB_ID])
+def evaluation(  # type: ignore[no-untyped-def]
+    request, lfw_images: Path, settings: Settings, registry: ModelRegistry, tmp_path_factory: pytest.TempPathFactory
+) -> dict:  # type: ignore[type-arg]
+    pipeline = FacePipeline(settings, registry, request.param)
     return evaluate_lfw(pipeline, lfw_images, LFW / "pairs.tsv", None, tmp_path_factory.mktemp("eval"))
 
 
 def test_accuracy_and_figures(evaluation: dict) -> None:  # type: ignore[type-arg]
+    accuracy, fnmr_1e4, fnmr_1e5 = TARGETS[evaluation["model_id"]]
+    print(f"\n{evaluation['model_id']}: " + ", ".join(f"{k} {evaluation[k]}" for k in ("accuracy", "fnmr_at_fmr_1e-4", "fnmr_at_fmr_1e-5")))
     assert evaluation["pairs"] == 6000 and evaluation["failed_pairs"] <= 20
-    # The target is 0.99; dlib's own pipeline reaches 0.966 on these greyscale photos (README): hold our ground.
-    assert evaluation["accuracy"] >= 0.98
+    assert evaluation["accuracy"] >= accuracy
+    assert evaluation["fnmr_at_fmr_1e-4"] <= fnmr_1e4
+    assert evaluation["fnmr_at_fmr_1e-5"] <= fnmr_1e5
     assert evaluation["impostor_comparisons"] > 10_000_000
 
 
@@ -38,6 +51,6 @@ def test_default_floor_holds(evaluation: dict) -> None:  # type: ignore[type-arg
 
 
 def test_shipped_calibration_agrees(evaluation: dict, registry: ModelRegistry) -> None:  # type: ignore[type-arg]
-    shipped = registry.calibration(EMBEDDER_ID)
+    shipped = registry.calibration(evaluation["model_id"])
     fresh = evaluation["calibration"]
     assert abs(floor_similarity(1e-4, shipped) - floor_similarity(1e-4, fresh)) < 0.005
