@@ -33,8 +33,13 @@ def run(env: dict[str, str], *args: str) -> dict[str, Any]:
 
 def test_models_list_shows_cards(env: dict[str, str]) -> None:
     cards = run(env, "models", "list")["models"]
-    assert {c["model_id"] for c in cards} == {"dlib-resnet-v1", "mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet"}
+    by_id = {c["model_id"]: c for c in cards}
+    assert set(by_id) == {"sface-2021dec", "dlib-resnet-v1", "mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet"}
     assert all(len(c["sha256"]) == 64 and c["licence"] for c in cards)
+    for embedder in ("sface-2021dec", "dlib-resnet-v1"):  # both cards carry their calibration and caveats
+        card = by_id[embedder]
+        assert card["role"] == "embedder" and card["training_data"] and card["aligner"]
+        assert card["calibration"]["similarity_at_fmr"]["1e-5"] is not None
 
 
 def test_eval_lfw_quick(env: dict[str, str], lfw_images: Path, tmp_path: Path) -> None:
