@@ -30,7 +30,8 @@ def evaluation(  # type: ignore[no-untyped-def]
 
 def test_accuracy_and_figures(evaluation: dict) -> None:  # type: ignore[type-arg]
     accuracy, fnmr_1e4, fnmr_1e5 = TARGETS[evaluation["model_id"]]
-    print(f"\n{evaluation['model_id']}: " + ", ".join(f"{k} {evaluation[k]}" for k in ("accuracy", "fnmr_at_fmr_1e-4", "fnmr_at_fmr_1e-5")))
+    figures = ("accuracy", "fnmr_at_fmr_1e-4", "fnmr_at_fmr_1e-5")
+    print(f"\n{evaluation['model_id']}: " + ", ".join(f"{k} {evaluation[k]}" for k in figures))
     assert evaluation["pairs"] == 6000 and evaluation["failed_pairs"] <= 20
     assert evaluation["accuracy"] >= accuracy
     assert evaluation["fnmr_at_fmr_1e-4"] <= fnmr_1e4
