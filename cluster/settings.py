@@ -26,7 +26,8 @@ class RuntimeSettings(BaseModel):
     # None lets ONNX Runtime pick one thread per core: right for a lone process, too many inside Ray actors.
     intra_op_threads: int | None = None
     providers: list[str] | None = None
-    embed_batch_size: int = 32
+    # None: the model's own best batch on a CPU, GPU_EMBED_BATCH where CUDA runs the embedder.
+    embed_batch_size: int | None = None
 
 
 class ServingSettings(BaseModel):

@@ -53,7 +53,7 @@ def run_embed_benchmark(
     settings: Settings, folder: Path, limit: int, console: Console, model_id: str = DEFAULT_EMBEDDER
 ) -> dict[str, Any]:
     # Per core: one intra-op thread for ONNX Runtime; dlib's CPU path is single-threaded here too.
-    single = settings.model_copy(update={"runtime": RuntimeSettings(intra_op_threads=1, embed_batch_size=32)})
+    single = settings.model_copy(update={"runtime": RuntimeSettings(intra_op_threads=1)})
     pipeline = FacePipeline(single, ModelRegistry(settings.model_dir), model_id)
     blobs = _images(folder, limit)
     pipeline(blobs[:4])  # warm-up: session initialisation is not throughput

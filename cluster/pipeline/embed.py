@@ -6,6 +6,15 @@ import numpy as np
 
 # The width of the face records' embedding column; every shipped embedder writes 128 numbers.
 EMBEDDING_DIM = 128
+# On a GPU a call costs about the same for 1 chip as for many: batch as the index job's read batch allows.
+GPU_EMBED_BATCH = 64
+
+
+def embed_batch_size(requested: int | None, cpu_batch_size: int, providers: list[str]) -> int:
+    """Chips per call: what the settings ask, else the model's best on a CPU, or a large batch under CUDA."""
+    if requested:
+        return requested
+    return GPU_EMBED_BATCH if providers and providers[0] == "CUDAExecutionProvider" else cpu_batch_size
 
 
 class EmbedFaces:

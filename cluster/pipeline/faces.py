@@ -12,7 +12,7 @@ from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry, embedding_o
 from cluster.pipeline.align import DLIB_ALIGNER, AlignFaces
 from cluster.pipeline.decode import DecodeImages
 from cluster.pipeline.detect import DetectFaces, onnx_net
-from cluster.pipeline.embed import EmbedFaces, normalize
+from cluster.pipeline.embed import EmbedFaces, embed_batch_size, normalize
 from cluster.pipeline.errors import ImageError
 from cluster.pipeline.quality import FaceQuality, QualityFilter, SkipReason, assess, reasons_to_skip
 from cluster.pipeline.runtime import create_session
@@ -71,7 +71,9 @@ class FacePipeline:
         # Quality is measured on dlib's 150 px layout whatever the model (its bars were measured there).
         self.align_quality = AlignFaces(DLIB_ALIGNER)
         self.align = self.align_quality if embedding.aligner is DLIB_ALIGNER else AlignFaces(embedding.aligner)
-        self.embed = EmbedFaces(sessions[model_id], settings.runtime.embed_batch_size, embedding.dim)
+        session = sessions[model_id]
+        batch = embed_batch_size(settings.runtime.embed_batch_size, embedding.cpu_batch_size, session.get_providers())
+        self.embed = EmbedFaces(session, batch, embedding.dim)
         self.times = StageTimes()
 
     def __call__(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cluster.pipeline import runtime
+from cluster.pipeline.embed import GPU_EMBED_BATCH, embed_batch_size
 
 
 def test_cuda_first_when_offered() -> None:
@@ -42,3 +43,10 @@ def test_session_uses_the_chosen_providers(monkeypatch: pytest.MonkeyPatch, regi
 
     runtime.create_session(registry.onnx_path("mtcnn-pnet"), RuntimeSettings())
     assert seen["providers"] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_embed_batch_follows_the_provider() -> None:
+    cpu, cuda = ["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert embed_batch_size(None, 1, cpu) == 1  # SFace's best on a CPU
+    assert embed_batch_size(None, 1, cuda) == GPU_EMBED_BATCH
+    assert embed_batch_size(8, 1, cuda) == 8  # what the settings ask wins
