@@ -273,6 +273,7 @@ def bench_search(
 def bench_index(
     images: Annotated[Path, typer.Option(exists=True, file_okay=False)],
     limit: Annotated[int | None, typer.Option(help="Index only the first N photos (sorted).")] = None,
+    model: ModelOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Index a folder into a temporary store on the embedded Ray; images/s, faces/s and time per stage."""
@@ -290,7 +291,7 @@ def bench_index(
             everything = sorted(p for p in images.rglob("*") if p.is_file())
             source = stage_source(images, everything[limit:], work / "source")
         local = settings().model_copy(update={"store": str(work / "store")})
-        summary = run_index_job(local, "bench", str(source), quality_filter=QualityFilter.NONE)
+        summary = run_index_job(local, "bench", str(source), quality_filter=QualityFilter.NONE, model=model)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     images_done = max(summary["images"], 1)
