@@ -8,9 +8,6 @@ import numpy as np
 
 from cluster.errors import InvalidRequest
 
-# Cosine similarity of unit dlib descriptors at which `facegrid eval` calls two faces the same person: the single
-# threshold with the best accuracy on lfw-dev (README, Accuracy). Searches never use it: they use the floor below.
-DEFAULT_MATCH_SIMILARITY = 0.91
 FMR_POINTS = ("1e-1", "1e-2", "1e-3", "1e-4", "1e-5", "1e-6", "1e-7")
 # The floor's threshold is the one measured for half the promised rate: on lfw-dev, people not in the calibration
 # set showed up to 1.5x the in-sample rate at the same threshold, and at most 0.9x with this margin (README).
