@@ -24,6 +24,7 @@ from cluster.errors import (
     InvalidCollectionName,
     InvalidRequest,
 )
+from cluster.models.registry import embedding_of
 from cluster.pipeline.embed import EMBEDDING_DIM
 from cluster.snapshot import RECORD_COLUMNS, extend_shard, vectors_of, write_shard
 from cluster.storage import ObjectNotFound, ObjectStore
@@ -317,7 +318,8 @@ class Collections:
             except ObjectNotFound:
                 pass
         sample = index_spec.training_sample(vectors_of(rows.column("embedding").combine_chunks(), manifest.dim), spec)
-        trained = index_spec.train(spec, sample, seed=manifest.version)
+        fraction = embedding_of(manifest.model_id).ivf_probe_fraction
+        trained = index_spec.train(spec, sample, seed=manifest.version, probe_fraction=fraction)
         key = f"{self.prefix(manifest.name)}trained/{manifest.version:08d}-{secrets.token_hex(4)}.faiss"
         self.store.put(key, faiss.serialize_index(trained).tobytes())
         manifest.trained = TrainedIndex(spec=spec, key=key, faces=manifest.face_count)

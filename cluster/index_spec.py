@@ -81,14 +81,12 @@ def rerank_factor(spec: str) -> int:
     return RERANK_FACTOR["PQ" if ",PQ" in spec else "SQ8"] if compressed(spec) else 1
 
 
-def default_nprobe(nlist: int) -> int:
-    """A quarter of the lists, at least 16. Face embeddings sit in a narrow cone (two strangers score 0.84 on
-    average, two photos of one person 0.95), so a person's photos scatter over many lists: on vectors fitted to
-    lfw-dev, IVF1024 over a 250k-face shard finds 97.3% of exact search's shard top 10 at 128 lists, 99.8% at 256."""
-    return min(nlist, max(16, nlist // 4))
+def default_nprobe(nlist: int, fraction: float = 0.25) -> int:
+    """The model's fraction of the lists (its `Embedding.ivf_probe_fraction`), at least 16."""
+    return min(nlist, max(16, round(nlist * fraction)))
 
 
-def train(spec: str, sample: np.ndarray, seed: int = 0) -> faiss.Index:
+def train(spec: str, sample: np.ndarray, seed: int = 0, probe_fraction: float = 0.25) -> faiss.Index:
     """An empty IVF index trained on `sample` (the coarse centroids and the codes), shared by every shard."""
     match = _SPEC.match(spec)
     if match is None or not match["nlist"]:
@@ -104,7 +102,7 @@ def train(spec: str, sample: np.ndarray, seed: int = 0) -> faiss.Index:
         quantizer.pq.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST
     if len(sample):
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
-    ivf.nprobe = default_nprobe(nlist)
+    ivf.nprobe = default_nprobe(nlist, probe_fraction)
     return index
 
 

@@ -38,7 +38,9 @@ def _search(snapshots: list[ShardSnapshot], probes: np.ndarray) -> list[list[int
 @pytest.mark.parametrize("spec", ["IVF32,SQ8", "Flat", "HNSW16"])
 def test_adding_extends_and_equals_a_rebuild(spec: str, tmp_path: Path) -> None:
     collections = Collections(LocalStore(tmp_path / "store"))
-    manifest = collections.create(Manifest(name="grow", model_id="m", model_sha256="s", shard_count=2, index_spec=spec))
+    manifest = collections.create(
+        Manifest(name="grow", model_id="dlib-resnet-v1", model_sha256="s", shard_count=2, index_spec=spec)
+    )
     vectors, _ = synthetic_faces(3100, 128, seed=5)
     collections.store.put_parquet("collections/grow/faces/a.parquet", _table(vectors[:2000], 0, 2))
     first = collections.publish(manifest, ["collections/grow/faces/a.parquet"])
@@ -72,7 +74,9 @@ def test_adding_extends_and_equals_a_rebuild(spec: str, tmp_path: Path) -> None:
 
 def test_erasure_after_growth_rebuilds(tmp_path: Path) -> None:
     collections = Collections(LocalStore(tmp_path / "store"))
-    manifest = collections.create(Manifest(name="g", model_id="m", model_sha256="s", shard_count=2, index_spec="Flat"))
+    manifest = collections.create(
+        Manifest(name="g", model_id="dlib-resnet-v1", model_sha256="s", shard_count=2, index_spec="Flat")
+    )
     vectors, _ = synthetic_faces(600, 128, seed=6)
     for n, start in enumerate((0, 300)):
         key = f"collections/g/faces/{n}.parquet"
@@ -87,7 +91,9 @@ def test_erasure_after_growth_rebuilds(tmp_path: Path) -> None:
 
 def test_a_publish_that_lost_a_race_changes_nothing(tmp_path: Path) -> None:
     collections = Collections(LocalStore(tmp_path / "store"))
-    stale = collections.create(Manifest(name="r", model_id="m", model_sha256="s", shard_count=2, index_spec="Flat"))
+    stale = collections.create(
+        Manifest(name="r", model_id="dlib-resnet-v1", model_sha256="s", shard_count=2, index_spec="Flat")
+    )
     vectors, _ = synthetic_faces(200, 128, seed=8)
     for n in range(2):
         collections.store.put_parquet(f"collections/r/faces/{n}.parquet", _table(vectors[n * 100 :][:100], n * 100, 2))
@@ -104,7 +110,9 @@ def test_a_publish_that_lost_a_race_changes_nothing(tmp_path: Path) -> None:
 def test_a_changed_object_replaces_its_faces(tmp_path: Path) -> None:
     """Same key, new etag, indexed later: the old version's faces are erased from records and snapshots."""
     collections = Collections(LocalStore(tmp_path / "store"))
-    manifest = collections.create(Manifest(name="c", model_id="m", model_sha256="s", shard_count=2, index_spec="Flat"))
+    manifest = collections.create(
+        Manifest(name="c", model_id="dlib-resnet-v1", model_sha256="s", shard_count=2, index_spec="Flat")
+    )
     vectors, _ = synthetic_faces(300, 128, seed=9)
     collections.store.put_parquet("collections/c/faces/a.parquet", _table(vectors[:200], 0, 2))
     manifest = collections.publish(manifest, ["collections/c/faces/a.parquet"])
