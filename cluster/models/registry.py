@@ -117,8 +117,9 @@ MODELS: dict[str, ModelSpec] = {
                 "across groups that such sets under-represent."
             ),
             match_similarity=0.316,
-            # Per face on one core: 29 ms at batch 1, 31 at 8, 41 at 32 (activations outgrow the cache).
-            cpu_batch_size=1,
+            # Per face on one core, interleaved runs in a quiet hour: 15.0-16.4 ms at batch 1, 14.6-15.8 at 8,
+            # 16.0-17.8 at 16; 41-45 ms at 32 and 128 in a loaded one (activations outgrow the cache).
+            cpu_batch_size=8,
             # Strangers near-orthogonal (cosine 0.10): over a 250k-face shard IVF1024,SQ8 finds 96.4% of the mates at
             # 128 lists, 99.3% at 256 and 100% (as exact search) at 512.
             ivf_probe_fraction=0.5,

@@ -47,6 +47,6 @@ def test_session_uses_the_chosen_providers(monkeypatch: pytest.MonkeyPatch, regi
 
 def test_embed_batch_follows_the_provider() -> None:
     cpu, cuda = ["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert embed_batch_size(None, 1, cpu) == 1  # SFace's best on a CPU
-    assert embed_batch_size(None, 1, cuda) == GPU_EMBED_BATCH
-    assert embed_batch_size(8, 1, cuda) == 8  # what the settings ask wins
+    assert embed_batch_size(None, 8, cpu) == 8  # the model's best on a CPU
+    assert embed_batch_size(None, 8, cuda) == GPU_EMBED_BATCH
+    assert embed_batch_size(2, 8, cuda) == 2  # what the settings ask wins
