@@ -12,13 +12,12 @@ import numpy as np
 import ray
 
 from cluster.access import Action, Caller, authorize
-from cluster.calibration import estimated_false_match_rate, floor_similarity
 from cluster.collection import Collections, Manifest, face_row
-from cluster.errors import InvalidRequest, ModelMismatch, NoFaceInProbe, ThresholdBelowFloor
+from cluster.errors import InvalidRequest, ModelMismatch, NoFaceInProbe
 from cluster.index_spec import AUTO, SearchKnobs
 from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry, embedding_of
 from cluster.pipeline.errors import ImageError, Reason
-from cluster.pipeline.faces import Face, FacePipeline, ImageFaces
+from cluster.pipeline.faces import Face, ImageFaces
 from cluster.pipeline.quality import QualityFilter
 from cluster.raycluster import ensure_ray, live_shards, shard_actor
 from cluster.settings import Settings
@@ -26,6 +25,7 @@ from cluster.storage import open_store
 from serving.accountable import Accountable, SearchRequest, record_results, search_entry
 from serving.batcher import MicroBatcher
 from serving.fanout import FanOutResult, Hit, fan_out
+from serving.models import EmbeddingModels
 
 LEADS_NOTICE = (
     "Matches are investigative leads, not identifications. Each needs review by a trained person before any action; "
@@ -61,29 +61,12 @@ class FaceService(Accountable):
         super().__init__(settings, open_store(settings.store, settings), accountable)
         self.collections = Collections(self.store)
         self.registry = ModelRegistry(settings.model_dir)
-        self._calibrations: dict[str, dict[str, Any]] = {}
-        self._pipelines: dict[str, FacePipeline] = {}
+        self.models = EmbeddingModels(settings, self.registry)
         # Fan-outs only wait on shards: many may be in flight, and none should queue behind a probe's embedding.
         self.fanout_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="facegrid-fanout")
         self._manifests: dict[str, tuple[float, Manifest]] = {}
         self._shards: dict[str, dict[int, Any]] = {}
         self._batchers: dict[str, tuple[dict[int, Any], MicroBatcher]] = {}
-
-    def pipeline(self, model_id: str = DEFAULT_EMBEDDER) -> FacePipeline:
-        """The face pipeline of one embedding model, loaded on first use: a collection is searched with its own."""
-        pipeline = self._pipelines.get(model_id)
-        if pipeline is None:
-            embedding_of(model_id)
-            pipeline = self._pipelines[model_id] = FacePipeline(self.settings, self.registry, model_id)
-        return pipeline
-
-    def calibration(self, model_id: str) -> dict[str, Any]:
-        """The model's calibration, read once: every floor and per-match rate comes from its own model's."""
-        calibration = self._calibrations.get(model_id)
-        if calibration is None:
-            embedding_of(model_id)
-            calibration = self._calibrations[model_id] = self.registry.calibration(model_id)
-        return calibration
 
     def manifest(self, name: str, fresh: bool = False) -> Manifest:
         cached = self._manifests.get(name)
@@ -178,7 +161,7 @@ class FaceService(Accountable):
         embedding = embedding_of(model_id)
         self.registry.ensure(model_id)
         card = self.registry.card(model_id) or {}
-        self.floor_similarity(model_id, max_false_match_rate)  # refuses rates the calibration cannot support
+        self.models.floor_similarity(model_id, max_false_match_rate)  # refuses rates the calibration cannot support
         manifest = Manifest(
             name=name,
             model_id=model_id,
@@ -198,7 +181,7 @@ class FaceService(Accountable):
         authorize(caller, Action.COLLECTIONS_READ, name)
         manifest = self.manifest(name, fresh=True)
         described = manifest.model_dump(exclude={"face_files", "error_files"})
-        floor = self.floor_similarity(manifest.model_id, manifest.max_false_match_rate)
+        floor = self.models.floor_similarity(manifest.model_id, manifest.max_false_match_rate)
         described["threshold_floor_similarity"] = round(floor, 6)
         described["errors_by_reason"] = self._error_summary(manifest)
         return described
@@ -217,34 +200,13 @@ class FaceService(Accountable):
         await asyncio.gather(*(handle.reload.remote() for handle in handles.values()))
         return removed
 
-    # --- thresholds --------------------------------------------------------------------------------------------
-
-    def floor_similarity(self, model_id: str, max_false_match_rate: float) -> float:
-        return floor_similarity(max_false_match_rate, self.calibration(model_id))
-
-    def applied_threshold(self, manifest: Manifest, requested: float | None) -> dict[str, Any]:
-        floor = self.floor_similarity(manifest.model_id, manifest.max_false_match_rate)
-        if requested is not None and requested < floor:
-            raise ThresholdBelowFloor(
-                f"threshold {requested:g} is looser than this collection's floor {floor:.4f} "
-                f"(at most {manifest.max_false_match_rate:g} false matches per comparison)",
-                floor=round(floor, 6),
-                max_false_match_rate=manifest.max_false_match_rate,
-            )
-        return {
-            "requested": requested,
-            "applied": round(max(floor, requested or floor), 6),
-            "floor": round(floor, 6),
-            "max_false_match_rate": manifest.max_false_match_rate,
-        }
-
     # --- probes ------------------------------------------------------------------------------------------------
 
     async def probe(self, blob: bytes, max_faces: int | None, model_id: str = DEFAULT_EMBEDDER) -> ImageFaces:
         if len(blob) > self.settings.serving.max_upload_bytes:
             raise ImageError(Reason.IMAGE_TOO_LARGE, f"upload over {self.settings.serving.max_upload_bytes} bytes")
         loop = asyncio.get_running_loop()
-        pipeline = self.pipeline(model_id)
+        pipeline = self.models.pipeline(model_id)
         result = (await loop.run_in_executor(self.executor, pipeline, [blob], max_faces))[0]
         if isinstance(result, ImageError):
             raise result
@@ -252,8 +214,7 @@ class FaceService(Accountable):
 
     def _matches(self, hits: list[Hit], manifest: Manifest, threshold: float) -> list[dict[str, Any]]:
         kept = [h for h in hits if h.similarity >= threshold]
-        calibration = self.calibration(manifest.model_id)
-        rates = estimated_false_match_rate(np.array([h.similarity for h in kept]), calibration)
+        rates = self.models.false_match_rates(manifest.model_id, np.array([h.similarity for h in kept]))
         return [self._match(h, float(r), manifest) for h, r in zip(kept, rates, strict=True)]
 
     @staticmethod
@@ -335,7 +296,7 @@ class FaceService(Accountable):
         self.check_purpose(request.purpose, request.case_id)
         request.check(self.settings.serving.max_results)
         manifest = self.manifest(collection)
-        return manifest, self.applied_threshold(manifest, request.threshold)
+        return manifest, self.models.applied_threshold(manifest, request.threshold)
 
     @staticmethod
     def _answer(
@@ -383,7 +344,6 @@ class FaceService(Accountable):
     ) -> dict[str, Any]:
         authorize(caller, Action.SEARCH)
         self.check_purpose(purpose, case_id)
-        calibration = self.calibration(model_id)
         first, second = await asyncio.gather(self.probe(a, 1, model_id), self.probe(b, 1, model_id))
         if not first.faces or not second.faces:
             raise NoFaceInProbe("no face was found in " + ("the first" if not first.faces else "the second") + " image")
@@ -393,7 +353,7 @@ class FaceService(Accountable):
         return {
             "model_id": model_id,
             "similarity": round(similarity, 6),
-            "estimated_false_match_rate": float(estimated_false_match_rate(similarity, calibration)),
+            "estimated_false_match_rate": float(self.models.false_match_rates(model_id, similarity)),
             "source_face": _face_json(fa),
             "target_face": _face_json(fb),
             "purpose": purpose,
@@ -404,7 +364,9 @@ class FaceService(Accountable):
     async def detect(self, caller: Caller, blob: bytes) -> dict[str, Any]:
         authorize(caller, Action.DETECT)
         loop = asyncio.get_running_loop()
-        result = (await loop.run_in_executor(self.executor, self.pipeline(), [blob], None, QualityFilter.NONE))[0]
+        result = (await loop.run_in_executor(self.executor, self.models.pipeline(), [blob], None, QualityFilter.NONE))[
+            0
+        ]
         if isinstance(result, ImageError):
             raise result
         return {"width": result.width, "height": result.height, "faces": [_face_json(f) for f in result.faces]}

@@ -124,7 +124,7 @@ def test_sharded_top10_equals_brute_force(world: dict[str, Any]) -> None:
     ids = stored.column("faiss_id").to_numpy()
     exact = faiss.IndexFlatIP(vectors.shape[1])
     exact.add(vectors)
-    pipeline = service.pipeline()
+    pipeline = service.models.pipeline()
     probed = world["people"][:PROBED_PEOPLE]
     probes = np.stack([pipeline([world["probes"][name]])[0].faces[0].embedding for name, _ in probed])
     _, want = exact.search(probes, 10)

@@ -115,7 +115,7 @@ def test_refusals_are_audited(world: dict[str, Any]) -> None:
     for response in (no_purpose, no_case, curiosity):
         assert response.status_code == 400 and response.json()["error"]["code"] == "PURPOSE_REQUIRED"
     assert loose.status_code == 403 and loose.json()["error"]["code"] == "THRESHOLD_BELOW_FLOOR"
-    floor = service.floor_similarity(DEFAULT_EMBEDDER, 1e-4)
+    floor = service.models.floor_similarity(DEFAULT_EMBEDDER, 1e-4)
     assert f"{floor:.4f}" in loose.json()["error"]["message"] and loose.json()["error"]["floor"] == round(floor, 6)
     refused = [r for r in read_records(service.store) if r.get("outcome") == "refused"]
     assert {r["code"] for r in refused} >= {"PURPOSE_REQUIRED", "THRESHOLD_BELOW_FLOOR", "FORBIDDEN"}

@@ -85,8 +85,8 @@ def test_indexed_vectors_are_the_collections_own_model(world: dict[str, Any]) ->
         stored = service.collections.faces(service.collections.get(collection), ["external_image_id", "embedding"])
         row = stored.column("external_image_id").to_pylist().index(f"{name}/{photos[1].name}")
         vector = np.asarray(stored.column("embedding")[row].as_py(), np.float32)
-        own = service.pipeline(model)([photos[1].read_bytes()])[0].faces[0].embedding
-        other = service.pipeline(DLIB_ID if model == SFACE_ID else SFACE_ID)([photos[1].read_bytes()])[0]
+        own = service.models.pipeline(model)([photos[1].read_bytes()])[0].faces[0].embedding
+        other = service.models.pipeline(DLIB_ID if model == SFACE_ID else SFACE_ID)([photos[1].read_bytes()])[0]
         assert float(vector @ own) > 0.9999
         assert float(vector @ other.faces[0].embedding) < 0.9
 
@@ -112,7 +112,7 @@ def test_a_vector_of_another_model_is_refused(world: dict[str, Any]) -> None:
     service: FaceService = world["service"]
     client: httpx.Client = world["client"]
     probe = world["people"][0][1][0].read_bytes()
-    vector = service.pipeline(SFACE_ID)([probe])[0].faces[0].embedding.tolist()
+    vector = service.models.pipeline(SFACE_ID)([probe])[0].faces[0].embedding.tolist()
     refused = client.post(
         "/v1/collections/faces-dlib/search-vector", json={"vector": vector, "model_id": SFACE_ID, **SEARCH}
     )
