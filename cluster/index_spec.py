@@ -27,6 +27,10 @@ FLAT_LIMIT = 200_000
 TRAIN_POINTS_PER_LIST = 64
 MIN_POINTS_PER_LIST = 39
 HNSW_EF_CONSTRUCTION = 80
+MIN_HNSW_M, MAX_HNSW_M = 2, 256
+MAX_LISTS = 65_536
+# FAISS trains 8-bit PQ on at least 256 points; shards are a hash split, so leave room for uneven ones.
+PQ_MIN_FACES = 1024
 # FAISS's default breadth (16) is tuned for speed: at 250k faces a shard it finds 89% of a shard's exact top 10
 # at 64, 97% at 128, 99.4% at 256 (vectors fitted to lfw-dev).
 HNSW_EF_SEARCH = 128
@@ -55,9 +59,16 @@ class SearchKnobs:
 
 
 def validate(spec: str) -> str:
-    if spec != AUTO and not _SPEC.match(spec):
+    """The spec if FAISS can build it; a clear error naming the rule otherwise, before anything is built (FAISS
+    aborts the whole process on HNSW0 and fails at the first add on IVF0)."""
+    match = _SPEC.match(spec)
+    if spec != AUTO and match is None:
         raise InvalidRequest(f"index spec {spec!r}: use auto, Flat, HNSW<M>, IVF<n>,SQ8 or IVF<n>,PQ<m>")
-    if (match := _SPEC.match(spec)) and match["pq"] and 128 % int(match["pq"]):
+    if match and match["m"] and not MIN_HNSW_M <= int(match["m"]) <= MAX_HNSW_M:
+        raise InvalidRequest(f"index spec {spec!r}: HNSW<M> needs M between {MIN_HNSW_M} and {MAX_HNSW_M}")
+    if match and match["nlist"] and not 1 <= int(match["nlist"]) <= MAX_LISTS:
+        raise InvalidRequest(f"index spec {spec!r}: IVF<n> needs n between 1 and {MAX_LISTS}")
+    if match and match["pq"] and (int(match["pq"]) == 0 or 128 % int(match["pq"])):
         raise InvalidRequest(f"index spec {spec!r}: PQ<m> needs m dividing 128 (8, 16, 32, 64)")
     return spec
 
@@ -65,7 +76,8 @@ def validate(spec: str) -> str:
 def resolve(spec: str, faces_per_shard: int) -> str:
     """The spec a shard of this size is built with: `auto` picks by size, others are kept as given."""
     if validate(spec) != AUTO:
-        return spec
+        # 8-bit PQ trains 256 centroids per sub-vector: a shard too small to train them is built exact until then.
+        return "Flat" if ",PQ" in spec and faces_per_shard < PQ_MIN_FACES else spec
     if faces_per_shard <= FLAT_LIMIT:
         return "Flat"
     nlist = 2 ** round(math.log2(2 * math.sqrt(faces_per_shard)))
@@ -97,6 +109,8 @@ def train(spec: str, sample: np.ndarray, seed: int = 0, probe_fraction: float = 
     index = faiss.index_factory(dim, f"IVF{nlist},{codes}", faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.extract_index_ivf(index)
     ivf.cp.seed = seed
+    if match["pq"] and len(sample) < 256:
+        raise InvalidRequest(f"index spec {spec!r} trains on at least 256 faces; the sample has {len(sample)}")
     if match["pq"]:
         quantizer: Any = faiss.downcast_index(index)
         quantizer.pq.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST

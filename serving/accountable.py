@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -96,6 +97,8 @@ class SearchRequest:
     knobs: SearchKnobs = field(default_factory=SearchKnobs)
 
     def check(self, max_results: int) -> None:
+        if self.threshold is not None and not -1.0 <= self.threshold <= 1.0:  # NaN fails this too
+            raise InvalidRequest("threshold must be a cosine similarity between -1 and 1")
         if not 1 <= self.max_results <= max_results:
             raise InvalidRequest(f"max_results must be between 1 and {max_results}")
         if self.max_faces < 1:
@@ -112,7 +115,10 @@ def search_entry(action: str, collection: str | None, request: SearchRequest, pr
         "purpose": request.purpose,
         "case_id": request.case_id,
         "probe_sha256": probe,
-        "threshold_requested": request.threshold,
+        # As asked; NaN and infinity as text, so that the audit stays strict JSON.
+        "threshold_requested": request.threshold
+        if request.threshold is None or math.isfinite(request.threshold)
+        else str(request.threshold),
     }
 
 

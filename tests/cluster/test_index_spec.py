@@ -86,8 +86,9 @@ def test_auto_choice_by_shard_size() -> None:
     assert resolve("auto", 10) == "Flat"
     assert resolve("auto", FLAT_LIMIT + 1) == "IVF1024,SQ8"
     assert resolve("auto", 250_000) == "IVF1024,SQ8" and resolve("auto", 2_500_000) == "IVF4096,SQ8"
-    assert resolve("IVF1024,PQ32", 10) == "IVF1024,PQ32"
-    for bad in ("LSH", "IVF64,PQ7"):
+    assert resolve("IVF1024,PQ32", 10_000) == "IVF1024,PQ32"
+    assert resolve("IVF4,PQ128", 30) == "Flat"  # too few faces to train 8-bit PQ: exact until then
+    for bad in ("LSH", "IVF64,PQ7", "HNSW0", "HNSW1", "HNSW999", "IVF0,SQ8", "IVF0,PQ8", "IVF99999999,SQ8", "IVF4,PQ0"):
         with pytest.raises(InvalidRequest):
             resolve(bad, 10)
 

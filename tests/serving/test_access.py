@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -145,3 +146,29 @@ def test_search_record_holds_what_the_issue_lists(world: dict[str, Any]) -> None
         "hash",
     ):
         assert field in record, field
+
+
+def test_non_finite_thresholds_and_bad_index_specs_are_refused(world: dict[str, Any]) -> None:
+    service: FaceService = world["service"]
+    headers = {"Authorization": f"Bearer {world['tokens']['admin']}"}
+    files = {"image": ("p.jpg", world["photo"])}
+    vector = {"vector": [1.0] + [0.0] * 127, **SEARCH}
+    with httpx.Client(base_url=world["url"], headers=headers, timeout=60) as client:
+        for value in ("nan", "inf", "-inf", "1e309", "2"):
+            probe = client.post("/v1/collections/alpha/search", files=files, data={**SEARCH, "threshold": value})
+            assert probe.status_code == 400 and probe.json()["error"]["code"] == "INVALID_REQUEST", (value, probe.text)
+        raw = '{"vector": [1.0' + ", 0.0" * 127 + '], "purpose": "system-test", "case_id": "C", "threshold": NaN}'
+        by_vector = client.post(
+            "/v1/collections/alpha/search-vector", content=raw, headers={"Content-Type": "application/json"}
+        )
+        assert by_vector.status_code == 400, by_vector.text
+        assert client.post("/v1/collections/alpha/search-vector", json={**vector, "threshold": 5}).status_code == 400
+        for spec in ("HNSW0", "IVF0,SQ8", "IVF4,PQ7", "IVF99999999,SQ8"):
+            created = client.post("/v1/collections", json={"name": "bad-spec", "index_spec": spec})
+            assert created.status_code == 400 and created.json()["error"]["code"] == "INVALID_REQUEST", spec
+            rebuilt = client.post("/v1/collections/alpha/rebuild", json={"index_spec": spec})
+            assert rebuilt.status_code == 400, (spec, rebuilt.text)
+        assert client.get("/healthz").json()["status"] == "ok"
+    # The audit stays strict JSON: no NaN or Infinity tokens, whatever was asked.
+    for record in read_records(service.store):
+        json.dumps(record, allow_nan=False)
