@@ -17,7 +17,7 @@ from cluster.errors import InvalidRequest, ModelMismatch, NoFaceInProbe
 from cluster.index_spec import AUTO, SearchKnobs
 from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry, embedding_of
 from cluster.pipeline.errors import ImageError, Reason
-from cluster.pipeline.faces import Face, ImageFaces
+from cluster.pipeline.faces import ImageFaces
 from cluster.pipeline.quality import QualityFilter
 from cluster.raycluster import ensure_ray, live_shards, shard_actor
 from cluster.settings import Settings
@@ -26,11 +26,8 @@ from serving.accountable import Accountable, SearchRequest, record_results, sear
 from serving.batcher import MicroBatcher
 from serving.fanout import FanOutResult, Hit, fan_out
 from serving.models import EmbeddingModels
+from serving.render import LEADS_NOTICE, answer_json, face_json, match_json
 
-LEADS_NOTICE = (
-    "Matches are investigative leads, not identifications. Each needs review by a trained person before any action; "
-    "estimated_false_match_rate is per comparison, expected_false_matches_in_collection is for this whole search."
-)
 # How long a manifest read stays fresh for searches; publishes are visible to the API within this time.
 MANIFEST_TTL_S = 1.0
 # A new shard actor starts a worker process and reads its snapshot and records before it can answer.
@@ -42,16 +39,6 @@ RETIRE_AFTER_S = 10 * MANIFEST_TTL_S
 def _retire(handles: list[Any]) -> None:
     for handle in handles:
         ray.kill(handle)
-
-
-def _face_json(face: Face) -> dict[str, Any]:
-    return {
-        "bbox": [round(float(v), 1) for v in face.bbox],
-        "landmarks": np.round(face.landmarks, 1).tolist(),
-        "confidence": round(face.confidence, 4),
-        "quality": face.quality.as_dict(),
-        "skip_reasons": [str(r) for r in face.skip_reasons],
-    }
 
 
 class FaceService(Accountable):
@@ -215,21 +202,7 @@ class FaceService(Accountable):
     def _matches(self, hits: list[Hit], manifest: Manifest, threshold: float) -> list[dict[str, Any]]:
         kept = [h for h in hits if h.similarity >= threshold]
         rates = self.models.false_match_rates(manifest.model_id, np.array([h.similarity for h in kept]))
-        return [self._match(h, float(r), manifest) for h, r in zip(kept, rates, strict=True)]
-
-    @staticmethod
-    def _match(hit: Hit, rate: float, manifest: Manifest) -> dict[str, Any]:
-        record = hit.record
-        return {
-            "face_id": record.get("face_id", f"{hit.faiss_id:016x}"),
-            "external_image_id": record.get("external_image_id"),
-            "source": record.get("source_key"),
-            "bbox": [round(float(v), 1) for v in record.get("bbox") or []],
-            "similarity": round(hit.similarity, 6),
-            "estimated_false_match_rate": rate,
-            "expected_false_matches_in_collection": rate * manifest.face_count,
-            "shard": hit.shard,
-        }
+        return [match_json(h, float(r), manifest) for h, r in zip(kept, rates, strict=True)]
 
     async def search_vectors(
         self, manifest: Manifest, vectors: np.ndarray, k: int, threshold: float, knobs: SearchKnobs | None = None
@@ -246,20 +219,20 @@ class FaceService(Accountable):
             manifest, limits = self._prepare_search(caller, collection, request)
             probe = await self.probe(blob, request.max_faces, manifest.model_id)
             if not probe.faces:
-                skipped = [_face_json(f) for f in probe.skipped]
+                skipped = [face_json(f) for f in probe.skipped]
                 raise NoFaceInProbe("no face was found in the probe image", skipped=skipped)
             vectors = np.stack([f.embedding for f in probe.faces if f.embedding is not None])
             matches, missing = await self.search_vectors(
                 manifest, vectors, request.max_results, limits["applied"], request.knobs
             )
             searched = [
-                {"searched_face": _face_json(f), "matches": m} for f, m in zip(probe.faces, matches, strict=True)
+                {"searched_face": face_json(f), "matches": m} for f, m in zip(probe.faces, matches, strict=True)
             ]
             result = {
-                **self._answer(manifest, limits, searched[0]["matches"], missing, request),
+                **answer_json(manifest, limits, searched[0]["matches"], missing, request),
                 "searched_face": searched[0]["searched_face"],
                 "other_faces": searched[1:],
-                "unsearched_faces": [_face_json(f) for f in probe.skipped],
+                "unsearched_faces": [face_json(f) for f in probe.skipped],
             }
             record_results(entry, result, [result, *result["other_faces"]])
         return result
@@ -284,7 +257,7 @@ class FaceService(Accountable):
             matches, missing = await self.search_vectors(
                 manifest, (query / norm)[None], request.max_results, limits["applied"], request.knobs
             )
-            result = self._answer(manifest, limits, matches[0], missing, request)
+            result = answer_json(manifest, limits, matches[0], missing, request)
             record_results(entry, result, [result])
         return result
 
@@ -297,27 +270,6 @@ class FaceService(Accountable):
         request.check(self.settings.serving.max_results)
         manifest = self.manifest(collection)
         return manifest, self.models.applied_threshold(manifest, request.threshold)
-
-    @staticmethod
-    def _answer(
-        manifest: Manifest,
-        limits: dict[str, Any],
-        matches: list[dict[str, Any]],
-        missing: list[int],
-        request: SearchRequest,
-    ) -> dict[str, Any]:
-        return {
-            "collection": manifest.name,
-            "model_id": manifest.model_id,
-            "matches": matches,
-            "threshold": limits,
-            "collection_faces": manifest.face_count,
-            "partial": bool(missing),
-            "missing_shards": missing,
-            "purpose": request.purpose,
-            "case_id": request.case_id,
-            "notice": LEADS_NOTICE,
-        }
 
     async def compare(
         self,
@@ -354,8 +306,8 @@ class FaceService(Accountable):
             "model_id": model_id,
             "similarity": round(similarity, 6),
             "estimated_false_match_rate": float(self.models.false_match_rates(model_id, similarity)),
-            "source_face": _face_json(fa),
-            "target_face": _face_json(fb),
+            "source_face": face_json(fa),
+            "target_face": face_json(fb),
             "purpose": purpose,
             "case_id": case_id,
             "notice": LEADS_NOTICE,
@@ -369,7 +321,7 @@ class FaceService(Accountable):
         ]
         if isinstance(result, ImageError):
             raise result
-        return {"width": result.width, "height": result.height, "faces": [_face_json(f) for f in result.faces]}
+        return {"width": result.width, "height": result.height, "faces": [face_json(f) for f in result.faces]}
 
     # --- faces -------------------------------------------------------------------------------------------------
 
