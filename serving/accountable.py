@@ -23,6 +23,16 @@ from cluster.transparency import transparency_report
 
 # Larger nprobe or efSearch than this only burns CPU: at 4,096 an IVF search is close to exhaustive.
 MAX_KNOB = 4096
+# A case reference, not a document: every search's audit record carries it (a 1 MB one slowed every later append).
+MAX_CASE_ID = 128
+MAX_PURPOSE = 64
+
+
+def clipped(text: str | None, limit: int) -> str | None:
+    """Text as given up to `limit` characters; longer text cut there and its length said."""
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 class Accountable:
@@ -80,9 +90,12 @@ class Accountable:
         if not purpose:
             raise PurposeRequired(f"a purpose is required; one of {self.settings.serving.purposes}")
         if purpose not in self.settings.serving.purposes:
-            raise PurposeRequired(f"purpose {purpose!r} is not allowed here; one of {self.settings.serving.purposes}")
+            allowed = self.settings.serving.purposes
+            raise PurposeRequired(f"purpose {clipped(purpose, MAX_PURPOSE)!r} is not allowed here; one of {allowed}")
         if not case_id or not case_id.strip():
             raise PurposeRequired("a case_id is required: the reference of the case this search serves")
+        if len(case_id) > MAX_CASE_ID:
+            raise InvalidRequest(f"case_id is {len(case_id)} characters; at most {MAX_CASE_ID}")
 
 
 @dataclass(frozen=True)
@@ -112,8 +125,8 @@ def search_entry(action: str, collection: str | None, request: SearchRequest, pr
     return {
         "action": action,
         "collection": collection,
-        "purpose": request.purpose,
-        "case_id": request.case_id,
+        "purpose": clipped(request.purpose, MAX_PURPOSE),
+        "case_id": clipped(request.case_id, MAX_CASE_ID),
         "probe_sha256": probe,
         # As asked; NaN and infinity as text, so that the audit stays strict JSON.
         "threshold_requested": request.threshold

@@ -168,7 +168,13 @@ def test_non_finite_thresholds_and_bad_index_specs_are_refused(world: dict[str, 
             assert created.status_code == 400 and created.json()["error"]["code"] == "INVALID_REQUEST", spec
             rebuilt = client.post("/v1/collections/alpha/rebuild", json={"index_spec": spec})
             assert rebuilt.status_code == 400, (spec, rebuilt.text)
+        huge = {**SEARCH, "case_id": "C" * 1_000_000}
+        long_case = client.post("/v1/collections/alpha/search-vector", json={**vector, **huge})
+        assert long_case.status_code == 400 and "at most 128" in long_case.json()["error"]["message"]
+        long_purpose = client.post("/v1/collections/alpha/search-vector", json={**vector, "purpose": "P" * 100_000})
+        assert long_purpose.status_code == 400 and len(long_purpose.text) < 2_000
         assert client.get("/healthz").json()["status"] == "ok"
+    assert max(len(str(r.get("case_id"))) + len(str(r.get("purpose"))) for r in read_records(service.store)) < 400
     # The audit stays strict JSON: no NaN or Infinity tokens, whatever was asked.
     for record in read_records(service.store):
         json.dumps(record, allow_nan=False)
