@@ -21,8 +21,23 @@ if TYPE_CHECKING:
 
 console = Console(stderr=True)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+def _known_model(model_id: str | None) -> str | None:
+    """Unknown model ids stop at the command line, with the list of known ones."""
+    from cluster.models.registry import UnknownModel, embedding_of
+
+    if model_id is not None:
+        try:
+            embedding_of(model_id)
+        except UnknownModel as exc:
+            raise typer.BadParameter(exc.message) from exc
+    return model_id
+
+
 ModelOption = Annotated[
-    str | None, typer.Option("--model", help="Embedding model: sface-2021dec (default) or dlib-resnet-v1.")
+    str | None,
+    typer.Option("--model", help="Embedding model: sface-2021dec (default) or dlib-resnet-v1.", callback=_known_model),
 ]
 
 

@@ -42,6 +42,12 @@ def test_models_list_shows_cards(env: dict[str, str]) -> None:
         assert card["calibration"]["similarity_at_fmr"]["1e-5"] is not None
 
 
+def test_unknown_model_stops_at_the_command_line(env: dict[str, str]) -> None:
+    for args in (["collections", "create", "x", "--model", "arcface"], ["bench", "embed", "--model", "arcface"]):
+        result = runner.invoke(app, args, env=env)
+        assert result.exit_code == 2 and "unknown embedding model 'arcface'" in result.output, result.output
+
+
 def test_eval_lfw_quick(env: dict[str, str], lfw_images: Path, tmp_path: Path) -> None:
     out = run(
         env,
