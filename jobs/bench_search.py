@@ -30,7 +30,7 @@ import ray
 from cluster.access import Role
 from cluster.audit import verify
 from cluster.collection import FACE_SCHEMA, Collections, Manifest, shard_of
-from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry, embedding_of
+from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry
 from cluster.raycluster import ensure_ray, live_shards
 from cluster.settings import Settings
 from cluster.storage import LocalStore
@@ -284,14 +284,11 @@ def run_search_benchmark(
     try:
         settings = settings.model_copy(update={"store": str(root)})
         registry = ModelRegistry(settings.model_dir)
-        registry.ensure(model_id)
         collections = Collections(LocalStore(root))
         manifest = collections.create(
             Manifest(
                 name="bench",
-                model_id=model_id,
-                model_sha256=(registry.card(model_id) or {})["sha256"],
-                dim=embedding_of(model_id).dim,
+                **registry.pin(model_id),
                 shard_count=shards,
                 index_spec=index,
                 max_false_match_rate=BENCH_MAX_FALSE_MATCH_RATE,

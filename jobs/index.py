@@ -17,7 +17,7 @@ from cluster.access import Caller, local_operator
 from cluster.collection import Collections, Manifest
 from cluster.embedder import IndexJobSpec, IndexPartition, Partition, PartitionResult, source_location
 from cluster.errors import CollectionNotFound, ModelMismatch
-from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry, embedding_of
+from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry
 from cluster.pipeline.errors import Reason
 from cluster.pipeline.quality import QualityFilter
 from cluster.raycluster import append_audit, cluster_gpus, embedder_count, embedder_options, ensure_ray, live_shards
@@ -90,31 +90,18 @@ def ensure_collection(
     try:
         manifest = collections.get(name)
     except CollectionNotFound:
-        wanted = model_id or DEFAULT_EMBEDDER
-        embedding_of(wanted)
-        registry.ensure(wanted)
-        card = registry.card(wanted) or {}
-        return collections.create(
-            Manifest(
-                name=name,
-                model_id=wanted,
-                model_sha256=card["sha256"],
-                dim=embedding_of(wanted).dim,
-                shard_count=shards,
-            )
-        )
+        pinned = registry.pin(model_id or DEFAULT_EMBEDDER)
+        return collections.create(Manifest(name=name, shard_count=shards, **pinned))
     if model_id is not None and model_id != manifest.model_id:
         raise ModelMismatch(
             f"collection {name!r} holds {manifest.model_id} embeddings, not {model_id}: "
             f"index into a new collection created with --model {model_id}"
         )
-    embedding_of(manifest.model_id)
-    registry.ensure(manifest.model_id)
-    card = registry.card(manifest.model_id) or {}
-    if manifest.model_sha256 != card.get("sha256"):
+    built = registry.pin(manifest.model_id)["model_sha256"]
+    if manifest.model_sha256 != built:
         raise ModelMismatch(
             f"collection {name!r} was indexed with {manifest.model_id} ({manifest.model_sha256[:12]}); this build's "
-            f"file of that model is {str(card.get('sha256'))[:12]}: create a new collection and re-index"
+            f"file of that model is {built[:12]}: create a new collection and re-index"
         )
     return manifest
 

@@ -25,8 +25,7 @@ class EmbeddingModels:
 
     def pipeline(self, model_id: str = DEFAULT_EMBEDDER) -> FacePipeline:
         pipeline = self._pipelines.get(model_id)
-        if pipeline is None:
-            embedding_of(model_id)
+        if pipeline is None:  # FacePipeline refuses ids this build does not know
             pipeline = self._pipelines[model_id] = FacePipeline(self.settings, self.registry, model_id)
         return pipeline
 

@@ -15,7 +15,7 @@ from cluster.access import Action, Caller, authorize
 from cluster.collection import Collections, Manifest, face_row
 from cluster.errors import InvalidRequest, ModelMismatch, NoFaceInProbe
 from cluster.index_spec import AUTO, SearchKnobs
-from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry, embedding_of
+from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry
 from cluster.pipeline.errors import ImageError, Reason
 from cluster.pipeline.faces import ImageFaces
 from cluster.pipeline.quality import QualityFilter
@@ -145,15 +145,11 @@ class FaceService(Accountable):
     def _create_collection(
         self, name: str, shards: int, max_false_match_rate: float, index: str, model_id: str
     ) -> Manifest:
-        embedding = embedding_of(model_id)
-        self.registry.ensure(model_id)
-        card = self.registry.card(model_id) or {}
+        pinned = self.registry.pin(model_id)
         self.models.floor_similarity(model_id, max_false_match_rate)  # refuses rates the calibration cannot support
         manifest = Manifest(
             name=name,
-            model_id=model_id,
-            model_sha256=card["sha256"],
-            dim=embedding.dim,
+            **pinned,
             shard_count=shards,
             max_false_match_rate=max_false_match_rate,
             index_spec=index,

@@ -7,9 +7,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from cluster.models.onnx_dlib import ONNX_IR_VERSION
+from cluster.pipeline.align import ARCFACE_ALIGNER
+from cluster.pipeline.embed import EMBEDDING_DIM
 
-CHIP_SIZE = 112
-EMBEDDING_DIM = 128
+CHIP_SIZE = ARCFACE_ALIGNER.chip_size
 
 
 class SFaceFormatError(ValueError):
@@ -60,22 +61,27 @@ def _fold_constant_weights(graph: onnx.GraphProto) -> None:
             kept.append(node)
     if not folded:
         raise SFaceFormatError("no quantized constant weights found: not the int8 SFace graph")
-    consumed = {x for n in kept for x in n.input}
+    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in folded.items())
+    _replace_nodes(graph, kept)
+
+
+def _replace_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
+    """The graph's nodes become `nodes`; initializers none of them reads are dropped."""
     del graph.node[:]
-    graph.node.extend(kept)
+    graph.node.extend(nodes)
+    consumed = {x for n in nodes for x in n.input}
     for init in [i for i in graph.initializer if i.name not in consumed]:
         graph.initializer.remove(init)
-    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in folded.items() if k in consumed)
 
 
 def _channel_scale(graph: onnx.GraphProto, x: str, scale: np.ndarray, y: str) -> onnx.NodeProto:
     """y = scale * x per channel, as a BatchNormalization (which ONNX Runtime runs in its blocked NCHWc layout)."""
-    channels = scale.size
-    names = []
-    for part, value in (("scale", scale.reshape(-1)), ("bias", 0), ("mean", 0), ("var", 1)):
-        names.append(f"{y}_{part}")
-        array = np.broadcast_to(np.float32(value), (channels,)) if part != "scale" else value
-        graph.initializer.append(numpy_helper.from_array(np.asarray(array, np.float32), names[-1]))
+    scale = scale.reshape(-1).astype(np.float32)
+    zeros, ones = np.zeros_like(scale), np.ones_like(scale)
+    names = [f"{y}_{part}" for part in ("scale", "bias", "mean", "var")]
+    graph.initializer.extend(
+        numpy_helper.from_array(v, n) for v, n in zip((scale, zeros, zeros, ones), names, strict=True)
+    )
     return helper.make_node("BatchNormalization", [x, *names], [y], epsilon=0.0)
 
 
@@ -98,11 +104,7 @@ def _prelu_as_scaled_relu(graph: onnx.GraphProto) -> None:
             _channel_scale(graph, x, slope, f"{y}_linear"),
             helper.make_node("Add", [f"{y}_positive", f"{y}_linear"], [y]),
         ]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    consumed = {x for n in nodes for x in n.input}
-    for init in [i for i in graph.initializer if i.name not in consumed]:
-        graph.initializer.remove(init)
+    _replace_nodes(graph, nodes)
 
 
 def build_sface(data: bytes) -> onnx.ModelProto:

@@ -263,6 +263,12 @@ class ModelRegistry:
         tmp.write_text(json.dumps(card, indent=2))
         os.replace(tmp, path)
 
+    def pin(self, model_id: str) -> dict[str, Any]:
+        """What a collection's manifest pins of an embedding model: id, file sha256 (built first), dimension."""
+        embedding = embedding_of(model_id)
+        self.ensure(model_id)
+        return {"model_id": model_id, "model_sha256": (self.card(model_id) or {})["sha256"], "dim": embedding.dim}
+
     def calibration(self, model_id: str) -> dict[str, Any]:
         """The calibration in the model card once `facegrid eval` ran here, else the one shipped with facegrid."""
         card = self.card(model_id) or {}
