@@ -7,34 +7,48 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+from pydantic import BaseModel, Field
 
-from cluster.collection import ERROR_SCHEMA, FACE_SCHEMA, face_id_for, shard_of
-from cluster.models.registry import DEFAULT_EMBEDDER
 from cluster.pipeline.errors import ImageError, Reason
 from cluster.pipeline.faces import FacePipeline, ImageFaces
 from cluster.pipeline.quality import QualityFilter
+from cluster.records import ERROR_SCHEMA, FACE_SCHEMA, face_id_for
 from cluster.settings import Settings
 from cluster.storage import ObjectInfo, StorageAuthError, StorageError, open_store
 
+# Objects per partition: a partition is the unit of retry and of checkpointing, a few seconds of work on one core.
+PARTITION_SIZE = 64
 # Images decoded and embedded together: big enough to batch the ResNet, small enough to bound memory per actor.
 READ_BATCH = 16
 
 
-@dataclass(frozen=True)
-class IndexJobSpec:
-    job_id: str
+class IndexRequest(BaseModel):
+    """What an index job is asked to do: the CLI builds it, a submitted job receives it whole (as JSON), and each
+    partition actor holds it inside its IndexJobSpec."""
+
     collection: str
+    source: str = Field(description="s3://bucket/prefix or a local folder")
+    shards: int = Field(default=4, ge=1, le=1024, description="Shard count, when the collection is created by this job")
+    max_faces: int | None = Field(default=None, ge=1, description="Index at most N faces per image (largest first)")
+    quality_filter: QualityFilter = QualityFilter.LOW
+    # "key": the object key relative to the source; "basename": its file name.
+    external_image_id: Literal["key", "basename"] = "key"
+    model: str | None = Field(default=None, description="Embedding model when the collection is created by this job")
+    partition_size: int = Field(default=PARTITION_SIZE, ge=1)
+
+
+class IndexJobSpec(BaseModel):
+    """The request as resolved for the actors: the job's id, absolute locations, the collection's pinned model."""
+
+    request: IndexRequest
+    job_id: str
     store_uri: str
     source_uri: str
-    shard_count: int
-    max_faces: int | None = None
-    quality_filter: QualityFilter = QualityFilter.LOW
-    external_id_from: str = "key"  # "key": the object key relative to the source; "basename": its file name
-    model_id: str = DEFAULT_EMBEDDER  # the collection's pinned model
+    model_id: str
 
 
 @dataclass
@@ -101,7 +115,7 @@ class IndexPartition:
                     # Recorded and counted, and retried by the next run of the job (see jobs/index.py).
                     errors.append(self._error(obj, Reason.READ_FAILED, str(exc)))
             read_s += time.perf_counter() - began
-            outputs = self.pipeline(blobs, self.spec.max_faces, self.spec.quality_filter)
+            outputs = self.pipeline(blobs, self.spec.request.max_faces, self.spec.request.quality_filter)
             for obj, out in zip(readable, outputs, strict=True):
                 if isinstance(out, ImageError):
                     errors.append(self._error(obj, out.reason, out.message))
@@ -116,7 +130,7 @@ class IndexPartition:
         result.faces = len(faces)
         result.errors = len(errors)
         result.reasons = Counter(e["reason"] for e in errors)
-        base = f"collections/{self.spec.collection}"
+        base = f"collections/{self.spec.request.collection}"
         name = f"{self.spec.job_id}-{partition.part:05d}.parquet"
         began = time.perf_counter()
         if faces:
@@ -133,13 +147,13 @@ class IndexPartition:
         now = datetime.now(UTC)
         rows = []
         for index, face in enumerate(out.faces):
-            face_id, faiss_id = face_id_for(self.spec.collection, obj.key, obj.etag, index)
+            face_id, faiss_id = face_id_for(self.spec.request.collection, obj.key, obj.etag, index)
             assert face.embedding is not None
             rows.append(
                 {
                     "face_id": face_id,
                     "faiss_id": faiss_id,
-                    "external_image_id": external_image_id(obj.key, self.spec.external_id_from),
+                    "external_image_id": external_image_id(obj.key, self.spec.request.external_image_id),
                     "source_key": self.location(obj.key),
                     "source_etag": obj.etag,
                     "face_index": index,
@@ -148,7 +162,6 @@ class IndexPartition:
                     "confidence": face.confidence,
                     "quality": json.dumps(face.quality.as_dict()),
                     "embedding": face.embedding.tolist(),
-                    "shard": shard_of(faiss_id, self.spec.shard_count),
                     "job_id": self.spec.job_id,
                     "indexed_at": now,
                 }

@@ -59,3 +59,10 @@ class PurposeRequired(FacegridError):
 
 # Codes that mean "the system refused this search" (counted as refusals in the transparency report).
 REFUSAL_CODES = frozenset({"FORBIDDEN", "PURPOSE_REQUIRED", "THRESHOLD_BELOW_FLOOR"})
+
+
+class ShardsUnavailable(FacegridError):
+    """No shard of the collection answered: an empty answer would look like "no match", so none is given."""
+
+    code = "SHARDS_UNAVAILABLE"
+    status = 503

@@ -10,15 +10,9 @@ import ray
 from cluster.audit import AuditLog
 from cluster.raycluster_env import prepare_ray_environment
 from cluster.settings import Settings
-from cluster.shard import FaceShard
 from cluster.storage import LocalStore, ObjectStore, open_store
 
 NAMESPACE = "facegrid"
-# Shards are mostly idle memory. A tenth of a CPU each lets an old and a new shard set live side by side during a
-# reshard on a 2-core machine (at a quarter each the new set stayed pending there).
-SHARD_CPUS = 0.1
-# A reload runs beside searches (see FaceShard); more threads than this only queue inside FAISS.
-SHARD_CONCURRENCY = 4
 # Without a GPU an embedder is CPU-bound: half a core as a reservation, one ONNX Runtime thread each.
 EMBEDDER_CPUS = 0.5
 
@@ -55,35 +49,6 @@ def embedder_count(gpus: int) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1) // 1))
 
 
-def shard_name(collection: str, shard: int, shard_count: int) -> str:
-    # The count is part of the name: after a reshard the old set answers until the new one has loaded.
-    return f"shard:{collection}:{shard}/{shard_count}"
-
-
-def shard_options(gpus: int, shard_count: int) -> dict[str, Any]:
-    """A share of a GPU per shard where the cluster has GPUs (FAISS then finds one in the actor), else CPU only."""
-    options: dict[str, Any] = {"num_cpus": SHARD_CPUS}
-    if gpus > 0:
-        options["num_gpus"] = min(1.0, gpus / shard_count)
-    return options
-
-
-def shard_actor(settings: Settings, collection: str, shard: int, shard_count: int) -> Any:
-    """The named shard actor, created on first use; Ray restarts it from the published snapshot if it dies."""
-    remote = ray.remote(FaceShard).options(
-        name=shard_name(collection, shard, shard_count),
-        namespace=NAMESPACE,
-        get_if_exists=True,
-        # Shards are a service of the cluster: they outlive the process that first asked for them.
-        lifetime="detached",
-        max_restarts=-1,
-        max_task_retries=3,
-        max_concurrency=SHARD_CONCURRENCY,
-        **shard_options(cluster_gpus(), shard_count),
-    )
-    return remote.remote(settings, collection, shard, shard_count)
-
-
 def audit_actor(settings: Settings) -> Any:
     """The cluster's single audit writer, so that every search lands in one hash chain.
 
@@ -117,14 +82,3 @@ class AuditWriter:
 
     def append(self, entry: dict[str, Any]) -> dict[str, Any]:
         return self.log.append(entry)
-
-
-def live_shards(collection: str, shard_count: int) -> list[Any]:
-    """Shard actors of a collection that already exist in this cluster (for reload after publish)."""
-    found = []
-    for shard in range(shard_count):
-        try:
-            found.append(ray.get_actor(shard_name(collection, shard, shard_count), namespace=NAMESPACE))
-        except ValueError:
-            continue
-    return found

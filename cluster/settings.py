@@ -51,6 +51,9 @@ class ServingSettings(BaseModel):
     batch_in_flight: int = 1
     max_batch: int = 64
     batch_window_ms: float = 0.0
+    # After a reshard the old shard set answers this long, for servers whose manifest is not yet fresh (1 s old at
+    # most), then it is retired.
+    retire_after_s: float = 10.0
     max_upload_bytes: int = 20_000_000
     max_results: int = 100
 

@@ -9,27 +9,29 @@ from typing import Any
 import faiss
 import numpy as np
 
-from cluster.collection import Collections
 from cluster.errors import CollectionNotFound
 from cluster.index_spec import SearchKnobs
+from cluster.manifest import Collections
 from cluster.settings import Settings
 from cluster.snapshot import Placement, ShardSnapshot, resident_bytes
 from cluster.storage import open_store
 
 
 class FaceShard:
-    """Shard `shard` of `shard_count`; `shard_actor` wraps it for Ray, and a restart reloads the snapshot.
+    """Shard `shard` of `shard_count` in shard set `shard_set`; ShardSet runs it as a Ray actor, and a restart
+    reloads the snapshot.
 
     The actor is threaded: a reload (seconds for a large shard) runs beside searches, which go on against the
     snapshot they started with until the new one replaces it in a single assignment. A shard whose collection
-    has been resharded to another count keeps the snapshot it holds until it is retired.
+    has been resharded (another set is current) keeps the snapshot it holds until it is retired.
     """
 
-    def __init__(self, settings: Settings, collection: str, shard: int, shard_count: int) -> None:
+    def __init__(self, settings: Settings, collection: str, shard: int, shard_count: int, shard_set: int) -> None:
         self.collections = Collections(open_store(settings.store, settings))
         self.collection = collection
         self.shard = shard
         self.shard_count = shard_count
+        self.shard_set = shard_set
         self.cache = Path(settings.shard_cache)
         self.placement = Placement(gpus=faiss.get_num_gpus() if settings.serving.shard_gpu else 0)
         self.snapshot: ShardSnapshot | None = None
@@ -47,7 +49,7 @@ class FaceShard:
             except CollectionNotFound:
                 self._swap(None, -1)
                 return self.version
-            self.retired = manifest.shard_count != self.shard_count
+            self.retired = (manifest.shard_set, manifest.shard_count) != (self.shard_set, self.shard_count)
             if self.retired:  # resharded: answer from what is held until the service retires this actor
                 return self.version
             directory = manifest.shards.get(str(self.shard))
@@ -84,6 +86,7 @@ class FaceShard:
             "collection": self.collection,
             "shard": self.shard,
             "shard_count": self.shard_count,
+            "shard_set": self.shard_set,
             "version": self.version,
             "faces": self.count(),
             "spec": snapshot.spec if snapshot else None,

@@ -17,26 +17,26 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import faiss
 import httpx
 import numpy as np
-import pyarrow as pa
 import ray
 
 from cluster.access import Role
 from cluster.audit import verify
-from cluster.collection import FACE_SCHEMA, Collections, Manifest, shard_of
+from cluster.manifest import Collections, Manifest
 from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry
-from cluster.raycluster import ensure_ray, live_shards
+from cluster.publish import Publisher
+from cluster.raycluster import ensure_ray
 from cluster.settings import Settings
+from cluster.shardset import ShardSet
 from cluster.storage import LocalStore
-from jobs.synthetic import FaceStatistics
-from serving.service import FaceService
+from jobs.synthetic import FaceStatistics, face_records
 from serving.threaded import serve_in_thread
+from serving.usecases.context import Context
 
 SAMPLES_PER_IDENTITY = 5
 ROWS_PER_FILE = 250_000
@@ -49,18 +49,6 @@ LOAD_SECONDS = 10.0
 BODY = {"purpose": "system-test", "case_id": "BENCH", "max_results": TOP}
 
 
-def synthetic_faces(count: int, dim: int, seed: int = 0, noise: float = 0.27) -> tuple[np.ndarray, np.ndarray]:
-    """Isotropic identity clusters (for unit tests of index mechanics, not for benchmark figures)."""
-    rng = np.random.default_rng(seed)
-    identities = max(1, count // SAMPLES_PER_IDENTITY)
-    centres = rng.standard_normal((identities, dim)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    owner = np.arange(count) % identities
-    vectors = centres[owner] + rng.standard_normal((count, dim)).astype(np.float32) * (noise / np.sqrt(dim))
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors.astype(np.float32), owner
-
-
 @dataclass
 class Gallery:
     """What the benchmark knows of its collection: probes, their identities, exact answers."""
@@ -71,30 +59,6 @@ class Gallery:
     exact_ids: np.ndarray  # (probes, TOP) from the exact baseline
     baseline_times: list[float]
     write_s: float
-
-
-def _table(vectors: np.ndarray, start: int, shard_count: int) -> pa.Table:
-    n = len(vectors)
-    ids = np.arange(start, start + n, dtype=np.int64) + 1
-    owner = (ids - 1) // SAMPLES_PER_IDENTITY
-    names = [f"synthetic/{o}/{i}" for o, i in zip(owner.tolist(), ids.tolist(), strict=True)]
-    columns = {
-        "face_id": pa.array([f"{i:016x}" for i in ids.tolist()]),
-        "faiss_id": pa.array(ids),
-        "external_image_id": pa.array(names),
-        "source_key": pa.array(["synthetic://" + name for name in names]),
-        "source_etag": pa.array([""] * n),
-        "face_index": pa.array(np.zeros(n, np.int32)),
-        "bbox": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(4 * n, np.float32)), 4),
-        "landmarks": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(10 * n, np.float32)), 10),
-        "confidence": pa.array(np.ones(n, np.float32)),
-        "quality": pa.array(["{}"] * n),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
-        "shard": pa.array(shard_of(ids, shard_count).astype(np.int32)),
-        "job_id": pa.array(["bench"] * n),
-        "indexed_at": pa.array(np.full(n, np.datetime64(datetime.now(UTC).replace(tzinfo=None), "ms"))),
-    }
-    return pa.Table.from_pydict(columns).cast(FACE_SCHEMA)
 
 
 def write_gallery(
@@ -117,7 +81,7 @@ def write_gallery(
         chosen = (probe_identity >= first) & (probe_identity < first + len(centres))
         probe_centres[chosen] = centres[probe_identity[chosen] - first]
         key = f"collections/{manifest.name}/faces/bench-{len(files):05d}.parquet"
-        collections.store.put_parquet(key, _table(vectors, start, manifest.shard_count))
+        collections.store.put_parquet(key, face_records(vectors, start, SAMPLES_PER_IDENTITY))
         baseline.add(vectors)
         files.append(key)
     write_s = time.perf_counter() - started
@@ -157,7 +121,7 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 @contextmanager
-def _client(service: FaceService, headers: dict[str, str]) -> Iterator[tuple[str, httpx.Client]]:
+def _client(service: Context, headers: dict[str, str]) -> Iterator[tuple[str, httpx.Client]]:
     with serve_in_thread(service) as url, httpx.Client(base_url=url, timeout=30, headers=headers) as client:
         yield url, client
 
@@ -257,9 +221,9 @@ def concurrent_load(
     return result
 
 
-def shard_memory(collection: str, shard_count: int) -> dict[str, int]:
+def shard_memory(settings: Settings, manifest: Manifest) -> dict[str, int]:
     """Resident memory summed over the shard actors: in all, and the part that is mapped records-file pages."""
-    infos = ray.get([h.info.remote() for h in live_shards(collection, shard_count)])
+    infos = ray.get([h.info.remote() for h in ShardSet(settings, manifest.name).live(manifest)])
     return {k: sum(int(i["resident_bytes"][k]) for i in infos) for k in ("total", "mapped_files")}
 
 
@@ -298,15 +262,15 @@ def run_search_benchmark(
         files, gallery = write_gallery(collections, manifest, statistics, faces, queries, seed)
         say(f"building {shards} shards")
         started = time.perf_counter()
-        manifest = collections.publish(manifest, files)
+        manifest = Publisher(collections).publish(manifest, files)
         build_s = time.perf_counter() - started
 
         ensure_ray()
-        accountable = FaceService(settings)
+        accountable = Context(settings)
         token = accountable.keys.create(Role.SEARCHER, label="bench")[1]
         variants = [(accountable, {"X-API-Key": token})]
         if compare_accountability:
-            variants.append((FaceService(settings, accountable=False), {}))
+            variants.append((Context(settings, accountable=False), {}))
         with ExitStack() as stack:
             served = [stack.enter_context(_client(service, headers)) for service, headers in variants]
             say("loading shards")
@@ -319,7 +283,7 @@ def run_search_benchmark(
             times, answers = sequential([client for _, client in served], gallery.probes, body)
             say(f"{clients} clients for {LOAD_SECONDS:.0f} s")
             load = concurrent_load(served[0][0], variants[0][1], body, gallery.probes, clients)
-        resident = shard_memory("bench", shards)
+        resident = shard_memory(settings, manifest)
         p50, p99 = _percentiles(times[0])
         baseline_p50, baseline_p99 = _percentiles(gallery.baseline_times)
         result: dict[str, Any] = {
@@ -358,7 +322,7 @@ def run_search_benchmark(
             }
         return result
     finally:
-        if ray.is_initialized():
-            for handle in live_shards("bench", shards):
-                ray.kill(handle)
+        held = Collections(LocalStore(root))
+        if ray.is_initialized() and "bench" in held.names():
+            ShardSet(settings, "bench").retire(held.get("bench"))
         shutil.rmtree(root, ignore_errors=True)

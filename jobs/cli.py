@@ -141,18 +141,30 @@ def index(
     as_json: JsonFlag = False,
 ) -> None:
     """Index every face under SOURCE into COLLECTION (submitted as a Ray job when --address is http://...)."""
-    from cluster.pipeline.quality import QualityFilter
+    from pydantic import ValidationError
 
+    from cluster.embedder import IndexRequest
+
+    try:
+        asked = {"collection": collection, "source": source, "shards": shards, "max_faces": max_faces, "model": model}
+        request = IndexRequest.model_validate(
+            {**asked, "quality_filter": quality_filter.upper(), "external_image_id": external_image_id}
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise typer.BadParameter(problems) from None
     address = os.environ.get("RAY_ADDRESS", "")
     if address.startswith("http"):
         from jobs.submit import submit_index
 
-        submitted = submit_index(
-            address, settings(), collection, source, shards, max_faces, quality_filter, wait, model
-        )
-        emit(submitted, as_json)
+        emit(submit_index(address, settings(), request, wait), as_json)
         return
-    from jobs.index import run_index_job
+    emit(run_index(request), as_json)
+
+
+def run_index(request: Any, using: Any = None) -> dict[str, Any]:
+    """The index use case as the local operator, with a progress bar (the CLI's and a submitted job's path)."""
+    from serving.usecases import indexing
 
     totals = {"images": 0, "faces": 0, "errors": 0}
     started = [0.0]
@@ -170,22 +182,8 @@ def index(
             extra = f"faces {totals['faces']}  errors {totals['errors']}  {rate:.1f} img/s"
             bar.update(task, advance=result.images, extra=extra)
 
-        try:
-            summary = run_index_job(
-                settings(),
-                collection,
-                source,
-                shards=shards,
-                max_faces=max_faces,
-                quality_filter=QualityFilter(quality_filter.upper()),
-                external_id_from=external_image_id,
-                on_plan=planned,
-                on_partition=advance,
-                model=model,
-            )
-        except user_errors() as exc:
-            raise fail(exc) from exc
-    emit(summary, as_json)
+        summary: dict[str, Any] = call(lambda s, c: indexing.index(s, c, request, planned, advance), using)
+    return summary
 
 
 @app.command("search")
@@ -200,26 +198,24 @@ def search(
     as_json: JsonFlag = False,
 ) -> None:
     """Search COLLECTION for the faces in IMAGE: the same code path as the HTTP API."""
-    from serving.accountable import SearchRequest
+    from serving.usecases import search as searching
+    from serving.usecases.policy import SearchRequest
 
     blob = image.read_bytes()
-    result = call(
-        lambda s, c: s.search(c, collection, blob, SearchRequest(purpose, case_id, threshold, max_results, max_faces))
-    )
+    request = SearchRequest(purpose, case_id, threshold, max_results, max_faces)
+    result = call(lambda s, c: searching.search(s, c, collection, blob, request))
     if as_json:
-        print(json.dumps(result, default=str))
+        print(result.model_dump_json())
         return
-    table = Table(title=f"{collection}: matches for {image.name} (threshold {result['threshold']['applied']})")
+    table = Table(title=f"{collection}: matches for {image.name} (threshold {result.threshold.applied})")
     for column in ("similarity", "est. FMR", "external_image_id", "source"):
         table.add_column(column)
-    for m in result["matches"]:
-        table.add_row(
-            f"{m['similarity']:.4f}", f"{m['estimated_false_match_rate']:.1e}", m["external_image_id"], m["source"]
-        )
+    for m in result.matches:
+        table.add_row(f"{m.similarity:.4f}", f"{m.estimated_false_match_rate:.1e}", m.external_image_id, m.source)
     Console().print(table)
-    console.print(result["notice"])
-    if result["partial"]:
-        console.print(f"[yellow]partial answer: shards {result['missing_shards']} did not answer[/yellow]")
+    console.print(result.notice)
+    if result.partial:
+        console.print(f"[yellow]partial answer: shards {result.missing_shards} did not answer[/yellow]")
 
 
 @bench_app.command("search")
@@ -277,12 +273,16 @@ def bench_index(
     as_json: JsonFlag = False,
 ) -> None:
     """Index a folder into a temporary store on the embedded Ray; images/s, faces/s and time per stage."""
+    import asyncio
     import shutil
     import tempfile
 
+    from cluster.access import local_operator
+    from cluster.embedder import IndexRequest
     from cluster.pipeline.quality import QualityFilter
     from jobs.demo import stage_source
-    from jobs.index import run_index_job
+    from serving.usecases import indexing
+    from serving.usecases.context import Context
 
     work = Path(tempfile.mkdtemp(prefix="facegrid-bench-index-"))
     try:
@@ -290,8 +290,10 @@ def bench_index(
         if limit is not None:
             everything = sorted(p for p in images.rglob("*") if p.is_file())
             source = stage_source(images, everything[limit:], work / "source")
-        local = settings().model_copy(update={"store": str(work / "store")})
-        summary = run_index_job(local, "bench", str(source), quality_filter=QualityFilter.NONE, model=model)
+        local = Context(settings().model_copy(update={"store": str(work / "store")}))
+        asked = {"collection": "bench", "source": str(source), "quality_filter": QualityFilter.NONE, "model": model}
+        request = IndexRequest.model_validate(asked)
+        summary = asyncio.run(indexing.index(local, local_operator(), request))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     images_done = max(summary["images"], 1)
@@ -310,10 +312,12 @@ def demo(
     probes: int = 5,
 ) -> None:
     """The main job end to end on the embedded default: build models, index IMAGES, search with held-out photos."""
-    from cluster.collection import DEFAULT_MAX_FALSE_MATCH_RATE
+    from cluster.embedder import IndexRequest
+    from cluster.manifest import DEFAULT_MAX_FALSE_MATCH_RATE
     from cluster.models.registry import ModelRegistry
     from cluster.storage import LocalStore, open_store
     from jobs.demo import hold_out_probes, search_probes, stage_source
+    from serving.usecases import collections
 
     cfg = settings()
     console.print(f"[bold]1/3[/bold] models into {cfg.model_dir}")
@@ -324,35 +328,21 @@ def demo(
     if isinstance(store, LocalStore):
         source = stage_source(images, held, store.root / "demo-sources" / collection)
     console.print(f"[bold]2/3[/bold] indexing {images} into collection {collection!r} at {store.uri}")
-    if collection not in call(lambda s, c: s.list_collections(c)):
+    if collection not in call(collections.names):
         # The default floor (1e-5 false matches per comparison) with the default model, as a user would get.
-        manifest = call(lambda s, c: s.create_collection(c, collection, 4, DEFAULT_MAX_FALSE_MATCH_RATE))
-        console.print(f"collection {collection!r}: {manifest.model_id}, floor {manifest.max_false_match_rate:g}")
-    index(
-        collection,
-        str(source),
-        shards=4,
-        max_faces=None,
-        quality_filter="LOW",
-        external_image_id="key",
-        wait=True,
-        model=None,
-        as_json=False,
-    )
+        made = call(lambda s, c: collections.create(s, c, collection, 4, DEFAULT_MAX_FALSE_MATCH_RATE))
+        console.print(f"collection {collection!r}: {made.model_id}, floor {made.max_false_match_rate:g}")
+    emit(run_index(IndexRequest.model_validate({"collection": collection, "source": str(source)})), as_json=False)
     console.print(f"[bold]3/3[/bold] searching with {len(held)} photos that were not indexed")
     for probe, result in zip(held, call(lambda s, c: search_probes(s, c, collection, held)), strict=True):
-        table = Table(title=f"probe {probe.parent.name}/{probe.name}  (threshold {result['threshold']['applied']:.4f})")
+        table = Table(title=f"probe {probe.parent.name}/{probe.name}  (threshold {result.threshold.applied:.4f})")
         for column in ("rank", "similarity", "est. false match rate", "match"):
             table.add_column(column)
-        for rank, m in enumerate(result["matches"], 1):
-            same = "[green]" if m["external_image_id"].split("/")[0] == probe.parent.name else "[red]"
-            table.add_row(
-                str(rank),
-                f"{m['similarity']:.4f}",
-                f"{m['estimated_false_match_rate']:.1e}",
-                f"{same}{m['external_image_id']}",
-            )
-        if not result["matches"]:
+        for rank, m in enumerate(result.matches, 1):
+            name = m.external_image_id or ""
+            same = "[green]" if name.split("/")[0] == probe.parent.name else "[red]"
+            table.add_row(str(rank), f"{m.similarity:.4f}", f"{m.estimated_false_match_rate:.1e}", f"{same}{name}")
+        if not result.matches:
             table.add_row("-", "-", "-", "no match above the collection's floor")
         Console().print(table)
     console.print(LEADS)
@@ -366,15 +356,11 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the HTTP API (FastAPI; OpenAPI at /docs)."""
     import uvicorn
 
-    from cluster.access import KeyStore
-    from cluster.storage import open_store
     from serving.app import create_app
+    from serving.usecases import keys
 
-    keys = KeyStore(open_store(settings().store, settings()))
-    token = keys.bootstrap_admin()
+    token = call(keys.bootstrap)
     if token:
-        entry = {"action": "key-create", "key": keys.keys()[0].key_id, "key_role": "admin", "outcome": "ok"}
-        call(lambda s, c: s.audit(c, entry))
         console.print(f"[bold]First start: admin API key (shown once, stored only as a hash):[/bold]\n{token}")
     uvicorn.run(create_app(settings()), host=host, port=port, log_level="info")
 

@@ -11,9 +11,10 @@ import typer
 
 from cluster.access import Caller, Role
 from jobs.cli_common import JsonFlag, ModelOption, call, console, emit
+from serving.usecases import audit, collections, faces, keys
 
 if TYPE_CHECKING:
-    from serving.service import FaceService
+    from serving.usecases.context import Context
 
 collections_app = typer.Typer(help="Create, list, describe and delete collections.", no_args_is_help=True)
 faces_app = typer.Typer(help="List and delete indexed faces.", no_args_is_help=True)
@@ -32,18 +33,18 @@ def collections_create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create an empty collection pinned to one embedding model (and that model's file, by sha256)."""
-    manifest = call(lambda s, c: s.create_collection(c, name, shards, max_false_match_rate, index, model))
-    emit(manifest.model_dump(exclude={"face_files", "error_files", "shards"}), as_json)
+    created = call(lambda s, c: collections.create(s, c, name, shards, max_false_match_rate, index, model))
+    emit(created.model_dump(exclude={"shards"}), as_json)
 
 
 @collections_app.command("list")
 def collections_list(as_json: JsonFlag = False) -> None:
-    emit({"collections": call(lambda s, c: s.list_collections(c))}, as_json)
+    emit({"collections": call(collections.names)}, as_json)
 
 
 @collections_app.command("describe")
 def collections_describe(name: str, as_json: JsonFlag = False) -> None:
-    emit(call(lambda s, c: s.describe_collection(c, name)), as_json)
+    emit(call(lambda s, c: collections.describe(s, c, name)), as_json)
 
 
 @collections_app.command("delete")
@@ -53,7 +54,7 @@ def collections_delete(
     """Delete a collection with its face records, errors and snapshots."""
     if not yes:
         typer.confirm(f"Delete collection {name} and every face record in it?", abort=True)
-    emit({"collection": name, "deleted_objects": call(lambda s, c: s.delete_collection(c, name))}, as_json)
+    emit({"collection": name, "deleted_objects": call(lambda s, c: collections.delete(s, c, name))}, as_json)
 
 
 @collections_app.command("rebuild")
@@ -65,13 +66,13 @@ def collections_rebuild(
     as_json: JsonFlag = False,
 ) -> None:
     """Rebuild a collection's snapshots, retrain or reshard it; searches are answered from the old ones meanwhile."""
-    result = call(lambda s, c: s.rebuild_collection(c, name, shards, index, retrain))
-    emit({k: v for k, v in result.items() if k != "shards"}, as_json)
+    rebuilt = call(lambda s, c: collections.rebuild(s, c, name, shards, index, retrain))
+    emit(rebuilt.model_dump(exclude={"shards"}), as_json)
 
 
 @faces_app.command("list")
 def faces_list(collection: str, limit: int = 20, offset: int = 0, as_json: JsonFlag = False) -> None:
-    emit(call(lambda s, c: s.list_faces(c, collection, limit, offset)), as_json)
+    emit(call(lambda s, c: faces.page(s, c, collection, limit, offset)), as_json)
 
 
 @faces_app.command("delete")
@@ -82,7 +83,7 @@ def faces_delete(
     as_json: JsonFlag = False,
 ) -> None:
     """Erase faces from the Parquet records and the shard snapshots."""
-    emit(call(lambda s, c: s.delete_faces(c, collection, face_id or [], external_image_id or [])), as_json)
+    emit(call(lambda s, c: faces.erase(s, c, collection, face_id or [], external_image_id or [])), as_json)
 
 
 def _jobs_client() -> Any:
@@ -129,9 +130,8 @@ def keys_create(
 ) -> None:
     """Create a key; its token is printed once and stored only as a hash."""
 
-    async def create(service: FaceService, caller: Caller) -> dict[str, Any]:
-        key, token = service.keys.create(role, collection, label)
-        await service.audit(caller, {"action": "key-create", "key": key.key_id, "key_role": str(role), "outcome": "ok"})
+    async def create(ctx: Context, caller: Caller) -> dict[str, Any]:
+        key, token = await keys.create(ctx, caller, role, collection, label)
         return {**key.public(), "token": token}
 
     emit(call(create), as_json)
@@ -139,25 +139,18 @@ def keys_create(
 
 @keys_app.command("list")
 def keys_list(as_json: JsonFlag = False) -> None:
-    emit({"keys": [k.public() for k in call(lambda s, c: s.keys.keys())]}, as_json)
+    emit({"keys": call(keys.listed)}, as_json)
 
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: str, as_json: JsonFlag = False) -> None:
-    async def revoke(service: FaceService, caller: Caller) -> dict[str, Any]:
-        key = service.keys.revoke(key_id)
-        await service.audit(caller, {"action": "key-revoke", "key": key_id, "outcome": "ok"})
-        return key.public()
-
-    emit(call(revoke), as_json)
+    emit(call(lambda s, c: keys.revoke(s, c, key_id)).public(), as_json)
 
 
 @audit_app.command("verify")
 def audit_verify(as_json: JsonFlag = False) -> None:
     """Check every record's hash and link; name the first one modified, removed, reordered or out of chain."""
-    from cluster.audit import verify
-
-    result = call(lambda s, c: verify(s.store))
+    result = call(audit.check)
     emit(result, as_json)
     if not result["ok"]:
         raise typer.Exit(1)
@@ -175,15 +168,8 @@ def audit_export(
     as_json: JsonFlag = False,
 ) -> None:
     """Export audit records in a time range to Parquet or CSV; the export itself is audited."""
-    from jobs.audit_export import export_records
-
-    async def export(service: FaceService, caller: Caller) -> dict[str, Any]:
-        count = export_records(service.store, out, _when(start), _when(end))
-        entry = {"action": "export", "from": start, "to": end, "records": count, "outcome": "ok"}
-        await service.audit(caller, entry)
-        return {"records": count, "out": str(out)}
-
-    emit(call(export), as_json)
+    count = call(lambda s, c: audit.export(s, c, out, _when(start), _when(end)))
+    emit({"records": count, "out": str(out)}, as_json)
 
 
 @audit_app.command("report")
@@ -191,10 +177,19 @@ def audit_report(
     out: Annotated[Path | None, typer.Option(help="Folder for transparency.png")] = None, as_json: JsonFlag = False
 ) -> None:
     """Searches per purpose, role and month; refused searches; deletions; index jobs."""
-    from cluster.audit import read_records
-    from cluster.transparency import transparency_report, write_chart
+    from cluster.transparency import write_chart
 
-    report = transparency_report(call(lambda s, c: read_records(s.store)))
+    report = call(audit.report)
     if out is not None:
         report["chart"] = str(write_chart(report, out))
     emit(report, as_json)
+
+
+@jobs_app.command("run-index", hidden=True)
+def jobs_run_index(as_json: JsonFlag = False) -> None:
+    """Inside a submitted job: run the index request the submitter sent (see jobs/submit.py)."""
+    from jobs.cli import run_index
+    from jobs.submit import received
+
+    sent, request = received()
+    emit(run_index(request, sent), as_json)

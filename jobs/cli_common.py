@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -17,7 +18,7 @@ from cluster.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from cluster.access import Caller
-    from serving.service import FaceService
+    from serving.usecases.context import Context
 
 console = Console(stderr=True)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
@@ -45,7 +46,9 @@ def settings() -> Settings:
     return get_settings()
 
 
-def emit(result: dict[str, Any], as_json: bool) -> None:
+def emit(result: dict[str, Any] | BaseModel, as_json: bool) -> None:
+    if isinstance(result, BaseModel):
+        result = result.model_dump(mode="json")
     if as_json:
         print(json.dumps(result, default=str))
         return
@@ -75,18 +78,25 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 
 def fail(exc: Exception) -> typer.Exit:
-    code = getattr(exc, "code", None) or getattr(exc, "reason", None) or type(exc).__name__
-    console.print(f"[red]error[/red] {code}: {getattr(exc, 'message', None) or exc}")
+    """A user's error as one line with its stable code (the API's envelope, on a terminal); exit status 2."""
+    from serving.usecases.failures import failure
+
+    described = failure(exc)
+    console.print(f"[red]error[/red] {described.code}: {described.message}")
     return typer.Exit(2)
 
 
-def call(action: Callable[[FaceService, Caller], Any]) -> Any:
-    """Run a service function as the local operator; user errors become a message and exit status 2."""
+def call(action: Callable[[Context, Caller], Any], using: Settings | None = None) -> Any:
+    """Run a use case as the local operator (with these settings, else the environment's); user errors become a
+    message and exit status 2."""
     from cluster.access import local_operator
-    from serving.service import FaceService
+    from serving.usecases.context import Context
 
+    context = Context(using or settings())
     try:
-        result = action(FaceService(settings()), local_operator())
+        result = action(context, local_operator())
         return asyncio.run(result) if inspect.iscoroutine(result) else result
     except user_errors() as exc:
         raise fail(exc) from exc
+    finally:
+        context.close()

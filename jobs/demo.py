@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from cluster.access import Caller
-from serving.accountable import SearchRequest
-from serving.service import FaceService
+from serving.schemas import SearchAnswer
+from serving.usecases import search
+from serving.usecases.context import Context
+from serving.usecases.policy import SearchRequest
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -37,10 +38,6 @@ def stage_source(images: Path, probes: list[Path], staging: Path) -> Path:
     return staging
 
 
-async def search_probes(
-    service: FaceService, caller: Caller, collection: str, probes: list[Path]
-) -> list[dict[str, Any]]:
-    return [
-        await service.search(caller, collection, p.read_bytes(), SearchRequest("system-test", "DEMO", max_results=5))
-        for p in probes
-    ]
+async def search_probes(ctx: Context, caller: Caller, collection: str, probes: list[Path]) -> list[SearchAnswer]:
+    request = SearchRequest("system-test", "DEMO", max_results=5)
+    return [await search.search(ctx, caller, collection, p.read_bytes(), request) for p in probes]

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from cluster.calibration import build_calibration, floor_similarity
-from cluster.collection import DEFAULT_MAX_FALSE_MATCH_RATE
 from cluster.errors import InvalidRequest
+from cluster.manifest import DEFAULT_MAX_FALSE_MATCH_RATE
 from cluster.models.registry import embedding_of
 from cluster.pipeline.errors import ImageError
 from cluster.pipeline.faces import FacePipeline

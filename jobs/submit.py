@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import os
-import shlex
 import time
 from pathlib import Path
 from typing import Any
 
+from cluster.embedder import IndexRequest
 from cluster.settings import Settings
 
-# Settings the job driver needs to reach the same store; secrets travel in the job's environment, not its command.
-FORWARDED_ENV = (
-    "FACEGRID_STORE",
-    "FACEGRID_S3_ENDPOINT",
-    "FACEGRID_S3_ACCESS_KEY",
-    "FACEGRID_S3_SECRET_KEY",
-    "FACEGRID_S3_REGION",
-    "FACEGRID_S3_SECURE",
-    "FACEGRID_MODEL_DIR",
-)
+# The job driver receives the whole request and the submitter's settings (store, credentials, detector, runtime,
+# serving) as JSON in its environment: secrets travel there, never in the job's command line.
+REQUEST_ENV = "FACEGRID_JOB_REQUEST"
+SETTINGS_ENV = "FACEGRID_JOB_SETTINGS"
+ENTRYPOINT = "facegrid jobs run-index --json"
 
 
 def job_client(address: str) -> Any:
@@ -30,30 +25,23 @@ def job_client(address: str) -> Any:
     return JobSubmissionClient(address)
 
 
-def submit_index(
-    address: str,
-    settings: Settings,
-    collection: str,
-    source: str,
-    shards: int,
-    max_faces: int | None,
-    quality_filter: str,
-    wait: bool,
-    model: str | None = None,
-) -> dict[str, Any]:
+def job_environment(settings: Settings, request: IndexRequest) -> dict[str, str]:
+    return {REQUEST_ENV: request.model_dump_json(), SETTINGS_ENV: settings.model_dump_json()}
+
+
+def received() -> tuple[Settings, IndexRequest]:
+    """Inside a submitted job: the settings and request the submitter sent."""
+    settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
+    return settings, IndexRequest.model_validate_json(os.environ[REQUEST_ENV])
+
+
+def submit_index(address: str, settings: Settings, request: IndexRequest, wait: bool) -> dict[str, Any]:
     client = job_client(address)
-    args = ["facegrid", "index", collection, source, "--shards", str(shards), "--quality-filter", quality_filter]
-    if max_faces is not None:
-        args += ["--max-faces", str(max_faces)]
-    if model is not None:
-        args += ["--model", model]
-    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    env.setdefault("FACEGRID_STORE", settings.store)
-    # Inside the job Ray sets RAY_ADDRESS to the cluster, so the same command runs there against the cluster.
+    # Inside the job Ray sets RAY_ADDRESS to the cluster, so the job's driver joins the cluster it runs on.
     job_id = client.submit_job(
-        entrypoint=shlex.join([*args, "--json"]),
-        runtime_env={"env_vars": env},
-        metadata={"facegrid": "index", "collection": collection},
+        entrypoint=ENTRYPOINT,
+        runtime_env={"env_vars": job_environment(settings, request)},
+        metadata={"facegrid": "index", "collection": request.collection},
     )
     result: dict[str, Any] = {"submission_id": job_id, "address": address}
     if wait:

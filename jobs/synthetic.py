@@ -12,11 +12,14 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry
+from cluster.records import FACE_SCHEMA
 from cluster.settings import Settings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -140,3 +143,27 @@ def fitted_statistics(
     statistics = FaceStatistics.fit(embeddings)
     statistics.save(cache)
     return statistics
+
+
+def face_records(vectors: np.ndarray, start: int, per_identity: int) -> pa.Table:
+    """Face records for synthetic vectors: ids start + 1, ..., identity (id - 1) // per_identity in the names."""
+    n = len(vectors)
+    ids = np.arange(start, start + n, dtype=np.int64) + 1
+    owner = (ids - 1) // per_identity
+    names = [f"synthetic/{o}/{i}" for o, i in zip(owner.tolist(), ids.tolist(), strict=True)]
+    columns = {
+        "face_id": pa.array([f"{i:016x}" for i in ids.tolist()]),
+        "faiss_id": pa.array(ids),
+        "external_image_id": pa.array(names),
+        "source_key": pa.array(["synthetic://" + name for name in names]),
+        "source_etag": pa.array([""] * n),
+        "face_index": pa.array(np.zeros(n, np.int32)),
+        "bbox": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(4 * n, np.float32)), 4),
+        "landmarks": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(10 * n, np.float32)), 10),
+        "confidence": pa.array(np.ones(n, np.float32)),
+        "quality": pa.array(["{}"] * n),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
+        "job_id": pa.array(["bench"] * n),
+        "indexed_at": pa.array(np.full(n, np.datetime64(datetime.now(UTC).replace(tzinfo=None), "ms"))),
+    }
+    return pa.Table.from_pydict(columns).cast(FACE_SCHEMA)

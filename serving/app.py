@@ -1,7 +1,8 @@
-"""The FastAPI application: routes, JSON errors with stable codes, request counting."""
+"""The FastAPI application: routes, errors in one envelope with stable codes, request counting."""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,16 +10,20 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from ray.exceptions import RayError
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cluster.errors import FacegridError
-from cluster.pipeline.errors import ImageError, Reason
+from cluster.pipeline.errors import ImageError
 from cluster.settings import Settings, get_settings
-from cluster.storage import StorageAuthError, StorageError
+from cluster.storage import StorageError
 from serving.routes import audit, collections, faces, health, images
-from serving.service import FaceService
+from serving.usecases.context import Context
+from serving.usecases.failures import failure
 
-IMAGE_STATUS = {Reason.IMAGE_TOO_LARGE: 413}
+log = logging.getLogger("facegrid.api")
+HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE"}
 
 
 class RequestCounter:
@@ -47,44 +52,44 @@ class RequestCounter:
             self.counts[(scope["method"], route, status[0])] += 1
 
 
-def _error(status: int, code: str, message: str, **details: object) -> JSONResponse:
+def envelope(status: int, code: str, message: str, **details: object) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, **details}}, status_code=status)
 
 
-def create_app(settings: Settings | None = None, service: FaceService | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, context: Context | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.service = service or FaceService(settings or get_settings())
+        app.state.context = context or Context(settings or get_settings())
         yield
-        app.state.service.executor.shutdown(wait=False)
-        app.state.service.fanout_executor.shutdown(wait=False)
+        app.state.context.close()
 
-    app = FastAPI(title="facegrid", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="facegrid", version="0.2.0", lifespan=lifespan)
     app.state.request_counts = Counter()
     for router in (collections.router, faces.router, images.router, audit.router, health.router):
         app.include_router(router)
 
     app.add_middleware(RequestCounter, counts=app.state.request_counts)
 
-    @app.exception_handler(FacegridError)
-    async def facegrid_error(_: Request, exc: FacegridError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message, **exc.details)
+    async def any_error(_: Request, exc: Exception) -> JSONResponse:
+        described = failure(exc)
+        if described.code == "INTERNAL_ERROR":
+            log.error("unexpected error", exc_info=exc)
+        return envelope(described.status, described.code, described.message, **described.details)
 
-    @app.exception_handler(ImageError)
-    async def image_error(_: Request, exc: ImageError) -> JSONResponse:
-        return _error(IMAGE_STATUS.get(exc.reason, 422), str(exc.reason), exc.message)
+    # The errors a request can cause or meet, each by name (so that Starlette answers them without treating them
+    # as crashes), and anything else last, as a 500 in the same envelope.
+    for expected in (FacegridError, ImageError, StorageError, RayError, TimeoutError, Exception):
+        app.add_exception_handler(expected, any_error)
 
-    @app.exception_handler(StorageAuthError)
-    async def storage_auth(_: Request, exc: StorageAuthError) -> JSONResponse:
-        return _error(502, "STORAGE_AUTH_FAILED", str(exc))
-
-    @app.exception_handler(StorageError)
-    async def storage_error(_: Request, exc: StorageError) -> JSONResponse:
-        return _error(502, "STORAGE_ERROR", str(exc))
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        # Unknown routes, wrong methods, bodies Starlette cannot parse (malformed multipart, oversized fields).
+        code = HTTP_CODES.get(exc.status_code, "INVALID_REQUEST")
+        return envelope(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         fields = [".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in exc.errors()]
-        return _error(422, "INVALID_REQUEST", "; ".join(fields))
+        return envelope(422, "INVALID_REQUEST", "; ".join(fields))
 
     return app

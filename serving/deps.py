@@ -1,41 +1,43 @@
-"""Dependencies shared by the routes: the service, the authenticated caller, and reading an upload within limits."""
+"""Dependencies shared by the routes: the context, the authenticated caller, uploads within limits, and the error
+statuses each route declares."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request, UploadFile
-from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from pydantic import BaseModel
 
 from cluster.access import Caller, Role
 from cluster.pipeline.errors import ImageError, Reason
-from serving.service import FaceService
+from serving.schemas import ErrorEnvelope
+from serving.usecases import keys
+from serving.usecases.context import Context
 
 
-def get_service(request: Request) -> FaceService:
-    service: FaceService = request.app.state.service
-    return service
+def get_context(request: Request) -> Context:
+    ctx: Context = request.app.state.context
+    return ctx
 
 
-Service = Annotated[FaceService, Depends(get_service)]
+Ctx = Annotated[Context, Depends(get_context)]
 
 
 async def get_caller(
     request: Request,
-    service: Service,
+    ctx: Ctx,
     authorization: Annotated[str | None, Header()] = None,
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> Caller:
     client = request.client.host if request.client else ""
-    if not service.accountable:
+    if not ctx.accountable:
         return Caller(key_id="accountability-off", role=Role.ADMIN, client=client)
     token = x_api_key
     if token is None and authorization and authorization.lower().startswith("bearer "):
         token = authorization[7:].strip()
-    if service.keys.fresh():
-        return service.keys.authenticate(token).caller(client)  # no I/O: the keys were read under a second ago
-    key = await run_in_threadpool(service.keys.authenticate, token)
-    return key.caller(client)
+    route = getattr(request.scope.get("route"), "path", request.url.path)
+    return await keys.authenticate(ctx, token, client, request.method, route)
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
@@ -46,3 +48,30 @@ async def read_upload(upload: UploadFile, limit: int) -> bytes:
     if len(data) > limit:
         raise ImageError(Reason.IMAGE_TOO_LARGE, f"upload over {limit} bytes")
     return data
+
+
+ERROR_MEANINGS = {
+    400: "Invalid request (INVALID_REQUEST, PURPOSE_REQUIRED, ...)",
+    401: "No valid API key (NOT_AUTHENTICATED)",
+    403: "The key's role or grants do not allow it, or a threshold below the floor (FORBIDDEN, THRESHOLD_BELOW_FLOOR)",
+    404: "No such collection (COLLECTION_NOT_FOUND)",
+    409: "Conflict (COLLECTION_EXISTS, COLLECTION_CHANGED, MODEL_MISMATCH)",
+    413: "Upload too large (IMAGE_TOO_LARGE)",
+    422: "Unusable input (a field that fails validation, an image that cannot be read, no face in the probe)",
+    500: "An unexpected error (INTERNAL_ERROR)",
+    502: "The object store failed (STORAGE_ERROR, STORAGE_AUTH_FAILED)",
+    503: "The cluster could not answer (SHARDS_UNAVAILABLE, CLUSTER_UNAVAILABLE)",
+    504: "The cluster did not answer in time (TIMEOUT)",
+}
+# Every authenticated route can answer these.
+COMMON = (400, 401, 403, 422, 500, 502, 503, 504)
+
+
+def errors(*extra: int) -> dict[int | str, dict[str, Any]]:
+    """The error statuses a route declares, each with the error envelope, for its OpenAPI operation."""
+    return {s: {"model": ErrorEnvelope, "description": ERROR_MEANINGS[s]} for s in sorted({*COMMON, *extra})}
+
+
+def json_response(model: BaseModel, status_code: int = 200) -> Response:
+    """A response model serialised by pydantic directly: FastAPI's encoder walk cost 0.4 ms a search."""
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")

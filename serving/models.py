@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from cluster.calibration import estimated_false_match_rate, floor_similarity
-from cluster.collection import Manifest
 from cluster.errors import ThresholdBelowFloor
+from cluster.manifest import Manifest
 from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry, embedding_of
 from cluster.pipeline.faces import FacePipeline
 from cluster.settings import Settings

@@ -1,15 +1,16 @@
-"""How search, compare and detect answers are written: faces, matches and the search answer as plain JSON types."""
+"""How answers are written: faces, matches, records and the search answer as the API's response models."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 
-from cluster.collection import Manifest
+from cluster.manifest import Manifest
 from cluster.pipeline.faces import Face
-from serving.accountable import SearchRequest
 from serving.fanout import Hit
+from serving.schemas import FaceDetail, FaceRecord, Match, Threshold, VectorAnswer
 
 LEADS_NOTICE = (
     "Matches are investigative leads, not identifications. Each needs review by a trained person before any action; "
@@ -17,46 +18,63 @@ LEADS_NOTICE = (
 )
 
 
-def face_json(face: Face) -> dict[str, Any]:
-    return {
-        "bbox": [round(float(v), 1) for v in face.bbox],
-        "landmarks": np.round(face.landmarks, 1).tolist(),
-        "confidence": round(face.confidence, 4),
-        "quality": face.quality.as_dict(),
-        "skip_reasons": [str(r) for r in face.skip_reasons],
-    }
+def face_detail(face: Face) -> FaceDetail:
+    return FaceDetail(
+        bbox=[round(float(v), 1) for v in face.bbox],
+        landmarks=np.round(face.landmarks, 1).tolist(),
+        confidence=round(face.confidence, 4),
+        quality=face.quality.as_dict(),
+        skip_reasons=[str(r) for r in face.skip_reasons],
+    )
 
 
-def match_json(hit: Hit, rate: float, manifest: Manifest) -> dict[str, Any]:
+def match(hit: Hit, rate: float, manifest: Manifest) -> Match:
     record = hit.record
-    return {
-        "face_id": record.get("face_id", f"{hit.faiss_id:016x}"),
-        "external_image_id": record.get("external_image_id"),
-        "source": record.get("source_key"),
-        "bbox": [round(float(v), 1) for v in record.get("bbox") or []],
-        "similarity": round(hit.similarity, 6),
-        "estimated_false_match_rate": rate,
-        "expected_false_matches_in_collection": rate * manifest.face_count,
-        "shard": hit.shard,
-    }
+    return Match(
+        face_id=record.get("face_id", f"{hit.faiss_id:016x}"),
+        external_image_id=record.get("external_image_id"),
+        source=record.get("source_key"),
+        bbox=[round(float(v), 1) for v in record.get("bbox") or []],
+        similarity=round(hit.similarity, 6),
+        estimated_false_match_rate=rate,
+        expected_false_matches_in_collection=rate * manifest.face_count,
+        shard=hit.shard,
+    )
 
 
-def answer_json(
+def answer(
     manifest: Manifest,
     limits: dict[str, Any],
-    matches: list[dict[str, Any]],
+    matches: list[Match],
     missing: list[int],
-    request: SearchRequest,
-) -> dict[str, Any]:
-    return {
-        "collection": manifest.name,
-        "model_id": manifest.model_id,
-        "matches": matches,
-        "threshold": limits,
-        "collection_faces": manifest.face_count,
-        "partial": bool(missing),
-        "missing_shards": missing,
-        "purpose": request.purpose,
-        "case_id": request.case_id,
-        "notice": LEADS_NOTICE,
-    }
+    purpose: str | None,
+    case_id: str | None,
+) -> VectorAnswer:
+    return VectorAnswer(
+        collection=manifest.name,
+        model_id=manifest.model_id,
+        matches=matches,
+        threshold=Threshold(**limits),
+        collection_faces=manifest.face_count,
+        partial=bool(missing),
+        missing_shards=missing,
+        purpose=purpose,
+        case_id=case_id,
+        notice=LEADS_NOTICE,
+    )
+
+
+def face_record(record: dict[str, Any]) -> FaceRecord:
+    """A stored record as the API shows it: no embedding, quality decoded."""
+    quality = record.get("quality")
+    indexed_at = record.get("indexed_at")
+    return FaceRecord(
+        face_id=record["face_id"],
+        external_image_id=record.get("external_image_id"),
+        source_key=record.get("source_key"),
+        source_etag=record.get("source_etag"),
+        bbox=list(record.get("bbox") or []),
+        confidence=float(record.get("confidence") or 0.0),
+        quality=json.loads(quality) if isinstance(quality, str) else quality or {},
+        indexed_at=None if indexed_at is None else str(indexed_at),
+    )

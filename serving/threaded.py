@@ -10,13 +10,13 @@ from contextlib import contextmanager
 import uvicorn
 
 from serving.app import create_app
-from serving.service import FaceService
+from serving.usecases.context import Context
 
 
 @contextmanager
-def serve_in_thread(service: FaceService) -> Iterator[str]:
+def serve_in_thread(context: Context) -> Iterator[str]:
     """Yields the base URL; the server stops when the block ends."""
-    server = uvicorn.Server(uvicorn.Config(create_app(service=service), host="127.0.0.1", port=0, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(context=context), host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:

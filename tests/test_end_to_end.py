@@ -15,14 +15,15 @@ import pytest
 import ray
 
 from cluster.access import Role, local_operator
-from cluster.collection import Collections
+from cluster.manifest import Collections
 from cluster.models.registry import DEFAULT_EMBEDDER, embedding_of
 from cluster.pipeline.quality import QualityFilter
 from cluster.settings import Settings
 from cluster.storage import S3Store, open_store
-from jobs.index import run_index_job
-from serving.service import FaceService
 from serving.threaded import serve_in_thread
+from serving.usecases import collections, search
+from serving.usecases.context import Context
+from tests.factories import index
 from tests.s3server import ACCESS_KEY, SECRET_KEY, s3_server
 
 PEOPLE = 40
@@ -65,11 +66,11 @@ def world(lfw_images: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFa
                 photos.put(f"{name}/{path.name}", path.read_bytes())
         ray.init(num_cpus=2, include_dashboard=False, namespace="facegrid", log_to_driver=False)
         try:
-            service = FaceService(settings)
+            service = Context(settings)
             # The defaults a new user gets: SFace, and the floor of 1e-5 false matches per comparison.
-            asyncio.run(service.create_collection(local_operator(), COLLECTION, shards=4, max_false_match_rate=1e-5))
+            asyncio.run(collections.create(service, local_operator(), COLLECTION, 4, 1e-5))
             token = service.keys.create(Role.ADMIN, label="e2e")[1]
-            summary = run_index_job(settings, COLLECTION, "s3://photos/lfw", quality_filter=QualityFilter.NONE)
+            summary = index(service, COLLECTION, "s3://photos/lfw", quality_filter=QualityFilter.NONE)
             with serve_in_thread(service) as url:
                 yield {
                     "settings": settings,
@@ -117,7 +118,7 @@ def test_right_person_is_top_match(world: dict[str, Any]) -> None:
 
 
 def test_sharded_top10_equals_brute_force(world: dict[str, Any]) -> None:
-    service: FaceService = world["service"]
+    service: Context = world["service"]
     manifest = service.collections.get(COLLECTION)
     stored = service.collections.faces(manifest, ["faiss_id", "embedding"])
     vectors = np.stack(stored.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
@@ -128,16 +129,16 @@ def test_sharded_top10_equals_brute_force(world: dict[str, Any]) -> None:
     probed = world["people"][:PROBED_PEOPLE]
     probes = np.stack([pipeline([world["probes"][name]])[0].faces[0].embedding for name, _ in probed])
     _, want = exact.search(probes, 10)
-    matches, missing = asyncio.run(service.search_vectors(manifest, probes, 10, threshold=-1.0))
+    matches, missing = asyncio.run(search.search_vectors(service, manifest, probes, 10, threshold=-1.0))
     assert missing == []
     for row, got in zip(want, matches, strict=True):
-        assert [int(m["face_id"], 16) for m in got] == [int(ids[i]) for i in row]
+        assert [int(m.face_id, 16) for m in got] == [int(ids[i]) for i in row]
 
 
 def test_rerun_adds_no_duplicates(world: dict[str, Any]) -> None:
-    settings, service = world["settings"], world["service"]
+    service = world["service"]
     before = service.collections.get(COLLECTION).face_count
-    again = run_index_job(settings, COLLECTION, "s3://photos/lfw", quality_filter=QualityFilter.NONE)
+    again = index(service, COLLECTION, "s3://photos/lfw", quality_filter=QualityFilter.NONE)
     assert again["images"] == 0
     assert service.collections.get(COLLECTION).face_count == before
     faces = service.collections.faces(service.collections.get(COLLECTION), ["face_id"]).column("face_id").to_pylist()
@@ -182,9 +183,9 @@ def test_list_compare_detect(world: dict[str, Any]) -> None:
 
 
 def test_shard_actor_restarts_from_snapshot(world: dict[str, Any]) -> None:
-    service: FaceService = world["service"]
+    service: Context = world["service"]
     manifest = service.collections.get(COLLECTION)
-    handle = asyncio.run(service.shards(manifest))[0]
+    handle = asyncio.run(service.shards(COLLECTION).handles(manifest))[0]
     count = ray.get(handle.count.remote())
     ray.kill(handle, no_restart=False)
     deadline = time.monotonic() + 60

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from serving.deps import Service
+from serving.deps import Ctx
 
 router = APIRouter(tags=["health"])
 
@@ -17,9 +17,9 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-def readyz(service: Service) -> dict[str, Any]:
-    service.collections.names()  # the store answers
-    return {"status": "ready", "store": service.store.uri}
+def readyz(ctx: Ctx) -> dict[str, Any]:
+    ctx.collections.names()  # the store answers
+    return {"status": "ready", "store": ctx.store.uri}
 
 
 @router.get("/metrics")

@@ -10,11 +10,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from cluster.collection import Collections, Manifest
 from cluster.errors import CollectionChanged
+from cluster.manifest import Collections, Manifest
+from cluster.publish import Publisher
 from cluster.snapshot import Placement, ShardSnapshot
 from cluster.storage import LocalStore
-from jobs.bench_search import _table, synthetic_faces
+from tests.factories import clustered_vectors, records
 
 
 def _snapshots(collections: Collections, manifest: Manifest, tmp: Path) -> list[ShardSnapshot]:
@@ -38,23 +39,24 @@ def _search(snapshots: list[ShardSnapshot], probes: np.ndarray) -> list[list[int
 @pytest.mark.parametrize("spec", ["IVF32,SQ8", "Flat", "HNSW16"])
 def test_adding_extends_and_equals_a_rebuild(spec: str, tmp_path: Path) -> None:
     collections = Collections(LocalStore(tmp_path / "store"))
+    publisher = Publisher(collections)
     manifest = collections.create(
         Manifest(name="grow", model_id="dlib-resnet-v1", model_sha256="s", shard_count=2, index_spec=spec)
     )
-    vectors, _ = synthetic_faces(3100, 128, seed=5)
-    collections.store.put_parquet("collections/grow/faces/a.parquet", _table(vectors[:2000], 0, 2))
-    first = collections.publish(manifest, ["collections/grow/faces/a.parquet"])
+    vectors, _ = clustered_vectors(3100, 128, seed=5)
+    collections.store.put_parquet("collections/grow/faces/a.parquet", records(vectors[:2000], 0))
+    first = publisher.publish(manifest, ["collections/grow/faces/a.parquet"])
     assert first.face_count == 2000 and first.built_spec == spec
 
     # 1000 new faces, and faces 1..100 indexed again with other vectors (a later run over changed photos).
-    again = _table(vectors[2000:2100], 0, 2)
+    again = records(vectors[2000:2100], 0)
     later = pa.array([datetime.now(UTC) + timedelta(minutes=1)] * 100, again.schema.field("indexed_at").type)
     again = again.set_column(again.schema.get_field_index("indexed_at"), "indexed_at", later)
-    added = pa.concat_tables([_table(vectors[2100:3100], 2000, 2), again])
+    added = pa.concat_tables([records(vectors[2100:3100], 2000), again])
     collections.store.put_parquet("collections/grow/faces/b.parquet", added)
-    grown = collections.publish(first, ["collections/grow/faces/b.parquet"])
+    grown = publisher.publish(first, ["collections/grow/faces/b.parquet"])
     # Extended in place, except HNSW (FAISS cannot remove from its graph): rebuilt from every record.
-    assert Collections._extendable(first, grown, spec, False, ["b"]) == (spec != "HNSW16")
+    assert grown.extended_from == (first.version if spec != "HNSW16" else None)
     assert grown.face_count == 3000
     if spec.startswith("IVF"):
         assert grown.trained == first.trained  # added to the trained index, not retrained
@@ -68,21 +70,22 @@ def test_adding_extends_and_equals_a_rebuild(spec: str, tmp_path: Path) -> None:
     assert all(f[0] == 2001 + i for i, f in enumerate(found[100:200]))
     assert all(f[0] != 1 + i for i, f in enumerate(found[200:]))
 
-    rebuilt = collections.rebuild(grown)
+    rebuilt = publisher.rebuild(grown)
     assert _search(_snapshots(collections, rebuilt, tmp_path / "cache2"), probes) == found
 
 
 def test_erasure_after_growth_rebuilds(tmp_path: Path) -> None:
     collections = Collections(LocalStore(tmp_path / "store"))
+    publisher = Publisher(collections)
     manifest = collections.create(
         Manifest(name="g", model_id="dlib-resnet-v1", model_sha256="s", shard_count=2, index_spec="Flat")
     )
-    vectors, _ = synthetic_faces(600, 128, seed=6)
+    vectors, _ = clustered_vectors(600, 128, seed=6)
     for n, start in enumerate((0, 300)):
         key = f"collections/g/faces/{n}.parquet"
-        collections.store.put_parquet(key, _table(vectors[start : start + 300], start, 2))
-        manifest = collections.publish(manifest, [key])
-    manifest, erased = collections.erase_faces(manifest, {f"{1:016x}", f"{400:016x}"}, set())
+        collections.store.put_parquet(key, records(vectors[start : start + 300], start))
+        manifest = publisher.publish(manifest, [key])
+    manifest, erased = publisher.erase_faces(manifest, {f"{1:016x}", f"{400:016x}"}, set())
     assert len(erased) == 2 and manifest.face_count == 598
     snapshots = _snapshots(collections, manifest, tmp_path / "cache")
     assert sum(s.ntotal for s in snapshots) == 598
@@ -91,43 +94,45 @@ def test_erasure_after_growth_rebuilds(tmp_path: Path) -> None:
 
 def test_a_publish_that_lost_a_race_changes_nothing(tmp_path: Path) -> None:
     collections = Collections(LocalStore(tmp_path / "store"))
+    publisher = Publisher(collections)
     stale = collections.create(
         Manifest(name="r", model_id="dlib-resnet-v1", model_sha256="s", shard_count=2, index_spec="Flat")
     )
-    vectors, _ = synthetic_faces(200, 128, seed=8)
+    vectors, _ = clustered_vectors(200, 128, seed=8)
     for n in range(2):
-        collections.store.put_parquet(f"collections/r/faces/{n}.parquet", _table(vectors[n * 100 :][:100], n * 100, 2))
-    winner = collections.publish(stale, ["collections/r/faces/0.parquet"])
+        collections.store.put_parquet(f"collections/r/faces/{n}.parquet", records(vectors[n * 100 :][:100], n * 100))
+    winner = publisher.publish(stale, ["collections/r/faces/0.parquet"])
     with pytest.raises(CollectionChanged):
-        collections.publish(stale, ["collections/r/faces/1.parquet"])  # built from the version before the winner
+        publisher.publish(stale, ["collections/r/faces/1.parquet"])  # built from the version before the winner
     assert collections.get("r") == winner
     folders = {i.key.split("/")[3] for i in collections.store.list("collections/r/shards/")}
     assert folders == {winner.shards["0"].split("/")[3]}  # the loser's snapshots were removed
-    latest = collections.publish_latest("r", ["collections/r/faces/1.parquet"])
+    latest = publisher.publish_latest("r", ["collections/r/faces/1.parquet"])
     assert latest.face_count == 200 and latest.version == winner.version + 1
 
 
 def test_a_changed_object_replaces_its_faces(tmp_path: Path) -> None:
     """Same key, new etag, indexed later: the old version's faces are erased from records and snapshots."""
     collections = Collections(LocalStore(tmp_path / "store"))
+    publisher = Publisher(collections)
     manifest = collections.create(
         Manifest(name="c", model_id="dlib-resnet-v1", model_sha256="s", shard_count=2, index_spec="Flat")
     )
-    vectors, _ = synthetic_faces(300, 128, seed=9)
-    collections.store.put_parquet("collections/c/faces/a.parquet", _table(vectors[:200], 0, 2))
-    manifest = collections.publish(manifest, ["collections/c/faces/a.parquet"])
+    vectors, _ = clustered_vectors(300, 128, seed=9)
+    collections.store.put_parquet("collections/c/faces/a.parquet", records(vectors[:200], 0))
+    manifest = publisher.publish(manifest, ["collections/c/faces/a.parquet"])
     # Objects 1..10 changed (new etag, so new face ids 1001..1010), re-indexed a minute later; one unchanged
     # object (id 11) indexed again as a retry: same etag, same id, kept once.
-    changed = _table(vectors[200:210], 1000, 2)
-    retried = _table(vectors[10:11], 10, 2)
+    changed = records(vectors[200:210], 1000)
+    retried = records(vectors[10:11], 10)
     changed = changed.set_column(
-        changed.schema.get_field_index("source_key"), "source_key", _table(vectors[:10], 0, 2).column("source_key")
+        changed.schema.get_field_index("source_key"), "source_key", records(vectors[:10], 0).column("source_key")
     )
     changed = changed.set_column(changed.schema.get_field_index("source_etag"), "source_etag", pa.array(["v2"] * 10))
     later = pa.array([datetime.now(UTC) + timedelta(minutes=1)] * 10, changed.schema.field("indexed_at").type)
     changed = changed.set_column(changed.schema.get_field_index("indexed_at"), "indexed_at", later)
     collections.store.put_parquet("collections/c/faces/b.parquet", pa.concat_tables([changed, retried]))
-    manifest = collections.publish(manifest, ["collections/c/faces/b.parquet"])
+    manifest = publisher.publish(manifest, ["collections/c/faces/b.parquet"])
     assert manifest.face_count == 200  # 190 unchanged + 10 replaced, the retry counted once
     ids = set(collections.faces(manifest, ["faiss_id"]).column("faiss_id").to_pylist())
     assert not ids & set(range(1, 11)) and set(range(1001, 1011)) <= ids

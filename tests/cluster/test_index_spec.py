@@ -11,19 +11,19 @@ import pyarrow as pa
 import pytest
 
 from cluster import snapshot
-from cluster.collection import FACE_SCHEMA
 from cluster.errors import InvalidRequest
 from cluster.index_spec import FLAT_LIMIT, SearchKnobs, Tuning, build, place, resolve
+from cluster.records import FACE_SCHEMA
 from cluster.snapshot import Placement, ShardSnapshot, write_shard
 from cluster.storage import LocalStore
-from jobs.bench_search import synthetic_faces
+from tests.factories import clustered_vectors
 
 INDEXED, PROBES = 20_000, 200
 
 
 @pytest.fixture(scope="module")
 def data() -> dict[str, np.ndarray]:
-    vectors, owner = synthetic_faces(INDEXED + PROBES, 128)
+    vectors, owner = clustered_vectors(INDEXED + PROBES, 128)
     ids = np.arange(INDEXED, dtype=np.int64) * 7 + 3  # ids unlike row numbers: the id map must be used
     exact = faiss.IndexFlatIP(128)
     exact.add(vectors[:INDEXED])
@@ -94,7 +94,7 @@ def test_auto_choice_by_shard_size() -> None:
 
 
 def test_tiny_shards_still_build() -> None:
-    vectors, _ = synthetic_faces(30, 128)
+    vectors, _ = clustered_vectors(30, 128)
     for spec in ("HNSW32", "IVF1024,SQ8"):
         index = build(spec, vectors, np.arange(30))
         assert index.ntotal == 30 and index.search(vectors[:1], 1)[1][0, 0] == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cluster.calibration import floor_similarity
-from cluster.collection import DEFAULT_MAX_FALSE_MATCH_RATE
+from cluster.manifest import DEFAULT_MAX_FALSE_MATCH_RATE
 from cluster.models.registry import DLIB_ID, SFACE_ID, ModelRegistry
 from cluster.pipeline.faces import FacePipeline
 from cluster.settings import Settings

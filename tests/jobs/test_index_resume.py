@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import ray
 
-from cluster.collection import Collections
+from cluster.access import local_operator
+from cluster.embedder import IndexRequest
+from cluster.manifest import Collections
 from cluster.pipeline.quality import QualityFilter
 from cluster.settings import Settings
 from cluster.storage import LocalStore
-from jobs.index import run_index_job
+from serving.usecases import indexing
+from serving.usecases.context import Context
 from tests.conftest import lfw_photos
+from tests.factories import index
 
 
 class DriverCrash(Exception):
@@ -47,14 +52,13 @@ def test_resume_after_crash(local_ray: None, lfw_images: Path, model_dir: Path, 
             raise DriverCrash
 
     with pytest.raises(DriverCrash):
-        run_index_job(
-            crashed, "c", str(source), partition_size=4, quality_filter=QualityFilter.NONE, on_partition=crash_after_two
-        )
+        request = IndexRequest(collection="c", source=str(source), partition_size=4, quality_filter=QualityFilter.NONE)
+        asyncio.run(indexing.index(Context(crashed), local_operator(), request, on_partition=crash_after_two))
     store = LocalStore(tmp_path / "crashed")
     assert any(i.key.endswith("checkpoint.json") for i in store.list("jobs/"))
     assert Collections(store).get("c").face_count == 0  # nothing published yet
-    resumed = run_index_job(crashed, "c", str(source), partition_size=4, quality_filter=QualityFilter.NONE)
-    reference = run_index_job(clean, "c", str(source), partition_size=4, quality_filter=QualityFilter.NONE)
+    resumed = index(crashed, "c", str(source), partition_size=4, quality_filter=QualityFilter.NONE)
+    reference = index(clean, "c", str(source), partition_size=4, quality_filter=QualityFilter.NONE)
     assert resumed["images"] == reference["images"] == 24
     faces = Collections(store).faces(Collections(store).get("c"), ["face_id"]).column("face_id").to_pylist()
     want = (

@@ -16,8 +16,9 @@ from cluster.access import Role, local_operator
 from cluster.audit import read_records, verify
 from cluster.models.registry import DEFAULT_EMBEDDER
 from cluster.settings import Settings
-from serving.service import FaceService
 from serving.threaded import serve_in_thread
+from serving.usecases import collections
+from serving.usecases.context import Context
 from tests.conftest import lfw_photos
 
 ROLES = ("admin", "indexer", "searcher", "auditor")
@@ -30,9 +31,9 @@ def world(model_dir: Path, lfw_images: Path, tmp_path_factory: pytest.TempPathFa
     settings = Settings(model_dir=model_dir, store=str(tmp_path_factory.mktemp("access-store")))
     ray.init(num_cpus=2, include_dashboard=False, namespace="facegrid", log_to_driver=False)
     try:
-        service = FaceService(settings)
+        service = Context(settings)
         for name in ("alpha", "beta"):
-            asyncio.run(service.create_collection(local_operator(), name, 2, 1e-4))
+            asyncio.run(collections.create(service, local_operator(), name, 2, 1e-4))
         tokens = {role: service.keys.create(role)[1] for role in ROLES}
         tokens["searcher-alpha-only"] = service.keys.create(Role.SEARCHER, ["alpha"])[1]
         revoked, tokens["revoked"] = service.keys.create(Role.ADMIN)
@@ -104,7 +105,7 @@ def test_grants_are_per_collection(world: dict[str, Any]) -> None:
 
 
 def test_refusals_are_audited(world: dict[str, Any]) -> None:
-    service: FaceService = world["service"]
+    service: Context = world["service"]
     headers = {"Authorization": f"Bearer {world['tokens']['searcher']}"}
     files = {"image": ("p.jpg", world["photo"])}
     with httpx.Client(base_url=world["url"], headers=headers, timeout=60) as client:
@@ -127,7 +128,7 @@ def test_refusals_are_audited(world: dict[str, Any]) -> None:
 
 
 def test_search_record_holds_what_the_issue_lists(world: dict[str, Any]) -> None:
-    service: FaceService = world["service"]
+    service: Context = world["service"]
     ok = [r for r in read_records(service.store) if r.get("action") == "search" and r.get("outcome") == "ok"]
     record = ok[-1]
     for field in (
@@ -149,7 +150,7 @@ def test_search_record_holds_what_the_issue_lists(world: dict[str, Any]) -> None
 
 
 def test_non_finite_thresholds_and_bad_index_specs_are_refused(world: dict[str, Any]) -> None:
-    service: FaceService = world["service"]
+    service: Context = world["service"]
     headers = {"Authorization": f"Bearer {world['tokens']['admin']}"}
     files = {"image": ("p.jpg", world["photo"])}
     vector = {"vector": [1.0] + [0.0] * 127, **SEARCH}

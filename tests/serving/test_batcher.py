@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cluster.index_spec import SearchKnobs
-from cluster.raycluster import SHARD_CPUS, shard_options
+from cluster.shardset import SHARD_CPUS, shard_options
 from serving.batcher import MicroBatcher
 from serving.fanout import FanOutResult, merge
 

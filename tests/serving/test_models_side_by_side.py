@@ -18,10 +18,12 @@ from cluster.errors import FacegridError, ModelMismatch
 from cluster.models.registry import DLIB_ID, SFACE_ID
 from cluster.pipeline.quality import QualityFilter
 from cluster.settings import Settings
-from jobs.index import run_index_job
-from serving.accountable import SearchRequest
-from serving.service import FaceService
+from serving.schemas import SearchAnswer
 from serving.threaded import serve_in_thread
+from serving.usecases import collections, search
+from serving.usecases.context import Context
+from serving.usecases.policy import SearchRequest
+from tests.factories import index
 
 PEOPLE = 6
 INDEXED = 3
@@ -46,7 +48,7 @@ def world(model_dir: Path, lfw_images: Path, tmp_path_factory: pytest.TempPathFa
     settings = Settings(model_dir=model_dir, store=str(tmp_path_factory.mktemp("models-store")))
     ray.init(num_cpus=2, include_dashboard=False, namespace="facegrid", log_to_driver=False)
     try:
-        service = FaceService(settings)
+        service = Context(settings)
         token = service.keys.create(Role.ADMIN, label="models")[1]
         with serve_in_thread(service) as url:
             client = httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {token}"})
@@ -56,22 +58,23 @@ def world(model_dir: Path, lfw_images: Path, tmp_path_factory: pytest.TempPathFa
                 created = client.post("/v1/collections", json=body)
                 assert created.status_code == 201, created.text
                 assert created.json()["model_id"] == model
-                run_index_job(settings, name, str(source), quality_filter=QualityFilter.NONE)
+                index(service, name, str(source), quality_filter=QualityFilter.NONE)
             yield {"service": service, "client": client, "people": people, "settings": settings, "source": source}
     finally:
         ray.shutdown()
 
 
-def _search(service: FaceService, collection: str, probe: bytes) -> dict[str, Any]:
+def _search(service: Context, collection: str, probe: bytes) -> dict[str, Any]:
     request = SearchRequest(SEARCH["purpose"], SEARCH["case_id"], max_results=5)
-    return asyncio.run(service.search(local_operator(), collection, probe, request))
+    answer: SearchAnswer = asyncio.run(search.search(service, local_operator(), collection, probe, request))
+    return answer.model_dump()
 
 
 def test_each_collection_keeps_its_model_and_floor(world: dict[str, Any]) -> None:
-    service: FaceService = world["service"]
+    service: Context = world["service"]
     floors = {}
     for name, model in COLLECTIONS.items():
-        described = service.describe_collection(local_operator(), name)
+        described = collections.describe(service, local_operator(), name).model_dump()
         assert described["model_id"] == model and described["face_count"] >= PEOPLE * INDEXED - 1
         floors[model] = described["threshold_floor_similarity"]
     # The same promise (1e-5) is a different similarity for each model: each floor comes from its own calibration.
@@ -79,7 +82,7 @@ def test_each_collection_keeps_its_model_and_floor(world: dict[str, Any]) -> Non
 
 
 def test_indexed_vectors_are_the_collections_own_model(world: dict[str, Any]) -> None:
-    service: FaceService = world["service"]
+    service: Context = world["service"]
     name, photos = world["people"][0]
     for collection, model in COLLECTIONS.items():
         stored = service.collections.faces(service.collections.get(collection), ["external_image_id", "embedding"])
@@ -92,7 +95,7 @@ def test_indexed_vectors_are_the_collections_own_model(world: dict[str, Any]) ->
 
 
 def test_each_collection_is_searched_with_its_own_model(world: dict[str, Any]) -> None:
-    service: FaceService = world["service"]
+    service: Context = world["service"]
     found = {}
     for collection, model in COLLECTIONS.items():
         hits = 0
@@ -109,7 +112,7 @@ def test_each_collection_is_searched_with_its_own_model(world: dict[str, Any]) -
 
 
 def test_a_vector_of_another_model_is_refused(world: dict[str, Any]) -> None:
-    service: FaceService = world["service"]
+    service: Context = world["service"]
     client: httpx.Client = world["client"]
     probe = world["people"][0][1][0].read_bytes()
     vector = service.models.pipeline(SFACE_ID)([probe])[0].faces[0].embedding.tolist()
@@ -126,9 +129,9 @@ def test_a_vector_of_another_model_is_refused(world: dict[str, Any]) -> None:
 
 def test_indexing_with_another_model_or_an_unknown_one_is_refused(world: dict[str, Any]) -> None:
     with pytest.raises(ModelMismatch, match="holds sface-2021dec embeddings"):
-        run_index_job(world["settings"], "faces-sface", str(world["source"]), model=DLIB_ID)
+        index(world["service"], "faces-sface", str(world["source"]), model=DLIB_ID)
     unknown = world["client"].post("/v1/collections", json={"name": "faces-x", "model": "arcface-r100"})
     assert unknown.status_code == 400 and unknown.json()["error"]["code"] == "UNKNOWN_MODEL"
     with pytest.raises(FacegridError, match="unknown embedding model"):
-        run_index_job(world["settings"], "faces-new", str(world["source"]), model="arcface-r100")
-    assert "faces-x" not in world["service"].list_collections(local_operator())
+        index(world["service"], "faces-new", str(world["source"]), model="arcface-r100")
+    assert "faces-x" not in collections.names(world["service"], local_operator())

@@ -1,9 +1,15 @@
-"""Search keeps answering through a retrain, a reshard up, a reshard down and a change of index: no query fails,
-none comes back partial or wrong, and no face is lost or duplicated."""
+"""Two API processes on one Ray cluster: rebuilds and reshards (4 -> 6 -> 4, a retrain, a change of index) are
+done through one while the other answers searches throughout: no query fails, none comes back partial or wrong,
+no handle goes stale, and no face is lost or duplicated."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,24 +18,24 @@ import httpx
 import numpy as np
 import pytest
 import ray
+from ray.cluster_utils import Cluster
 
-import serving.service
-from cluster.access import Role
-from cluster.collection import Collections, Manifest
-from cluster.raycluster import live_shards
+from cluster.access import KeyStore, Role
+from cluster.manifest import Collections, Manifest
+from cluster.publish import Publisher
 from cluster.settings import Settings
+from cluster.shardset import ShardSet
 from cluster.storage import LocalStore
-from jobs.bench_search import BENCH_MAX_FALSE_MATCH_RATE, SAMPLES_PER_IDENTITY, _table
-from serving.service import FaceService
-from serving.threaded import serve_in_thread
+from jobs.bench_search import BENCH_MAX_FALSE_MATCH_RATE
+from tests.factories import PER_IDENTITY, records
 
 IDENTITIES = 800
-FACES = IDENTITIES * SAMPLES_PER_IDENTITY
+FACES = IDENTITIES * PER_IDENTITY
 PROBES = 40
 
 
 def _gallery(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows r belong to identity r // SAMPLES_PER_IDENTITY (ids r + 1), as in the benchmark; probes are new samples."""
+    """Rows r belong to identity r // PER_IDENTITY (ids r + 1), as in the benchmark; probes are new samples."""
     centres = rng.standard_normal((IDENTITIES, 128)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
 
@@ -38,7 +44,35 @@ def _gallery(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarr
         return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
     probe_identity = rng.choice(IDENTITIES, PROBES, replace=False)
-    return samples(np.repeat(centres, SAMPLES_PER_IDENTITY, axis=0)), samples(centres[probe_identity]), probe_identity
+    return samples(np.repeat(centres, PER_IDENTITY, axis=0)), samples(centres[probe_identity]), probe_identity
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jobs.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the API process exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.5)
+    raise RuntimeError(f"the API process did not start: {log.read_text()[-2000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -60,28 +94,49 @@ def world(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator
     files = []
     for n, start in enumerate(range(0, FACES, 1000)):
         key = f"collections/bench/faces/part-{n}.parquet"
-        collections.store.put_parquet(key, _table(vectors[start : start + 1000], start, manifest.shard_count))
+        collections.store.put_parquet(key, records(vectors[start : start + 1000], start))
         files.append(key)
-    collections.publish(manifest, files)
-    ray.init(num_cpus=2, include_dashboard=False, namespace="facegrid", log_to_driver=False)
+    Publisher(collections).publish(manifest, files)
+    token = KeyStore(collections.store).create(Role.ADMIN, label="test")[1]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": cluster.address,
+        "FACEGRID_STORE": str(root),
+        "FACEGRID_MODEL_DIR": str(model_dir),
+        "FACEGRID_SHARD_CACHE": str(root / "cache"),
+        "FACEGRID_SERVING__RETIRE_AFTER_S": "3",
+    }
+    servers = []
     try:
-        service = FaceService(settings)
-        token = service.keys.create(Role.ADMIN, label="test")[1]
-        with serve_in_thread(service) as url:
-            yield {"service": service, "url": url, "token": token, "probes": probes, "identity": probe_identity}
+        for name in ("a", "b"):
+            servers.append(_serve(env, root / f"server-{name}.log"))
+        ray.init(address=cluster.address, namespace="facegrid", log_to_driver=False)
+        yield {
+            "urls": [url for _, url in servers],
+            "token": token,
+            "probes": probes,
+            "identity": probe_identity,
+            "settings": settings,
+            "collections": collections,
+        }
     finally:
+        for process, _ in servers:
+            process.terminate()
+            process.wait(30)
         ray.shutdown()
+        cluster.shutdown()
 
 
-def test_search_answers_through_rebuilds_and_reshards(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(serving.service, "RETIRE_AFTER_S", 2.0)
+def test_a_second_replica_answers_through_rebuilds_and_reshards(world: dict[str, Any]) -> None:
+    admin_url, search_url = world["urls"]
     headers = {"X-API-Key": world["token"]}
     failures: list[str] = []
     answered = [0]
     stop = threading.Event()
 
     def search_until_stopped() -> None:
-        with httpx.Client(base_url=world["url"], headers=headers, timeout=60) as client:
+        with httpx.Client(base_url=search_url, headers=headers, timeout=60) as client:
             while not stop.is_set():
                 for probe, identity in zip(world["probes"], world["identity"], strict=True):
                     body = {"vector": probe.tolist(), "purpose": "system-test", "case_id": "R-1", "max_results": 10}
@@ -90,9 +145,9 @@ def test_search_answers_through_rebuilds_and_reshards(world: dict[str, Any], mon
                         failures.append(f"{response.status_code}: {response.text[:300]}")
                         continue
                     ids = [int(m["face_id"], 16) for m in response.json()["matches"]]
-                    mates = sum((i - 1) // SAMPLES_PER_IDENTITY == identity for i in ids)
-                    if mates != SAMPLES_PER_IDENTITY:
-                        failures.append(f"identity {identity}: {mates} of {SAMPLES_PER_IDENTITY} mates in the top 10")
+                    mates = sum((i - 1) // PER_IDENTITY == identity for i in ids)
+                    if mates != PER_IDENTITY:
+                        failures.append(f"identity {identity}: {mates} of {PER_IDENTITY} mates in the top 10")
                     answered[0] += 1
 
     searcher = threading.Thread(target=search_until_stopped)
@@ -100,12 +155,12 @@ def test_search_answers_through_rebuilds_and_reshards(world: dict[str, Any], mon
     steps = [
         ({"retrain": True}, 4, "IVF32,SQ8"),
         ({"shards": 6}, 6, "IVF32,SQ8"),
-        ({"shards": 3, "index_spec": "HNSW16"}, 3, "HNSW16"),
-        ({"index_spec": "Flat"}, 3, "Flat"),
+        ({"shards": 4, "index_spec": "HNSW16"}, 4, "HNSW16"),
+        ({"index_spec": "Flat"}, 4, "Flat"),
     ]
     seen = []
     try:
-        with httpx.Client(base_url=world["url"], headers=headers, timeout=600) as admin:
+        with httpx.Client(base_url=admin_url, headers=headers, timeout=600) as admin:
             for body, shard_count, spec in steps:
                 before = answered[0]
                 response = admin.post("/v1/collections/bench/rebuild", json=body)
@@ -124,8 +179,7 @@ def test_search_answers_through_rebuilds_and_reshards(world: dict[str, Any], mon
         searcher.join(60)
     print(f"searches answered per step: {seen}; failures: {len(failures)}")
     assert not failures, failures[:3]
-    service: FaceService = world["service"]
-    counts = ray.get([h.count.remote() for h in service._shards["bench"].values()])
-    assert len(counts) == 3 and sum(counts) == FACES  # every face once, in the last shard set
-    for retired in (4, 6):
-        assert not live_shards("bench", retired), f"the {retired}-shard set was not retired"
+    manifest = world["collections"].get("bench")
+    live = ShardSet(world["settings"], "bench").live(manifest)
+    counts = ray.get([h.count.remote() for h in live])
+    assert len(counts) == 4 and sum(counts) == FACES  # every face once, in the current shard set

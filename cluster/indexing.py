@@ -1,4 +1,6 @@
-"""The index job: list a source, partition it deterministically, run embedder actors, publish the collection."""
+"""The index job: list a source, partition it deterministically, run embedder actors, publish the collection.
+
+Where partitions run (Ray actors on any node); what one partition does is cluster/embedder.py."""
 
 from __future__ import annotations
 
@@ -13,19 +15,16 @@ from typing import Any
 import pyarrow.compute as pc
 import ray
 
-from cluster.access import Caller, local_operator
-from cluster.collection import Collections, Manifest
-from cluster.embedder import IndexJobSpec, IndexPartition, Partition, PartitionResult, source_location
-from cluster.errors import CollectionNotFound, ModelMismatch
-from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry
+from cluster.embedder import IndexJobSpec, IndexPartition, IndexRequest, Partition, PartitionResult, source_location
+from cluster.errors import ModelMismatch
+from cluster.manifest import Collections, Manifest
+from cluster.models.registry import ModelRegistry
 from cluster.pipeline.errors import Reason
-from cluster.pipeline.quality import QualityFilter
-from cluster.raycluster import append_audit, cluster_gpus, embedder_count, embedder_options, ensure_ray, live_shards
-from cluster.settings import RuntimeSettings, Settings
+from cluster.publish import Publisher
+from cluster.raycluster import cluster_gpus, embedder_count, embedder_options, ensure_ray
+from cluster.settings import Settings
+from cluster.shardset import ShardSet
 from cluster.storage import ObjectInfo, ObjectStore, open_store
-
-# Objects per partition: a partition is the unit of retry and of checkpointing, a few seconds of work on one core.
-PARTITION_SIZE = 64
 
 Progress = Callable[[PartitionResult], None]
 
@@ -35,7 +34,7 @@ def job_id_for(collection: str, source_uri: str, version: int) -> str:
     return f"idx-{digest}-v{version}"
 
 
-def iter_partitions(objects: Iterable[ObjectInfo], size: int = PARTITION_SIZE) -> Iterator[Partition]:
+def iter_partitions(objects: Iterable[ObjectInfo], size: int) -> Iterator[Partition]:
     """Consecutive runs of the listing, which both stores give in a stable order: the same source, the same parts."""
     batch: list[ObjectInfo] = []
     part = 0
@@ -80,30 +79,20 @@ def run_partitions(actors: list[Any], partitions: Iterator[Partition]) -> Iterat
         yield ray.get(ready)
 
 
-def ensure_collection(
-    collections: Collections, registry: ModelRegistry, name: str, shards: int, model_id: str | None = None
-) -> Manifest:
-    """The collection, created with `model_id` (default: the default embedder) when it does not exist yet.
-
-    An existing collection keeps its own model: asking for another one, or a build whose file of that model
+def check_model(manifest: Manifest, registry: ModelRegistry, model_id: str | None) -> None:
+    """An existing collection keeps its own model: asking for another one, or a build whose file of that model
     differs from the one the collection was indexed with, is refused rather than mixing embeddings."""
-    try:
-        manifest = collections.get(name)
-    except CollectionNotFound:
-        pinned = registry.pin(model_id or DEFAULT_EMBEDDER)
-        return collections.create(Manifest(name=name, shard_count=shards, **pinned))
     if model_id is not None and model_id != manifest.model_id:
         raise ModelMismatch(
-            f"collection {name!r} holds {manifest.model_id} embeddings, not {model_id}: "
+            f"collection {manifest.name!r} holds {manifest.model_id} embeddings, not {model_id}: "
             f"index into a new collection created with --model {model_id}"
         )
     built = registry.pin(manifest.model_id)["model_sha256"]
     if manifest.model_sha256 != built:
         raise ModelMismatch(
-            f"collection {name!r} was indexed with {manifest.model_id} ({manifest.model_sha256[:12]}); this build's "
-            f"file of that model is {built[:12]}: create a new collection and re-index"
+            f"collection {manifest.name!r} was indexed with {manifest.model_id} ({manifest.model_sha256[:12]}); "
+            f"this build's file of that model is {built[:12]}: create a new collection and re-index"
         )
-    return manifest
 
 
 def _checkpoint_key(job_id: str) -> str:
@@ -112,31 +101,24 @@ def _checkpoint_key(job_id: str) -> str:
 
 def run_index_job(
     settings: Settings,
-    collection: str,
-    source_uri: str,
-    *,
-    shards: int = 4,
-    max_faces: int | None = None,
-    quality_filter: QualityFilter = QualityFilter.LOW,
-    external_id_from: str = "key",
-    partition_size: int = PARTITION_SIZE,
+    request: IndexRequest,
     on_plan: Callable[[int], None] | None = None,
     on_partition: Progress | None = None,
-    caller: Caller | None = None,
-    model: str | None = None,
 ) -> dict[str, Any]:
+    """Index every pending object of the request's source into its collection (which must exist), resuming from
+    the job's checkpoint, and publish. Audited by the use case that calls it (serving/usecases/indexing.py)."""
     started = time.perf_counter()
     store = open_store(settings.store, settings)
-    source = open_store(source_uri, settings)
+    source = open_store(request.source, settings)
     # Absolute locations: actors run in other working directories, and records name their source for good.
     settings = settings.model_copy(update={"store": store.uri})
-    source_uri = source.uri
     collections = Collections(store)
     registry = ModelRegistry(settings.model_dir)
     registry.build_all()
-    manifest = ensure_collection(collections, registry, collection, shards, model)
+    manifest = collections.get(request.collection)
+    check_model(manifest, registry, request.model)
     done_objects = indexed_objects(collections, manifest)
-    job_id = job_id_for(collection, source_uri, manifest.version)
+    job_id = job_id_for(request.collection, source.uri, manifest.version)
     if on_plan:
         on_plan(sum(1 for _ in pending_objects(source, done_objects)))  # a counting pass, for progress only
     checkpoint: dict[str, Any] = {"job_id": job_id, "partitions": {}}
@@ -147,24 +129,18 @@ def run_index_job(
     for result in results:
         if on_partition:
             on_partition(result)
-    todo = (p for p in iter_partitions(pending_objects(source, done_objects), partition_size) if p.part not in done)
+    pending = pending_objects(source, done_objects)
+    todo = (p for p in iter_partitions(pending, request.partition_size) if p.part not in done)
     spec = IndexJobSpec(
-        job_id,
-        collection,
-        settings.store,
-        source_uri,
-        manifest.shard_count,
-        max_faces,
-        quality_filter,
-        external_id_from,
-        manifest.model_id,
+        request=request, job_id=job_id, store_uri=store.uri, source_uri=source.uri, model_id=manifest.model_id
     )
     first = next(todo, None)
     if first is not None:
         ensure_ray()
         gpus = cluster_gpus()
         # One ONNX Runtime thread per actor: the actors, not the threads, spread the work over the cores.
-        actor_settings = settings.model_copy(update={"runtime": RuntimeSettings(intra_op_threads=1)})
+        runtime = settings.runtime.model_copy(update={"intra_op_threads": 1})
+        actor_settings = settings.model_copy(update={"runtime": runtime})
         remote = ray.remote(IndexPartition).options(**embedder_options(gpus))
         actors = [remote.remote(actor_settings, spec) for _ in range(embedder_count(gpus))]
         for result in run_partitions(actors, itertools.chain([first], todo)):
@@ -177,27 +153,10 @@ def run_index_job(
     error_files = [r.error_file for r in results if r.error_file]
     published = manifest
     if face_files or error_files:
-        published = collections.publish_latest(collection, face_files, error_files)
-        if ray.is_initialized():
-            ray.get([shard.reload.remote() for shard in live_shards(collection, published.shard_count)])
+        published = Publisher(collections).publish_latest(request.collection, face_files, error_files)
+        ShardSet(settings, request.collection).sync_blocking(published)
     store.delete(_checkpoint_key(job_id))
-    summary = summarize(job_id, published, results, time.perf_counter() - started)
-    who = caller or local_operator()
-    entry = {k: summary[k] for k in ("job_id", "collection", "images", "faces", "errors", "version")}
-    append_audit(
-        settings,
-        store,
-        {
-            "key_id": who.key_id,
-            "role": str(who.role),
-            "client": who.client,
-            "action": "index",
-            "source": source_uri,
-            **entry,
-            "outcome": "ok",
-        },
-    )
-    return summary
+    return summarize(job_id, published, results, time.perf_counter() - started)
 
 
 def summarize(job_id: str, manifest: Manifest, results: list[PartitionResult], seconds: float) -> dict[str, Any]:

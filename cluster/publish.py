@@ -1,0 +1,172 @@
+"""Publishing a collection: build or extend every shard's snapshot from the records, race check, manifest swap,
+cleanup; rebuilds, reshards and erasure are publishes too."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+
+from cluster import index_spec
+from cluster.errors import CollectionChanged
+from cluster.manifest import Collections, Manifest, TrainedIndex, check_shard_count, now
+from cluster.models.registry import embedding_of
+from cluster.records import FACE_SCHEMA, deduplicate, drop_superseded, erase_rows, shard_of
+from cluster.snapshot import RECORD_COLUMNS, extend_shard, vectors_of, write_shard
+from cluster.storage import ObjectNotFound
+
+PUBLISH_ATTEMPTS = 3
+
+
+class Publisher:
+    """Turns record files into a new published version of a collection, all or nothing."""
+
+    def __init__(self, collections: Collections) -> None:
+        self.collections = collections
+        self.store = collections.store
+
+    def publish(
+        self, manifest: Manifest, face_files: Iterable[str] = (), error_files: Iterable[str] = (), retrain: bool = False
+    ) -> Manifest:
+        """Build every shard's snapshot from the published face records, then swap the manifest in: all or nothing.
+
+        Shards are built one at a time from their own rows (memory: one shard, not the collection). Routing is
+        by face id and the manifest's shard count, so a new count reshards. A publish that only adds records to
+        Flat or IVF shards of an unchanged shape adds them to the previous snapshots (`extended_from` says so);
+        IVF indexes are built from the collection's trained index while the resolved spec is unchanged;
+        `retrain` trains afresh. A publish that another one overtook raises CollectionChanged, having changed
+        nothing.
+        """
+        face_files, error_files = list(face_files), list(error_files)
+        new = manifest.model_copy(deep=True)
+        new.face_files = sorted(set(manifest.face_files) | set(face_files))
+        new.error_files = sorted(set(manifest.error_files) | set(error_files))
+        new.version = manifest.version + 1
+        added = sorted(set(face_files) - set(manifest.face_files))
+        fresh_errors = sorted(set(error_files) - set(manifest.error_files))
+        superseded = drop_superseded(self.store, new.face_files, added, fresh_errors)
+        ids = self._unique_ids(new)
+        new.face_count = len(ids)
+        per_shard = np.bincount(shard_of(ids, new.shard_count), minlength=new.shard_count)
+        spec = new.built_spec = index_spec.resolve(new.index_spec, int(per_shard.max(initial=0)))
+        if manifest.shards and len(manifest.shards) != new.shard_count:  # a reshard: a new set of shard actors
+            new.shard_set = new.version
+        new.shards = {}
+        extend = not superseded and _extendable(manifest, new, spec, retrain, added)
+        new.extended_from = manifest.version if extend else None
+        # A folder of its own: a concurrent publish of the same version never writes into this one.
+        folder = f"{new.version:08d}-{secrets.token_hex(4)}"
+        with index_spec.all_cores():
+            self._build_shards(new, folder, spec, retrain, manifest if extend else None, added)
+        new.updated_at = now()
+        current = self.collections.get(new.name)
+        if current.version != manifest.version:
+            self._drop_unreferenced(current, only=f"{self.collections.prefix(new.name)}shards/{folder}/")
+            raise CollectionChanged(
+                f"collection {new.name!r} moved to version {current.version} while version {new.version} was being "
+                f"built from {manifest.version}; nothing was changed, run it again"
+            )
+        self.collections.write(new)
+        self._drop_unreferenced(new)
+        return new
+
+    def publish_latest(self, name: str, face_files: Iterable[str] = (), error_files: Iterable[str] = ()) -> Manifest:
+        """Publish onto the current version; if another publish lands meanwhile, build again on top of it."""
+        face_files, error_files = list(face_files), list(error_files)
+        for attempt in range(PUBLISH_ATTEMPTS):
+            try:
+                return self.publish(self.collections.get(name), face_files, error_files)
+            except CollectionChanged:
+                if attempt == PUBLISH_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def rebuild(
+        self, manifest: Manifest, shard_count: int | None = None, spec: str | None = None, retrain: bool = False
+    ) -> Manifest:
+        """New snapshots from the same records, with another shard count or index spec; swapped in atomically."""
+        changes: dict[str, Any] = {}
+        if shard_count is not None:
+            changes["shard_count"] = check_shard_count(shard_count)
+        if spec is not None:
+            changes["index_spec"] = index_spec.validate(spec)
+        return self.publish(manifest.model_copy(update=changes), retrain=retrain)
+
+    def erase_faces(self, manifest: Manifest, face_ids: set[str], external_ids: set[str]) -> tuple[Manifest, list[str]]:
+        """Remove faces from the Parquet records and the shard snapshots: real erasure, not a tombstone."""
+        erased = erase_rows(self.store, manifest.face_files, face_ids, external_ids)
+        if not erased:
+            return manifest, []
+        return self.publish_latest(manifest.name), erased
+
+    def _build_shards(
+        self, new: Manifest, folder: str, spec: str, retrain: bool, previous: Manifest | None, added: list[str]
+    ) -> None:
+        trained = None
+        for shard in range(new.shard_count):
+            directory = f"{self.collections.prefix(new.name)}shards/{folder}/{shard}"
+            if previous is not None:
+                rows = deduplicate(self._shard_rows(added, new.shard_count, shard))
+                extend_shard(self.store, previous.shards[str(shard)], directory, rows, spec)
+            else:
+                rows = deduplicate(self._shard_rows(new.face_files, new.shard_count, shard))
+                if index_spec.compressed(spec) and trained is None:
+                    trained = self._trained(new, spec, rows, retrain)
+                write_shard(self.store, directory, rows, spec, trained, seed=shard)
+            new.shards[str(shard)] = directory
+
+    def _unique_ids(self, manifest: Manifest) -> np.ndarray:
+        parts = [self.store.get_parquet(k, ["faiss_id"]).column("faiss_id").to_numpy() for k in manifest.face_files]
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+    def _shard_rows(self, files: list[str], shard_count: int, shard: int) -> pa.Table:
+        columns = ["face_id", "faiss_id", "embedding", "indexed_at", *RECORD_COLUMNS[1:]]
+        tables = []
+        for key in files:
+            table = self.store.get_parquet(key, columns)
+            mine = shard_of(table.column("faiss_id").to_numpy(), shard_count) == shard
+            tables.append(table.filter(pa.array(mine)))
+        return pa.concat_tables(tables) if tables else FACE_SCHEMA.empty_table().select(columns)
+
+    def _trained(self, manifest: Manifest, spec: str, rows: pa.Table, retrain: bool) -> faiss.Index:
+        """The collection's trained (empty) IVF index: the stored one while the spec holds, else trained now on
+        a sample of the first shard's rows (a uniform sample of the collection: routing is by a hash)."""
+        held = manifest.trained
+        if held is not None and held.spec == spec and not retrain:
+            try:
+                return faiss.deserialize_index(np.frombuffer(self.store.get(held.key), dtype=np.uint8))
+            except ObjectNotFound:
+                pass
+        sample = index_spec.training_sample(vectors_of(rows.column("embedding").combine_chunks(), manifest.dim), spec)
+        fraction = embedding_of(manifest.model_id).ivf_probe_fraction
+        trained = index_spec.train(spec, sample, seed=manifest.version, probe_fraction=fraction)
+        key = f"{self.collections.prefix(manifest.name)}trained/{manifest.version:08d}-{secrets.token_hex(4)}.faiss"
+        self.store.put(key, faiss.serialize_index(trained).tobytes())
+        manifest.trained = TrainedIndex(spec=spec, key=key, faces=manifest.face_count)
+        return trained
+
+    def _drop_unreferenced(self, manifest: Manifest, only: str | None = None) -> None:
+        """Snapshots and trainings the manifest no longer names go (loaded shards keep theirs); `only` limits
+        this to one folder, for a publish that lost a race cleaning up after itself."""
+        keep = set(manifest.shards.values())
+        trained = manifest.trained.key if manifest.trained else None
+        prefix = self.collections.prefix(manifest.name)
+        listed = (
+            [*self.store.list(only)]
+            if only
+            else [*self.store.list(prefix + "shards/"), *self.store.list(prefix + "trained/")]
+        )
+        for info in listed:
+            if info.key.rsplit("/", 1)[0] not in keep and info.key != trained:
+                self.store.delete(info.key)
+
+
+def _extendable(old: Manifest, new: Manifest, spec: str, retrain: bool, added: list[str]) -> bool:
+    """Whether this publish only adds records to snapshots of the same shape: then shards add the new faces
+    to what they hold (IVF keeps its training) instead of rebuilding from every record."""
+    same_shape = len(old.shards) == new.shard_count == old.shard_count and old.built_spec == spec
+    return bool(added) and same_shape and not retrain and not spec.startswith("HNSW") and old.face_count > 0

@@ -1,0 +1,123 @@
+"""Face and error records (Parquet): their schemas, deterministic face ids, routing to shards, and superseding."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cluster.pipeline.embed import EMBEDDING_DIM
+from cluster.storage import ObjectStore
+
+FACE_SCHEMA = pa.schema(
+    [
+        ("face_id", pa.string()),
+        ("faiss_id", pa.int64()),
+        ("external_image_id", pa.string()),
+        ("source_key", pa.string()),
+        ("source_etag", pa.string()),
+        ("face_index", pa.int32()),
+        ("bbox", pa.list_(pa.float32(), 4)),
+        ("landmarks", pa.list_(pa.float32(), 10)),
+        ("confidence", pa.float32()),
+        ("quality", pa.string()),
+        ("embedding", pa.list_(pa.float32(), EMBEDDING_DIM)),
+        ("job_id", pa.string()),
+        ("indexed_at", pa.timestamp("ms", tz="UTC")),
+    ]
+)
+ERROR_SCHEMA = pa.schema(
+    [
+        ("source_key", pa.string()),
+        ("source_etag", pa.string()),
+        ("reason", pa.string()),
+        ("message", pa.string()),
+        ("job_id", pa.string()),
+        ("at", pa.timestamp("ms", tz="UTC")),
+    ]
+)
+
+
+def face_id_for(collection: str, key: str, etag: str, index: int) -> tuple[str, int]:
+    """Deterministic id, so that a retried or re-run partition overwrites rather than duplicates."""
+    digest = hashlib.sha256(f"{collection}\0{key}\0{etag}\0{index}".encode()).digest()
+    faiss_id = int.from_bytes(digest[:8], "big") & (2**63 - 1)
+    return f"{faiss_id:016x}", faiss_id
+
+
+def shard_of(faiss_id: Any, shard_count: int) -> Any:
+    """The shard a face id routes to (an int or a numpy array of them)."""
+    return faiss_id % shard_count
+
+
+def deduplicate(table: pa.Table) -> pa.Table:
+    """One row per face id (the newest), whatever overlapping jobs wrote."""
+    if table.num_rows == 0:
+        return table
+    order = pc.sort_indices(table, [("face_id", "ascending"), ("indexed_at", "descending")])
+    table = table.take(order)
+    ids = table.column("face_id").to_numpy(zero_copy_only=False)
+    first = np.ones(len(ids), dtype=bool)
+    first[1:] = ids[1:] != ids[:-1]
+    return table.filter(pa.array(first))
+
+
+def drop_superseded(store: ObjectStore, held: list[str], face_files: list[str], error_files: list[str]) -> int:
+    """Erase the faces of an object's older version when a newer version of the same key is published: a
+    changed photo replaces its faces (even with none), and its old embeddings do not linger. `held` are the
+    collection's face files, `face_files` and `error_files` the newly published ones. Returns how many face
+    records went; only files holding one of the published keys are read row by row or rewritten."""
+    fresh = set(face_files)
+    older = [key for key in held if key not in fresh]
+    if not older or not (face_files or error_files):
+        return 0
+    published = [store.get_parquet(k, ["source_key", "source_etag", "indexed_at"]) for k in face_files]
+    published += [
+        store.get_parquet(k, ["source_key", "source_etag", "at"]).rename_columns(
+            ["source_key", "source_etag", "indexed_at"]
+        )
+        for k in error_files
+    ]
+    versions = pa.concat_tables(published)
+    keys = pc.unique(versions.column("source_key"))
+    removed = 0
+    for key in older:
+        table = store.get_parquet(key, ["source_key", "source_etag", "indexed_at"])
+        hit = pc.is_in(table.column("source_key"), value_set=keys)
+        if not pc.any(hit).as_py():
+            continue
+        rows = table.filter(hit)
+        mine = versions.filter(pc.is_in(versions.column("source_key"), value_set=rows.column("source_key")))
+        latest: dict[str, tuple[Any, str]] = {}
+        for source, etag, at in zip(*(mine.column(c).to_pylist() for c in mine.column_names), strict=True):
+            if source not in latest or at > latest[source][0]:
+                latest[source] = (at, etag)
+        stale_rows = [
+            etag != latest[source][1] and at < latest[source][0]
+            for source, etag, at in zip(*(rows.column(c).to_pylist() for c in rows.column_names), strict=True)
+        ]
+        if any(stale_rows):
+            stale = np.zeros(table.num_rows, dtype=bool)
+            stale[np.flatnonzero(hit.to_numpy(zero_copy_only=False))] = stale_rows
+            store.put_parquet(key, store.get_parquet(key).filter(pa.array(~stale)))
+            removed += int(stale.sum())
+    return removed
+
+
+def erase_rows(store: ObjectStore, face_files: list[str], face_ids: set[str], external_ids: set[str]) -> list[str]:
+    """Rewrite the record files without the named faces (by face id or external image id); the erased ids."""
+    erased: list[str] = []
+    for key in face_files:
+        table = store.get_parquet(key)
+        doomed = pc.or_(
+            pc.is_in(table.column("face_id"), pa.array(sorted(face_ids), pa.string())),
+            pc.is_in(table.column("external_image_id"), pa.array(sorted(external_ids), pa.string())),
+        )
+        hits = table.filter(doomed)
+        if hits.num_rows:
+            erased.extend(hits.column("face_id").to_pylist())
+            store.put_parquet(key, table.filter(pc.invert(doomed)))
+    return sorted(set(erased))

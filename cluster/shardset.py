@@ -1,0 +1,129 @@
+"""The shard actors of a collection as one object: named by the manifest's shard set, created and loaded before
+use, reloaded after a publish, retired after a reshard. Nothing else reaches into shard actors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+from cluster.manifest import Manifest
+from cluster.raycluster import NAMESPACE, cluster_gpus, ensure_ray
+from cluster.settings import Settings
+from cluster.shard import FaceShard
+
+log = logging.getLogger("facegrid.shards")
+
+# Shards are mostly idle memory. A tenth of a CPU each lets an old and a new shard set live side by side during a
+# reshard on a 2-core machine (at a quarter each the new set stayed pending there).
+SHARD_CPUS = 0.1
+# A reload runs beside searches (see FaceShard); more threads than this only queue inside FAISS.
+SHARD_CONCURRENCY = 4
+# A new shard actor starts a worker process and reads its snapshot and records before it can answer.
+SHARD_STARTUP_TIMEOUT_S = 600.0
+# How long a server's manifest read stays fresh for searches; publishes reach searches within this time.
+MANIFEST_TTL_S = 1.0
+
+
+def shard_name(collection: str, shard: int, manifest: Manifest) -> str:
+    # Named by the shard set (the version that set the count): after a reshard the old set answers until the new
+    # one has loaded, and a later reshard back to the same count never meets the retired set's names.
+    return f"shard:{collection}:{shard}/{manifest.shard_count}@{manifest.shard_set}"
+
+
+def shard_options(gpus: int, shard_count: int) -> dict[str, Any]:
+    """A share of a GPU per shard where the cluster has GPUs (FAISS then finds one in the actor), else CPU only."""
+    options: dict[str, Any] = {"num_cpus": SHARD_CPUS}
+    if gpus > 0:
+        options["num_gpus"] = min(1.0, gpus / shard_count)
+    return options
+
+
+def _key(manifest: Manifest) -> tuple[int, int]:
+    return manifest.shard_set, manifest.shard_count
+
+
+class ShardSet:
+    """One collection's shard actors on the Ray cluster this process has joined."""
+
+    def __init__(self, settings: Settings, collection: str) -> None:
+        self.settings = settings
+        self.collection = collection
+        self._handles: dict[tuple[int, int], dict[int, Any]] = {}
+
+    def _create(self, manifest: Manifest) -> dict[int, Any]:
+        """The named shard actors, created where missing; Ray restarts one from the published snapshot if it dies."""
+        ensure_ray()
+        options: dict[str, Any] = {
+            "namespace": NAMESPACE,
+            "get_if_exists": True,
+            # Shards are a service of the cluster: they outlive the process that first asked for them.
+            "lifetime": "detached",
+            "max_restarts": -1,
+            "max_task_retries": 3,
+            "max_concurrency": SHARD_CONCURRENCY,
+            **shard_options(cluster_gpus(), manifest.shard_count),
+        }
+        remote = ray.remote(FaceShard)
+        return {
+            i: remote.options(name=shard_name(self.collection, i, manifest), **options).remote(
+                self.settings, self.collection, i, manifest.shard_count, manifest.shard_set
+            )
+            for i in range(manifest.shard_count)
+        }
+
+    async def handles(self, manifest: Manifest) -> dict[int, Any]:
+        """The handles of the set the manifest names; the first call waits until they have loaded."""
+        key = _key(manifest)
+        held = self._handles.get(key)
+        if held is None:
+            held = self._create(manifest)
+            await asyncio.wait_for(asyncio.gather(*(h.reload.remote() for h in held.values())), SHARD_STARTUP_TIMEOUT_S)
+            # Only the manifest's current set is kept: handles of a set retired elsewhere would be dead ones.
+            self._handles = {key: held}
+        return held
+
+    def live(self, manifest: Manifest) -> list[Any]:
+        """The set's actors that exist in the cluster (none are created)."""
+        ensure_ray()
+        found = []
+        for shard in range(manifest.shard_count):
+            try:
+                found.append(ray.get_actor(shard_name(self.collection, shard, manifest), namespace=NAMESPACE))
+            except ValueError:
+                continue
+        return found
+
+    async def sync(self, old: Manifest, new: Manifest, ready: Callable[[Manifest], Any] | None = None) -> None:
+        """Make a publish visible, then call `ready` (the caller starts routing to it): the same set reloads; a
+        new set loads first, and the old one is retired `serving.retire_after_s` later (other servers' manifests
+        are at most MANIFEST_TTL_S old). A replaced set never becomes current again: every reshard names a new one."""
+        if _key(old) == _key(new):
+            await asyncio.gather(*(s.reload.remote() for s in self.live(new)))
+        else:
+            await self.handles(new)
+        if ready is not None:
+            ready(new)
+        if _key(old) != _key(new):
+            await asyncio.sleep(self.settings.serving.retire_after_s)
+            self.retire(old)
+
+    def sync_blocking(self, new: Manifest) -> None:
+        """For jobs (no event loop, any machine of the cluster): reload the live actors of the published set."""
+        if ray.is_initialized():
+            ray.get([s.reload.remote() for s in self.live(new)])
+
+    def retire(self, manifest: Manifest) -> None:
+        for handle in self.live(manifest):
+            ray.kill(handle)
+        self._handles.pop(_key(manifest), None)
+        log.info("retired shard set %s of %s", _key(manifest), self.collection)
+
+    async def drop(self) -> None:
+        """The collection was deleted: live actors unload (they find no manifest) and the handles go."""
+        for held in self._handles.values():
+            await asyncio.gather(*(h.reload.remote() for h in held.values()))
+        self._handles.clear()

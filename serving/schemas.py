@@ -1,0 +1,186 @@
+"""The API's typed boundary: every request body and response, and the error envelope, as pydantic models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable, machine-readable: NO_FACE_IN_PROBE, THRESHOLD_BELOW_FLOOR, ...")
+    message: str = Field(description="For people")
+    model_config = {"extra": "allow"}  # details of some errors, e.g. the floor of THRESHOLD_BELOW_FLOOR
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+
+
+class FaceDetail(BaseModel):
+    """A face found in an uploaded photo."""
+
+    bbox: list[float] = Field(description="x1, y1, x2, y2 in pixels of the upright image")
+    landmarks: list[list[float]] = Field(description="Eyes, nose, mouth corners: 5 (x, y) points")
+    confidence: float
+    quality: dict[str, float]
+    skip_reasons: list[str] = Field(description="Why the face was not used; empty for a used face")
+
+
+class Match(BaseModel):
+    face_id: str
+    external_image_id: str | None
+    source: str | None = Field(description="The object the face was indexed from")
+    bbox: list[float]
+    similarity: float
+    estimated_false_match_rate: float = Field(description="Per comparison, from the model's calibration")
+    expected_false_matches_in_collection: float
+    shard: int
+
+
+class Threshold(BaseModel):
+    requested: float | str | None
+    applied: float
+    floor: float
+    max_false_match_rate: float
+
+
+class SearchedFace(BaseModel):
+    searched_face: FaceDetail
+    matches: list[Match]
+
+
+class VectorAnswer(BaseModel):
+    collection: str
+    model_id: str
+    matches: list[Match]
+    threshold: Threshold
+    collection_faces: int
+    partial: bool = Field(description="True when a shard did not answer in time: the answer may miss matches")
+    missing_shards: list[int]
+    purpose: str | None
+    case_id: str | None
+    notice: str
+
+
+class SearchAnswer(VectorAnswer):
+    searched_face: FaceDetail
+    other_faces: list[SearchedFace] = Field(description="With max_faces > 1: the probe's other faces, searched")
+    unsearched_faces: list[FaceDetail]
+
+
+class CompareAnswer(BaseModel):
+    model_id: str
+    similarity: float
+    estimated_false_match_rate: float
+    source_face: FaceDetail
+    target_face: FaceDetail
+    purpose: str | None
+    case_id: str | None
+    notice: str
+
+
+class DetectAnswer(BaseModel):
+    width: int
+    height: int
+    faces: list[FaceDetail]
+
+
+class CollectionInfo(BaseModel):
+    """A collection as published (its record files left out)."""
+
+    name: str
+    model_id: str
+    model_sha256: str
+    dim: int
+    metric: str
+    index_spec: str
+    built_spec: str | None
+    shard_count: int
+    shard_set: int
+    max_false_match_rate: float
+    version: int
+    created_at: str
+    updated_at: str | None
+    face_count: int
+    shards: dict[str, str]
+    extended_from: int | None
+    trained: dict[str, Any] | None
+
+
+class CollectionDescription(CollectionInfo):
+    threshold_floor_similarity: float
+    errors_by_reason: dict[str, int]
+
+
+class CollectionList(BaseModel):
+    collections: list[str]
+
+
+class CollectionDeleted(BaseModel):
+    collection: str
+    deleted_objects: int
+
+
+class FaceRecord(BaseModel):
+    face_id: str
+    external_image_id: str | None
+    source_key: str | None = Field(description="The source object's location (the store's URI and its key)")
+    source_etag: str | None
+    bbox: list[float]
+    confidence: float
+    quality: dict[str, float]
+    indexed_at: str | None
+
+
+class FacePage(BaseModel):
+    collection: str
+    total: int
+    offset: int
+    limit: int
+    faces: list[FaceRecord]
+    next_offset: int | None
+
+
+class FacesDeleted(BaseModel):
+    deleted_faces: list[str]
+    unknown_face_ids: list[str]
+    collection_faces: int
+
+
+class AuditPage(BaseModel):
+    records: list[dict[str, Any]]
+    total: int
+    truncated: bool
+
+
+class CreateCollection(BaseModel):
+    name: str
+    shards: int = Field(default=4, ge=1, le=1024)
+    max_false_match_rate: float = Field(default=1e-5, gt=0, lt=1)
+    index_spec: str = "auto"
+    model: str | None = Field(default=None, description="Embedding model: sface-2021dec (default) or dlib-resnet-v1")
+
+
+class RebuildCollection(BaseModel):
+    shards: int | None = Field(default=None, ge=1, le=1024)
+    index_spec: str | None = None
+    retrain: bool = False
+
+
+class VectorSearch(BaseModel):
+    vector: list[float]
+    model_id: str | None = Field(
+        default=None, description="The model that made the vector; refused unless the collection's"
+    )
+    purpose: str | None = None
+    case_id: str | None = None
+    threshold: float | None = None
+    max_results: int = 10
+    nprobe: int | None = None
+    ef_search: int | None = None
+
+
+class DeleteFaces(BaseModel):
+    face_ids: list[str] = []
+    external_image_ids: list[str] = []

@@ -1,0 +1,115 @@
+"""What every use case works with: settings, the store, keys, collections, models, shard sets and the pools."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+import ray
+
+from cluster.access import KeyStore
+from cluster.index_spec import SearchKnobs
+from cluster.manifest import Collections, Manifest
+from cluster.models.registry import ModelRegistry
+from cluster.publish import Publisher
+from cluster.raycluster import ensure_ray
+from cluster.settings import Settings
+from cluster.shardset import MANIFEST_TTL_S, ShardSet
+from cluster.storage import open_store
+from serving.batcher import MicroBatcher
+from serving.fanout import FanOutResult, fan_out
+from serving.models import EmbeddingModels
+from serving.usecases.failures import unwrap
+
+T = TypeVar("T")
+# Publishes (rebuilds, erasure) run as Ray tasks: minutes of every core, off the API process's threads.
+PUBLISH_TASK_CPUS = 1
+
+
+def _in_task(settings: Settings, work: Callable[[Publisher], Any]) -> Any:
+    return work(Publisher(Collections(open_store(settings.store, settings))))
+
+
+class Context:
+    """One per process (the API server, a CLI command, an index job); use case modules take it first.
+
+    `accountable=False` exists only for benchmarks that measure what auth and audit cost; no setting reaches it.
+    """
+
+    def __init__(self, settings: Settings, accountable: bool = True) -> None:
+        self.store = open_store(settings.store, settings)
+        # Absolute: Ray tasks and actors run in other working directories.
+        self.settings = settings.model_copy(update={"store": self.store.uri})
+        self.accountable = accountable
+        self.keys = KeyStore(self.store)
+        self.collections = Collections(self.store)
+        self.registry = ModelRegistry(settings.model_dir)
+        self.models = EmbeddingModels(settings, self.registry)
+        # Model inference releases the GIL; two threads keep the event loop free on a two-core machine.
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="facegrid-work")
+        # Fan-outs only wait on shards: many may be in flight, and none should queue behind a probe's embedding.
+        self.fanout_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="facegrid-fanout")
+        self._manifests: dict[str, tuple[float, Manifest]] = {}
+        self._shard_sets: dict[str, ShardSet] = {}
+        self._batchers: dict[str, tuple[dict[int, Any], MicroBatcher]] = {}
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False)
+        self.fanout_executor.shutdown(wait=False)
+
+    def manifest(self, name: str, fresh: bool = False) -> Manifest:
+        """The collection's manifest, at most MANIFEST_TTL_S old unless `fresh`."""
+        cached = self._manifests.get(name)
+        if not fresh and cached and time.monotonic() - cached[0] < MANIFEST_TTL_S:
+            return cached[1]
+        return self.remember(self.collections.get(name))
+
+    def remember(self, manifest: Manifest) -> Manifest:
+        self._manifests[manifest.name] = (time.monotonic(), manifest)
+        return manifest
+
+    def forget(self, name: str) -> None:
+        self._manifests.pop(name, None)
+
+    def shards(self, name: str) -> ShardSet:
+        if name not in self._shard_sets:
+            self._shard_sets[name] = ShardSet(self.settings, name)
+        return self._shard_sets[name]
+
+    def batcher(self, name: str, handles: dict[int, Any]) -> MicroBatcher:
+        """The collection's micro-batcher over these shard handles (a new one after a reshard)."""
+        held = self._batchers.get(name)
+        if held is None or held[0] is not handles:
+            serving = self.settings.serving
+            timeout = serving.shard_timeout_s
+
+            async def run(queries: np.ndarray, k: int, knobs: SearchKnobs) -> FanOutResult:
+                return await fan_out(handles, queries, k, timeout, self.fanout_executor, knobs)
+
+            window_s = serving.batch_window_ms / 1000
+            held = (handles, MicroBatcher(run, serving.batch_in_flight, serving.max_batch, window_s))
+            self._batchers[name] = held
+        return held[1]
+
+    async def in_thread(self, work: Callable[..., T], *args: Any) -> T:
+        """Short blocking work (decode, embed, an audit read) on the service's own threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, work, *args)
+
+    async def in_own_thread(self, work: Callable[..., T], *args: Any) -> T:
+        """Long blocking work that drives the cluster (an index job): a thread of its own."""
+        return await asyncio.to_thread(work, *args)
+
+    async def publish_task(self, work: Callable[[Publisher], T]) -> T:
+        """A publish (rebuild, erasure) as a Ray task over the same store: it uses every core for minutes, so
+        not the API process's threads. Errors come back as the ones raised inside."""
+        ensure_ray()
+        task = ray.remote(_in_task).options(num_cpus=PUBLISH_TASK_CPUS, max_retries=0)
+        try:
+            result: T = await task.remote(self.settings, work)
+        except Exception as exc:
+            raise unwrap(exc) from None
+        return result

@@ -1,0 +1,49 @@
+"""A collection's faces: list them, erase them."""
+
+from __future__ import annotations
+
+from cluster.access import Action, Caller, authorize
+from cluster.errors import InvalidRequest
+from serving import render
+from serving.schemas import FacePage, FacesDeleted
+from serving.usecases.audited import audited
+from serving.usecases.context import Context
+
+LISTED = ["face_id", "external_image_id", "source_key", "source_etag", "bbox", "confidence", "quality", "indexed_at"]
+
+
+def page(ctx: Context, caller: Caller, collection: str, limit: int, offset: int) -> FacePage:
+    authorize(caller, Action.FACES_READ, collection)
+    if not 1 <= limit <= 1000 or offset < 0:
+        raise InvalidRequest("limit must be 1-1000 and offset non-negative")
+    manifest = ctx.manifest(collection, fresh=True)
+    table = ctx.collections.faces(manifest, LISTED).sort_by("face_id")
+    return FacePage(
+        collection=collection,
+        total=table.num_rows,
+        offset=offset,
+        limit=limit,
+        faces=[render.face_record(r) for r in table.slice(offset, limit).to_pylist()],
+        next_offset=offset + limit if offset + limit < table.num_rows else None,
+    )
+
+
+async def erase(
+    ctx: Context, caller: Caller, collection: str, face_ids: list[str], external_ids: list[str]
+) -> FacesDeleted:
+    """Real erasure: the records are rewritten and the snapshots rebuilt without the faces (a Ray task)."""
+    fields = {"face_ids": face_ids, "external_ids": external_ids}
+    async with audited(ctx, caller, "delete-faces", collection, **fields) as entry:
+        authorize(caller, Action.FACES_DELETE, collection)
+        if not face_ids and not external_ids:
+            raise InvalidRequest("give face_ids or external_image_ids to delete")
+        manifest = ctx.manifest(collection, fresh=True)
+        wanted, named = set(face_ids), set(external_ids)
+        published, erased = await ctx.publish_task(lambda p: p.erase_faces(manifest, wanted, named))
+        entry["deleted_faces"] = erased
+        ctx.forget(collection)
+        if erased:
+            await ctx.shards(collection).sync(published, published)
+    return FacesDeleted(
+        deleted_faces=erased, unknown_face_ids=sorted(wanted - set(erased)), collection_faces=published.face_count
+    )

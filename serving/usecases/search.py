@@ -1,0 +1,109 @@
+"""Searching a collection: by probe photo or by vector; the checks every search passes, and what it records."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from cluster.access import Action, Caller, authorize
+from cluster.errors import InvalidRequest, ModelMismatch, NoFaceInProbe, ShardsUnavailable
+from cluster.index_spec import SearchKnobs
+from cluster.manifest import Manifest
+from serving import render
+from serving.fanout import Hit
+from serving.schemas import Match, SearchAnswer, SearchedFace, VectorAnswer
+from serving.usecases.audited import audited
+from serving.usecases.context import Context
+from serving.usecases.images import probe_faces
+from serving.usecases.policy import SearchRequest, check_purpose
+
+
+def _prepare(ctx: Context, caller: Caller, collection: str, request: SearchRequest) -> tuple[Manifest, dict[str, Any]]:
+    """The checks every search passes before any work: role, purpose, case id, limits, collection, floor."""
+    authorize(caller, Action.SEARCH, collection)
+    check_purpose(ctx, request.purpose, request.case_id)
+    request.check(ctx.settings.serving.max_results)
+    manifest = ctx.manifest(collection)
+    return manifest, ctx.models.applied_threshold(manifest, request.threshold)
+
+
+def _matches(ctx: Context, hits: list[Hit], manifest: Manifest, threshold: float) -> list[Match]:
+    kept = [h for h in hits if h.similarity >= threshold]
+    rates = ctx.models.false_match_rates(manifest.model_id, np.array([h.similarity for h in kept]))
+    return [render.match(h, float(r), manifest) for h, r in zip(kept, rates, strict=True)]
+
+
+async def search_vectors(
+    ctx: Context, manifest: Manifest, vectors: np.ndarray, k: int, threshold: float, knobs: SearchKnobs | None = None
+) -> tuple[list[list[Match]], list[int]]:
+    """Fan the vectors out over the collection's shards; matches above `threshold` per vector, missing shards."""
+    handles = await ctx.shards(manifest.name).handles(manifest)
+    result = await ctx.batcher(manifest.name, handles).search(vectors, k, knobs)
+    if handles and len(result.missing_shards) == len(handles):
+        raise ShardsUnavailable(f"none of the {len(handles)} shards of {manifest.name!r} answered; try again")
+    return [_matches(ctx, hits, manifest, threshold) for hits in result.hits], result.missing_shards
+
+
+def _record_results(entry: dict[str, Any], answer: VectorAnswer, searched: list[list[Match]]) -> None:
+    entry["threshold_applied"] = answer.threshold.applied
+    entry["partial"] = answer.partial
+    entry["results"] = [[{"face_id": m.face_id, "similarity": m.similarity} for m in face] for face in searched]
+
+
+async def search(ctx: Context, caller: Caller, collection: str, blob: bytes, request: SearchRequest) -> SearchAnswer:
+    """Search with the faces of a probe photo: the largest, or up to `request.max_faces` of them."""
+    fields = request.audit_fields(hashlib.sha256(blob).hexdigest())
+    async with audited(ctx, caller, "search", collection, **fields) as entry:
+        manifest, limits = _prepare(ctx, caller, collection, request)
+        probe = await probe_faces(ctx, blob, request.max_faces, manifest.model_id)
+        if not probe.faces:
+            skipped = [render.face_detail(f).model_dump() for f in probe.skipped]
+            raise NoFaceInProbe("no face was found in the probe image", skipped=skipped)
+        vectors = np.stack([f.embedding for f in probe.faces if f.embedding is not None])
+        matches, missing = await search_vectors(
+            ctx, manifest, vectors, request.max_results, limits["applied"], request.knobs
+        )
+        first = render.answer(manifest, limits, matches[0], missing, request.purpose, request.case_id)
+        result = SearchAnswer(
+            **dict(first),
+            searched_face=render.face_detail(probe.faces[0]),
+            other_faces=[
+                SearchedFace(searched_face=render.face_detail(f), matches=m)
+                for f, m in zip(probe.faces[1:], matches[1:], strict=True)
+            ],
+            unsearched_faces=[render.face_detail(f) for f in probe.skipped],
+        )
+        _record_results(entry, result, matches)
+    return result
+
+
+async def search_vector(
+    ctx: Context,
+    caller: Caller,
+    collection: str,
+    vector: list[float],
+    request: SearchRequest,
+    model_id: str | None = None,
+) -> VectorAnswer:
+    """Search with an embedding made elsewhere by the same model: the collection's model id, when the caller
+    names the vector's model, must match (vectors of two models can have the same length and mean nothing)."""
+    query = np.asarray(vector, dtype=np.float32)
+    fields = request.audit_fields(hashlib.sha256(query.tobytes()).hexdigest())
+    async with audited(ctx, caller, "search-vector", collection, **fields) as entry:
+        manifest, limits = _prepare(ctx, caller, collection, request)
+        if model_id is not None and model_id != manifest.model_id:
+            raise ModelMismatch(
+                f"the vector is a {model_id} embedding; collection {collection!r} holds {manifest.model_id} "
+                "embeddings, which cannot be compared with it"
+            )
+        norm = float(np.linalg.norm(query)) if query.ndim == 1 else 0.0
+        if query.shape != (manifest.dim,) or not np.isfinite(norm) or norm == 0:
+            raise InvalidRequest(f"vector must be {manifest.dim} finite numbers, not all zero")
+        matches, missing = await search_vectors(
+            ctx, manifest, (query / norm)[None], request.max_results, limits["applied"], request.knobs
+        )
+        result = render.answer(manifest, limits, matches[0], missing, request.purpose, request.case_id)
+        _record_results(entry, result, matches)
+    return result
