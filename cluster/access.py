@@ -52,6 +52,11 @@ class NotAuthenticated(FacegridError):
     status = 401
 
 
+class KeyNotFound(FacegridError):
+    code = "KEY_NOT_FOUND"
+    status = 404
+
+
 class Forbidden(FacegridError):
     code = "FORBIDDEN"
     status = 403
@@ -146,7 +151,7 @@ class KeyStore:
                 key.revoked_at = key.revoked_at or datetime.now(UTC).isoformat(timespec="seconds")
                 self._save(keys)
                 return key
-        raise InvalidRequest(f"no key {key_id!r}")
+        raise KeyNotFound(f"no key {key_id!r}")
 
     def authenticate(self, token: str | None) -> ApiKey:
         if not token:

@@ -58,7 +58,7 @@ class PurposeRequired(FacegridError):
 
 
 # Codes that mean "the system refused this search" (counted as refusals in the transparency report).
-REFUSAL_CODES = frozenset({"FORBIDDEN", "PURPOSE_REQUIRED", "THRESHOLD_BELOW_FLOOR"})
+REFUSAL_CODES = frozenset({"NOT_AUTHENTICATED", "FORBIDDEN", "PURPOSE_REQUIRED", "THRESHOLD_BELOW_FLOOR"})
 
 
 class ShardsUnavailable(FacegridError):

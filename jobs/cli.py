@@ -218,6 +218,22 @@ def search(
         console.print(f"[yellow]partial answer: shards {result.missing_shards} did not answer[/yellow]")
 
 
+@app.command("compare")
+def compare(
+    source: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    target: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    purpose: Annotated[str, typer.Option(help="Why: one of the deployment's purposes.")],
+    case_id: Annotated[str, typer.Option(help="The case this comparison serves.")],
+    model: ModelOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compare the largest face of SOURCE with that of TARGET: the same code path as POST /v1/compare."""
+    from serving.usecases import images
+
+    a, b = source.read_bytes(), target.read_bytes()
+    emit(call(lambda s, c: images.compare(s, c, a, b, purpose=purpose, case_id=case_id, model=model)), as_json)
+
+
 @bench_app.command("search")
 def bench_search(
     faces: int = 100_000,

@@ -18,7 +18,7 @@ from cluster.errors import FacegridError
 from cluster.pipeline.errors import ImageError
 from cluster.settings import Settings, get_settings
 from cluster.storage import StorageError
-from serving.routes import audit, collections, faces, health, images
+from serving.routes import audit, collections, faces, health, images, keys
 from serving.usecases.context import Context
 from serving.usecases.failures import failure
 
@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
 
     app = FastAPI(title="facegrid", version="0.2.0", lifespan=lifespan)
     app.state.request_counts = Counter()
-    for router in (collections.router, faces.router, images.router, audit.router, health.router):
+    for router in (collections.router, faces.router, images.router, keys.router, audit.router, health.router):
         app.include_router(router)
 
     app.add_middleware(RequestCounter, counts=app.state.request_counts)

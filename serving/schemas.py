@@ -184,3 +184,28 @@ class VectorSearch(BaseModel):
 class DeleteFaces(BaseModel):
     face_ids: list[str] = []
     external_image_ids: list[str] = []
+
+
+class KeyInfo(BaseModel):
+    """An API key as shown: never its secret or the secret's hash."""
+
+    key_id: str
+    role: str
+    collections: list[str]
+    label: str
+    created_at: str
+    revoked_at: str | None
+
+
+class KeyCreated(KeyInfo):
+    token: str = Field(description="Shown once, now; only its sha256 is stored")
+
+
+class KeyList(BaseModel):
+    keys: list[KeyInfo]
+
+
+class CreateKey(BaseModel):
+    role: str = Field(description="admin, indexer, searcher or auditor")
+    collections: list[str] | None = Field(default=None, description="Grant only these collections (default: all)")
+    label: str = ""

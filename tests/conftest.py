@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import ray
 
 # Before anything imports Ray: the tests' local clusters bind 127.0.0.1 only.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -22,6 +24,16 @@ def lfw_images() -> Path:
     if not images.is_dir():
         pytest.skip(f"lfw-dev photos not found at {images}: set FACEGRID_LFW_DEV to the lfw-dev folder")
     return images
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """One local Ray per test module (127.0.0.1 only), in the namespace our actors use."""
+    ray.init(num_cpus=2, include_dashboard=False, namespace="facegrid", log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +80,10 @@ def lfw_photos(images: Path, people: int, per_person: int = 1) -> list[Path]:
             if len(found) >= people * per_person:
                 break
     return found
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that read lfw-dev are marked `lfw` (select or deselect them with -m)."""
+    for item in items:
+        if "lfw_images" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.lfw)

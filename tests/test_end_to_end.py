@@ -26,6 +26,8 @@ from serving.usecases.context import Context
 from tests.factories import index
 from tests.s3server import ACCESS_KEY, SECRET_KEY, s3_server
 
+pytestmark = pytest.mark.slow
+
 PEOPLE = 40
 INDEXED_PER_PERSON = 8
 PROBED_PEOPLE = 20

@@ -19,16 +19,18 @@ def _claimed_key(token: str | None) -> str | None:
 
 
 async def authenticate(ctx: Context, token: str | None, client: str, method: str, route: str) -> Caller:
-    """The caller behind a token. A missing, malformed, unknown or revoked key is refused and recorded: every
-    refusal is counted, whoever sends it."""
-    if ctx.keys.fresh():
-        try:
-            return ctx.keys.authenticate(token).caller(client)  # no I/O: the keys were read under a second ago
-        except Exception:
-            pass  # recorded below, on the same path as a check that read the keys
-    fields = {"method": method, "route": route, "claimed_key": _claimed_key(token), "from": client}
-    async with audited(ctx, None, "authenticate", None, **fields):
-        key = await run_in_threadpool(ctx.keys.authenticate, token)
+    """The caller behind a token. A missing, malformed, unknown or revoked key is refused and recorded (so is a
+    check that could not read the keys): every refusal is counted, whoever sends it; accepted keys are not
+    recorded here, the action they go on to is."""
+    try:
+        if ctx.keys.fresh():
+            key = ctx.keys.authenticate(token)  # no I/O: the keys were read under a second ago
+        else:
+            key = await run_in_threadpool(ctx.keys.authenticate, token)
+    except Exception as exc:
+        fields = {"method": method, "route": route, "claimed_key": _claimed_key(token), "from": client}
+        async with audited(ctx, None, "authenticate", None, **fields):
+            raise exc from None
     return key.caller(client)
 
 

@@ -119,9 +119,12 @@ def test_refusals_are_audited(world: dict[str, Any]) -> None:
     assert loose.status_code == 403 and loose.json()["error"]["code"] == "THRESHOLD_BELOW_FLOOR"
     floor = service.models.floor_similarity(DEFAULT_EMBEDDER, 1e-4)
     assert f"{floor:.4f}" in loose.json()["error"]["message"] and loose.json()["error"]["floor"] == round(floor, 6)
-    refused = [r for r in read_records(service.store) if r.get("outcome") == "refused"]
+    records = read_records(service.store)
+    refused = [r for r in records if r.get("outcome") == "refused" and r["action"] != "authenticate"]
     assert {r["code"] for r in refused} >= {"PURPOSE_REQUIRED", "THRESHOLD_BELOW_FLOOR", "FORBIDDEN"}
     assert all(r["key_id"] and r["role"] and r["client"] == "127.0.0.1" for r in refused)
+    unknown = [r for r in records if r["action"] == "authenticate"]  # the matrix's anonymous and revoked calls
+    assert unknown and all(r["outcome"] == "refused" and r["key_id"] is None for r in unknown)
     assert report["refused_searches"] >= 4 and report["searches"] >= 1
     assert "system-test" in report["searches_by_purpose"] and "case_id" not in str(report)
     assert verify(service.store)["ok"]

@@ -25,6 +25,8 @@ from serving.usecases.context import Context
 from serving.usecases.policy import SearchRequest
 from tests.factories import index
 
+pytestmark = pytest.mark.slow
+
 PEOPLE = 6
 INDEXED = 3
 COLLECTIONS = {"faces-sface": SFACE_ID, "faces-dlib": DLIB_ID}

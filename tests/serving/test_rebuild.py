@@ -29,6 +29,8 @@ from cluster.storage import LocalStore
 from jobs.bench_search import BENCH_MAX_FALSE_MATCH_RATE
 from tests.factories import PER_IDENTITY, records
 
+pytestmark = pytest.mark.slow
+
 IDENTITIES = 800
 FACES = IDENTITIES * PER_IDENTITY
 PROBES = 40
