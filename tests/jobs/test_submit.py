@@ -1,0 +1,73 @@
+"""A job submitted to a Ray head through the Job Submission API receives the whole index request and the
+submitter's settings: `--external-image-id basename` reaches the job's records, and so do the submitter's own
+settings (a pixel limit no photo passes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ray.cluster_utils import Cluster
+
+from cluster.embedder import IndexRequest
+from cluster.manifest import Collections
+from cluster.settings import Settings
+from cluster.storage import LocalStore
+from jobs.submit import submit_index
+from tests.conftest import lfw_photos
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> Iterator[str]:
+    """A Ray head with its dashboard (the Job Submission API) on 127.0.0.1; its jobs find our `facegrid`."""
+    saved = dict(os.environ)
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    port = _free_port()
+    head = {"num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        cluster.shutdown()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_a_submitted_job_gets_the_whole_request(
+    dashboard: str, model_dir: Path, lfw_images: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "photos"
+    for photo in lfw_photos(lfw_images, people=3):
+        (source / photo.parent.name).mkdir(parents=True, exist_ok=True)
+        (source / photo.parent.name / photo.name).write_bytes(photo.read_bytes())
+    settings = Settings(model_dir=model_dir, store=str(tmp_path / "store"))
+    request = IndexRequest(collection="submitted", source=str(source), external_image_id="basename", shards=2)
+    result = submit_index(dashboard, settings, request, wait=True)
+    assert result["status"] == "SUCCEEDED", result["logs_tail"]
+    summary = json.loads(result["logs_tail"].strip().splitlines()[-1])
+    assert summary["images"] == 3 and summary["faces"] >= 2
+    collections = Collections(LocalStore(tmp_path / "store"))
+    manifest = collections.get("submitted")
+    assert manifest.shard_count == 2
+    names = collections.faces(manifest, ["external_image_id"]).column("external_image_id").to_pylist()
+    assert names and all("/" not in n and n.endswith(".jpg") for n in names)
+
+    strict = settings.model_copy(update={"max_image_pixels": 1000})  # known to the job only through the submitter
+    other = request.model_copy(update={"collection": "strict"})
+    result = submit_index(dashboard, strict, other, wait=True)
+    summary = json.loads(result["logs_tail"].strip().splitlines()[-1])
+    assert summary["faces"] == 0 and summary["errors_by_reason"] == {"IMAGE_TOO_LARGE": 3}, summary
