@@ -132,8 +132,14 @@ def test_refusals_are_audited(world: dict[str, Any]) -> None:
 
 def test_search_record_holds_what_the_issue_lists(world: dict[str, Any]) -> None:
     service: Context = world["service"]
+    headers = {"X-API-Key": world["tokens"]["searcher"]}
+    with httpx.Client(base_url=world["url"], headers=headers, timeout=60) as client:
+        data = {**SEARCH, "case_id": "RECORD-1"}
+        answer = client.post("/v1/collections/alpha/search", files={"image": ("p.jpg", world["photo"])}, data=data)
+    assert answer.status_code == 200, answer.text
     ok = [r for r in read_records(service.store) if r.get("action") == "search" and r.get("outcome") == "ok"]
     record = ok[-1]
+    assert record["case_id"] == "RECORD-1"
     for field in (
         "time",
         "key_id",

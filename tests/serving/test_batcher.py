@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
 
 import faiss
 import numpy as np
-import pytest
 
 from cluster.index_spec import SearchKnobs
-from cluster.shardset import SHARD_CPUS, shard_options
 from serving.batcher import MicroBatcher
 from serving.fanout import FanOutResult, merge
 
@@ -101,30 +98,38 @@ def test_a_failed_fan_out_fails_its_queries_only() -> None:
     assert all(isinstance(r, FanOutResult) for r in results[1:])
 
 
-@pytest.mark.parametrize(("gpus", "shards", "share"), [(0, 4, None), (1, 4, 0.25), (2, 4, 0.5), (8, 4, 1.0)])
-def test_shards_ask_for_a_gpu_share_only_where_the_cluster_has_gpus(gpus: int, shards: int, share: float) -> None:
-    options = shard_options(gpus, shards)
-    assert options["num_cpus"] == SHARD_CPUS and options.get("num_gpus") == share
+class GatedShards(Shards):
+    """Shards whose fan-outs wait for the test to open a gate: batches depend on order, not on timing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: asyncio.Event | None = None
+
+    async def run(self, queries: np.ndarray, k: int, knobs: SearchKnobs) -> FanOutResult:
+        if self.gate is not None:
+            await self.gate.wait()
+        return await super().run(queries, k, knobs)
 
 
 def test_a_window_gathers_more_under_load_only() -> None:
-    shards = Shards()
-    batcher = MicroBatcher(shards.run, in_flight=1, window_s=0.05)
+    shards = GatedShards()
+    window_s = 1.0  # long, so that a loaded machine cannot miss it: the late queries come microseconds after
+    batcher = MicroBatcher(shards.run, in_flight=1, window_s=window_s)
 
-    async def waves() -> None:
+    async def waves() -> float:
+        began = time.perf_counter()
         await batcher.search(shards.vectors[:1], 3)  # alone: goes at once, no window
+        alone_s = time.perf_counter() - began
+        shards.gate = asyncio.Event()
         first = asyncio.ensure_future(batcher.search(shards.vectors[:1], 3))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # its fan-out starts and waits at the gate
         early = [asyncio.ensure_future(batcher.search(shards.vectors[i : i + 1], 3)) for i in range(5)]
-        await asyncio.sleep(0.04)  # after the fan-out ahead returns, inside the window
+        await asyncio.sleep(0)
+        shards.gate.set()
+        await first  # the fan-out ahead has returned: the window opens now
         late = [asyncio.ensure_future(batcher.search(shards.vectors[i : i + 1], 3)) for i in range(5)]
-        await asyncio.gather(first, *early, *late)
+        await asyncio.gather(*early, *late)
+        return alone_s
 
-    began = asyncio.run(_timed(waves()))
-    assert [n for n, _ in shards.calls] == [1, 1, 10] and began < 1.0
-
-
-async def _timed(work: Awaitable[None]) -> float:
-    began = time.perf_counter()
-    await work
-    return time.perf_counter() - began
+    alone_s = asyncio.run(waves())
+    assert [n for n, _ in shards.calls] == [1, 1, 10] and alone_s < window_s

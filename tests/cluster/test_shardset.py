@@ -1,0 +1,39 @@
+"""Shard sets: named by the manifest's shard set, so a reshard back to an old count never meets retired actors;
+a GPU share only where the cluster has GPUs; a reshard starts a new set, other publishes keep it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cluster.manifest import Collections, Manifest
+from cluster.publish import Publisher
+from cluster.shardset import SHARD_CPUS, shard_name, shard_options
+from cluster.storage import LocalStore
+from tests.factories import clustered_vectors, records
+
+
+@pytest.mark.parametrize(("gpus", "shards", "share"), [(0, 4, None), (1, 4, 0.25), (2, 4, 0.5), (8, 4, 1.0)])
+def test_shards_ask_for_a_gpu_share_only_where_the_cluster_has_gpus(gpus: int, shards: int, share: float) -> None:
+    options = shard_options(gpus, shards)
+    assert options["num_cpus"] == SHARD_CPUS and options.get("num_gpus") == share
+
+
+def test_a_reshard_names_a_new_set_and_other_publishes_keep_it(tmp_path: Path) -> None:
+    collections = Collections(LocalStore(tmp_path))
+    publisher = Publisher(collections)
+    manifest = collections.create(Manifest(name="s", model_id="dlib-resnet-v1", model_sha256="x", shard_count=4))
+    vectors, _ = clustered_vectors(200, 128)
+    collections.store.put_parquet("collections/s/faces/a.parquet", records(vectors[:100]))
+    collections.store.put_parquet("collections/s/faces/b.parquet", records(vectors[100:], 100))
+    first = publisher.publish(manifest, ["collections/s/faces/a.parquet"])
+    grown = publisher.publish(first, ["collections/s/faces/b.parquet"])
+    assert first.shard_set == grown.shard_set == manifest.shard_set  # same actors, reloaded
+    six = publisher.rebuild(grown, shard_count=6)
+    four = publisher.rebuild(six, shard_count=4)
+    retrained = publisher.rebuild(four, retrain=True)
+    assert len({grown.shard_set, six.shard_set, four.shard_set}) == 3 and retrained.shard_set == four.shard_set
+    names = [shard_name("s", 0, m) for m in (grown, six, four)]
+    assert len(set(names)) == 3 and names[0].startswith("shard:s:0/4@") and names[2].startswith("shard:s:0/4@")
+    assert four.face_count == 200 and len(four.shards) == 4
