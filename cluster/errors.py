@@ -53,8 +53,10 @@ class ModelMismatch(FacegridError):
     status = 409
 
 
-class PurposeRequired(FacegridError):
-    code = "PURPOSE_REQUIRED"
+class PurposeRefused(FacegridError):
+    """No purpose, one the deployment does not allow, or no case id: the search is refused before any work."""
+
+    code = "PURPOSE_REQUIRED"  # the stable code, kept since the first release
 
 
 # Codes that mean "the system refused this search" (counted as refusals in the transparency report).

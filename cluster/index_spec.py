@@ -18,10 +18,11 @@ from cluster.errors import InvalidRequest
 AUTO = "auto"
 _SPEC = re.compile(r"^(?:Flat|HNSW(?P<m>\d+)|IVF(?P<nlist>\d+),(?:SQ8|PQ(?P<pq>\d+)))$")
 # Per shard. Flat search of 200k x 128 takes about 2 ms on one core here; beyond that IVF with 8-bit codes (136
-# bytes a face with its id) and exact re-ranking. Measured on vectors fitted to lfw-dev, 250k faces a shard: IVF1024
-# visiting a quarter of its lists finds 99.8% of what exact search puts in a shard's top 10 in 1.5 ms, where HNSW32
-# needs a breadth of 256 for 99.4% in the same time, ten times the build time and ~800 bytes a face. HNSW remains
-# available by name.
+# bytes a face with its id) and exact re-ranking. Measured (README, "Chosen by measurement") on vectors fitted to
+# dlib's lfw-dev embeddings, 250k faces a shard: IVF1024 visiting a quarter of its lists finds 99.6% of what exact
+# search puts in a shard's top 10 in 1.3 ms, where HNSW32 needs a breadth of 256 for 99.4% in 1.5 ms, builds 20x
+# slower and holds ~800 bytes a face. SFace's embeddings spread wider: its share of lists is half (the registry's
+# ivf_probe_fraction). HNSW remains available by name.
 FLAT_LIMIT = 200_000
 # FAISS wants 39 to 256 training points per inverted list; 64 trains 4096 lists in about 30 s on two cores.
 TRAIN_POINTS_PER_LIST = 64
@@ -32,7 +33,7 @@ MAX_LISTS = 65_536
 # FAISS trains 8-bit PQ on at least 256 points; shards are a hash split, so leave room for uneven ones.
 PQ_MIN_FACES = 1024
 # FAISS's default breadth (16) is tuned for speed: at 250k faces a shard it finds 89% of a shard's exact top 10
-# at 64, 97% at 128, 99.4% at 256 (vectors fitted to lfw-dev).
+# at 64, 97% at 128, 99.4% at 256 (vectors fitted to dlib's lfw-dev embeddings; SFace's: 99.8% at 64).
 HNSW_EF_SEARCH = 128
 # Compressed codes only shortlist: the best k * factor are re-scored with the exact stored vectors. Product
 # quantisation ranks coarser than 8-bit scalar codes, so it shortlists more.

@@ -17,6 +17,8 @@ FACE_SCHEMA = pa.schema(
         ("face_id", pa.string()),
         ("faiss_id", pa.int64()),
         ("external_image_id", pa.string()),
+        # The object's location: the source's URI joined with its key (a URI, despite the column's name, which
+        # stored records have carried since the first release; the API calls it `source`).
         ("source_key", pa.string()),
         ("source_etag", pa.string()),
         ("face_index", pa.int32()),

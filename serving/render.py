@@ -71,7 +71,7 @@ def face_record(record: dict[str, Any]) -> FaceRecord:
     return FaceRecord(
         face_id=record["face_id"],
         external_image_id=record.get("external_image_id"),
-        source_key=record.get("source_key"),
+        source=record.get("source_key"),
         source_etag=record.get("source_etag"),
         bbox=list(record.get("bbox") or []),
         confidence=float(record.get("confidence") or 0.0),

@@ -125,7 +125,7 @@ class CollectionDeleted(BaseModel):
 class FaceRecord(BaseModel):
     face_id: str
     external_image_id: str | None
-    source_key: str | None = Field(description="The source object's location (the store's URI and its key)")
+    source: str | None = Field(description="The object the face was indexed from: the source's URI and its key")
     source_etag: str | None
     bbox: list[float]
     confidence: float

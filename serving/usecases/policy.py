@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.errors import InvalidRequest, PurposeRequired
+from cluster.errors import InvalidRequest, PurposeRefused
 from cluster.index_spec import SearchKnobs
 from serving.usecases.audited import MAX_CASE_ID, MAX_PURPOSE, as_json_number, clipped
 from serving.usecases.context import Context
@@ -48,10 +48,10 @@ class SearchRequest:
 def check_purpose(ctx: Context, purpose: str | None, case_id: str | None) -> None:
     purposes = ctx.settings.serving.purposes
     if not purpose:
-        raise PurposeRequired(f"a purpose is required; one of {purposes}")
+        raise PurposeRefused(f"a purpose is required; one of {purposes}")
     if purpose not in purposes:
-        raise PurposeRequired(f"purpose {clipped(purpose, MAX_PURPOSE)!r} is not allowed here; one of {purposes}")
+        raise PurposeRefused(f"purpose {clipped(purpose, MAX_PURPOSE)!r} is not allowed here; one of {purposes}")
     if not case_id or not case_id.strip():
-        raise PurposeRequired("a case_id is required: the reference of the case this search serves")
+        raise PurposeRefused("a case_id is required: the reference of the case this search serves")
     if len(case_id) > MAX_CASE_ID:
         raise InvalidRequest(f"case_id is {len(case_id)} characters; at most {MAX_CASE_ID}")
