@@ -36,6 +36,15 @@ def local_ray() -> Iterator[None]:
         ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3-protocol server (rclone) on 127.0.0.1 for the module; its host:port."""
+    from tests.s3server import s3_server
+
+    with s3_server(tmp_path_factory.mktemp("s3")) as address:
+        yield address
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shared = os.environ.get("FACEGRID_TEST_MODEL_DIR")

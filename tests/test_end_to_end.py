@@ -24,7 +24,7 @@ from serving.threaded import serve_in_thread
 from serving.usecases import collections, search
 from serving.usecases.context import Context
 from tests.factories import index
-from tests.s3server import ACCESS_KEY, SECRET_KEY, s3_server
+from tests.s3server import ACCESS_KEY, SECRET_KEY
 
 pytestmark = pytest.mark.slow
 
@@ -47,43 +47,38 @@ def _people(images: Path) -> list[tuple[str, list[Path]]]:
 
 
 @pytest.fixture(scope="module")
-def world(lfw_images: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def world(lfw_images: Path, model_dir: Path, s3_endpoint: str, local_ray: None) -> Iterator[dict[str, Any]]:
     people = _people(lfw_images)
-    with s3_server(tmp_path_factory.mktemp("s3")) as endpoint:
-        settings = Settings(
-            model_dir=model_dir,
-            store="s3://facegrid-store",
-            s3_endpoint=endpoint,
-            s3_access_key=ACCESS_KEY,
-            s3_secret_key=SECRET_KEY,
-        )
-        store, photos = open_store("s3://facegrid-store", settings), open_store("s3://photos/lfw", settings)
-        assert isinstance(store, S3Store) and isinstance(photos, S3Store)
-        store.ensure_bucket()
-        photos.ensure_bucket()
-        probes = {}
-        for name, files in people:
-            probes[name] = files[0].read_bytes()  # held out: never indexed
-            for path in files[1:]:
-                photos.put(f"{name}/{path.name}", path.read_bytes())
-        ray.init(num_cpus=2, include_dashboard=False, namespace="facegrid", log_to_driver=False)
-        try:
-            service = Context(settings)
-            # The defaults a new user gets: SFace, and the floor of 1e-5 false matches per comparison.
-            asyncio.run(collections.create(service, local_operator(), COLLECTION, 4, 1e-5))
-            token = service.keys.create(Role.ADMIN, label="e2e")[1]
-            summary = index(service, COLLECTION, "s3://photos/lfw", quality_filter=QualityFilter.NONE)
-            with serve_in_thread(service) as url:
-                yield {
-                    "settings": settings,
-                    "service": service,
-                    "summary": summary,
-                    "probes": probes,
-                    "people": people,
-                    "client": httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {token}"}),
-                }
-        finally:
-            ray.shutdown()
+    settings = Settings(
+        model_dir=model_dir,
+        store="s3://facegrid-store",
+        s3_endpoint=s3_endpoint,
+        s3_access_key=ACCESS_KEY,
+        s3_secret_key=SECRET_KEY,
+    )
+    store, photos = open_store("s3://facegrid-store", settings), open_store("s3://photos/lfw", settings)
+    assert isinstance(store, S3Store) and isinstance(photos, S3Store)
+    store.ensure_bucket()
+    photos.ensure_bucket()
+    probes = {}
+    for name, files in people:
+        probes[name] = files[0].read_bytes()  # held out: never indexed
+        for path in files[1:]:
+            photos.put(f"{name}/{path.name}", path.read_bytes())
+    service = Context(settings)
+    # The defaults a new user gets: SFace, and the floor of 1e-5 false matches per comparison.
+    asyncio.run(collections.create(service, local_operator(), COLLECTION, 4, 1e-5))
+    token = service.keys.create(Role.ADMIN, label="e2e")[1]
+    summary = index(service, COLLECTION, "s3://photos/lfw", quality_filter=QualityFilter.NONE)
+    with serve_in_thread(service) as url:
+        yield {
+            "settings": settings,
+            "service": service,
+            "summary": summary,
+            "probes": probes,
+            "people": people,
+            "client": httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {token}"}),
+        }
 
 
 def _search(client: httpx.Client, probe: bytes, **fields: Any) -> httpx.Response:

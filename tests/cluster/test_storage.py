@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -10,13 +9,12 @@ import pytest
 
 from cluster.settings import Settings
 from cluster.storage import LocalStore, ObjectNotFound, ObjectStore, S3Store, StorageAuthError, StorageError, open_store
-from tests.s3server import ACCESS_KEY, SECRET_KEY, s3_server
+from tests.s3server import ACCESS_KEY, SECRET_KEY
 
 
 @pytest.fixture(scope="module")
-def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with s3_server(tmp_path_factory.mktemp("s3")) as address:
-        yield address
+def endpoint(s3_endpoint: str) -> str:
+    return s3_endpoint
 
 
 def _s3(endpoint: str, secret: str = SECRET_KEY) -> S3Store:

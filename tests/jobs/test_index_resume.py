@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray
 
 from cluster.access import local_operator
 from cluster.embedder import IndexRequest
@@ -23,13 +21,6 @@ from tests.factories import index
 
 class DriverCrash(Exception):
     """Stands in for the driver process dying after some partitions were done."""
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, namespace="facegrid", log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def _source(images: Path, target: Path) -> Path:

@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-import ray
 
 from cluster.access import Role, local_operator
 from cluster.audit import read_records, verify
@@ -27,21 +26,19 @@ Request = Callable[[httpx.Client, str], httpx.Response]
 
 
 @pytest.fixture(scope="module")
-def world(model_dir: Path, lfw_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def world(
+    model_dir: Path, lfw_images: Path, tmp_path_factory: pytest.TempPathFactory, local_ray: None
+) -> Iterator[dict[str, Any]]:
     settings = Settings(model_dir=model_dir, store=str(tmp_path_factory.mktemp("access-store")))
-    ray.init(num_cpus=2, include_dashboard=False, namespace="facegrid", log_to_driver=False)
-    try:
-        service = Context(settings)
-        for name in ("alpha", "beta"):
-            asyncio.run(collections.create(service, local_operator(), name, 2, 1e-4))
-        tokens = {role: service.keys.create(role)[1] for role in ROLES}
-        tokens["searcher-alpha-only"] = service.keys.create(Role.SEARCHER, ["alpha"])[1]
-        revoked, tokens["revoked"] = service.keys.create(Role.ADMIN)
-        service.keys.revoke(revoked.key_id)
-        with serve_in_thread(service) as url:
-            yield {"service": service, "url": url, "tokens": tokens, "photo": lfw_photos(lfw_images, 1)[0].read_bytes()}
-    finally:
-        ray.shutdown()
+    service = Context(settings)
+    for name in ("alpha", "beta"):
+        asyncio.run(collections.create(service, local_operator(), name, 2, 1e-4))
+    tokens = {role: service.keys.create(role)[1] for role in ROLES}
+    tokens["searcher-alpha-only"] = service.keys.create(Role.SEARCHER, ["alpha"])[1]
+    revoked, tokens["revoked"] = service.keys.create(Role.ADMIN)
+    service.keys.revoke(revoked.key_id)
+    with serve_in_thread(service) as url:
+        yield {"service": service, "url": url, "tokens": tokens, "photo": lfw_photos(lfw_images, 1)[0].read_bytes()}
 
 
 def _routes(photo: bytes) -> dict[str, tuple[Request, set[str]]]:

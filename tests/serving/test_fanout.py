@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import faiss
 import numpy as np
-import pytest
 import ray
 
 from serving.fanout import fan_out, merge
@@ -60,13 +58,6 @@ class FakeShard:
         time.sleep(self.delay)
         scores, ids = self.index.search(queries, k)
         return scores, ids, [[{} for _ in row] for row in ids]
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def test_slow_shard_is_reported_missing(local_ray: None) -> None:

@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import ray
 
 from cluster.access import Role, local_operator
 from cluster.errors import FacegridError, ModelMismatch
@@ -34,7 +33,9 @@ SEARCH = {"purpose": "system-test", "case_id": "MODELS-1"}
 
 
 @pytest.fixture(scope="module")
-def world(model_dir: Path, lfw_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def world(
+    model_dir: Path, lfw_images: Path, tmp_path_factory: pytest.TempPathFactory, local_ray: None
+) -> Iterator[dict[str, Any]]:
     people = []
     for person in sorted(p for p in lfw_images.iterdir() if p.is_dir()):
         photos = sorted(person.glob("*.jpg"))
@@ -48,22 +49,18 @@ def world(model_dir: Path, lfw_images: Path, tmp_path_factory: pytest.TempPathFa
         for photo in photos[1:]:  # the first photo of each person is held out as the probe
             os.symlink(photo, source / name / photo.name)
     settings = Settings(model_dir=model_dir, store=str(tmp_path_factory.mktemp("models-store")))
-    ray.init(num_cpus=2, include_dashboard=False, namespace="facegrid", log_to_driver=False)
-    try:
-        service = Context(settings)
-        token = service.keys.create(Role.ADMIN, label="models")[1]
-        with serve_in_thread(service) as url:
-            client = httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {token}"})
-            for name, model in COLLECTIONS.items():
-                # The default model needs no field: that is what a new user gets.
-                body = {"name": name, "shards": 2, **({} if model == SFACE_ID else {"model": model})}
-                created = client.post("/v1/collections", json=body)
-                assert created.status_code == 201, created.text
-                assert created.json()["model_id"] == model
-                index(service, name, str(source), quality_filter=QualityFilter.NONE)
-            yield {"service": service, "client": client, "people": people, "settings": settings, "source": source}
-    finally:
-        ray.shutdown()
+    service = Context(settings)
+    token = service.keys.create(Role.ADMIN, label="models")[1]
+    with serve_in_thread(service) as url:
+        client = httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {token}"})
+        for name, model in COLLECTIONS.items():
+            # The default model needs no field: that is what a new user gets.
+            body = {"name": name, "shards": 2, **({} if model == SFACE_ID else {"model": model})}
+            created = client.post("/v1/collections", json=body)
+            assert created.status_code == 201, created.text
+            assert created.json()["model_id"] == model
+            index(service, name, str(source), quality_filter=QualityFilter.NONE)
+        yield {"service": service, "client": client, "people": people, "settings": settings, "source": source}
 
 
 def _search(service: Context, collection: str, probe: bytes) -> dict[str, Any]:
