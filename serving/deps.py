@@ -67,9 +67,11 @@ ERROR_MEANINGS = {
 COMMON = (400, 401, 403, 422, 500, 502, 503, 504)
 
 
-def errors(*extra: int) -> dict[int | str, dict[str, Any]]:
-    """The error statuses a route declares, each with the error envelope, for its OpenAPI operation."""
-    return {s: {"model": ErrorEnvelope, "description": ERROR_MEANINGS[s]} for s in sorted({*COMMON, *extra})}
+def errors(*extra: int, public: bool = False) -> dict[int | str, dict[str, Any]]:
+    """The error statuses a route declares, each with the error envelope, for its OpenAPI operation; a public
+    route (no key) cannot answer 401 or 403."""
+    statuses = {*COMMON, *extra} - ({401, 403} if public else set())
+    return {s: {"model": ErrorEnvelope, "description": ERROR_MEANINGS[s]} for s in sorted(statuses)}
 
 
 def json_response(model: BaseModel, status_code: int = 200) -> Response:

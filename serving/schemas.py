@@ -209,3 +209,22 @@ class CreateKey(BaseModel):
     role: str = Field(description="admin, indexer, searcher or auditor")
     collections: list[str] | None = Field(default=None, description="Grant only these collections (default: all)")
     label: str = ""
+
+
+class TransparencyReport(BaseModel):
+    """Public counts from the audit log: never case ids, faces or keys."""
+
+    records: int
+    period: dict[str, str | None] = Field(description="`from` and `to`: the first and last record's time")
+    searches: int
+    searches_by_purpose: dict[str, int]
+    searches_by_role: dict[str, int]
+    searches_by_month: dict[str, int]
+    refused_searches: int
+    refused_by_reason: dict[str, int]
+    failed_searches: int
+    faces_deleted: int
+    deletion_requests: int
+    index_jobs: int
+    exports: int
+    key_changes: int

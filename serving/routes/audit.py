@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from serving.deps import COMMON, ERROR_MEANINGS, CallerDep, Ctx, errors
-from serving.schemas import AuditPage, ErrorEnvelope
+from serving.deps import CallerDep, Ctx, errors
+from serving.schemas import AuditPage, TransparencyReport
 from serving.usecases import audit
 
 router = APIRouter(prefix="/v1", tags=["accountability"])
@@ -25,10 +25,7 @@ async def audit_records(
     return await audit.records(ctx, caller, start, end, limit)
 
 
-PUBLIC_ERRORS = {s: {"model": ErrorEnvelope, "description": ERROR_MEANINGS[s]} for s in COMMON if s not in (401, 403)}
-
-
-@router.get("/transparency", responses=PUBLIC_ERRORS)  # type: ignore[arg-type]
-async def transparency(ctx: Ctx) -> dict[str, Any]:
+@router.get("/transparency", responses=errors(public=True))
+async def transparency(ctx: Ctx) -> TransparencyReport:
     """Public: counts only, never case ids or faces."""
-    return await audit.transparency(ctx)
+    return TransparencyReport.model_validate(await audit.transparency(ctx))

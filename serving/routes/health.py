@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from serving.deps import Ctx
+from serving.deps import Ctx, errors
 
 router = APIRouter(tags=["health"])
 
@@ -16,7 +16,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=errors(public=True))
 def readyz(ctx: Ctx) -> dict[str, Any]:
     ctx.collections.names()  # the store answers
     return {"status": "ready", "store": ctx.store.uri}
