@@ -11,7 +11,6 @@ import typer
 
 from cluster.access import Caller, Role
 from jobs.cli_common import JsonFlag, ModelOption, call, console, emit
-from serving.usecases import audit, collections, faces, keys
 
 if TYPE_CHECKING:
     from serving.usecases.context import Context
@@ -33,17 +32,23 @@ def collections_create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create an empty collection pinned to one embedding model (and that model's file, by sha256)."""
+    from serving.usecases import collections
+
     created = call(lambda s, c: collections.create(s, c, name, shards, max_false_match_rate, index, model))
     emit(created.model_dump(exclude={"shards"}), as_json)
 
 
 @collections_app.command("list")
 def collections_list(as_json: JsonFlag = False) -> None:
+    from serving.usecases import collections
+
     emit({"collections": call(collections.names)}, as_json)
 
 
 @collections_app.command("describe")
 def collections_describe(name: str, as_json: JsonFlag = False) -> None:
+    from serving.usecases import collections
+
     emit(call(lambda s, c: collections.describe(s, c, name)), as_json)
 
 
@@ -52,6 +57,8 @@ def collections_delete(
     name: str, yes: Annotated[bool, typer.Option("--yes")] = False, as_json: JsonFlag = False
 ) -> None:
     """Delete a collection with its face records, errors and snapshots."""
+    from serving.usecases import collections
+
     if not yes:
         typer.confirm(f"Delete collection {name} and every face record in it?", abort=True)
     emit({"collection": name, "deleted_objects": call(lambda s, c: collections.delete(s, c, name))}, as_json)
@@ -66,12 +73,16 @@ def collections_rebuild(
     as_json: JsonFlag = False,
 ) -> None:
     """Rebuild a collection's snapshots, retrain or reshard it; searches are answered from the old ones meanwhile."""
+    from serving.usecases import collections
+
     rebuilt = call(lambda s, c: collections.rebuild(s, c, name, shards, index, retrain))
     emit(rebuilt.model_dump(exclude={"shards"}), as_json)
 
 
 @faces_app.command("list")
 def faces_list(collection: str, limit: int = 20, offset: int = 0, as_json: JsonFlag = False) -> None:
+    from serving.usecases import faces
+
     emit(call(lambda s, c: faces.page(s, c, collection, limit, offset)), as_json)
 
 
@@ -83,6 +94,8 @@ def faces_delete(
     as_json: JsonFlag = False,
 ) -> None:
     """Erase faces from the Parquet records and the shard snapshots."""
+    from serving.usecases import faces
+
     emit(call(lambda s, c: faces.erase(s, c, collection, face_id or [], external_image_id or [])), as_json)
 
 
@@ -129,6 +142,7 @@ def keys_create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create a key; its token is printed once and stored only as a hash."""
+    from serving.usecases import keys
 
     async def create(ctx: Context, caller: Caller) -> dict[str, Any]:
         key, token = await keys.create(ctx, caller, role, collection, label)
@@ -139,17 +153,23 @@ def keys_create(
 
 @keys_app.command("list")
 def keys_list(as_json: JsonFlag = False) -> None:
+    from serving.usecases import keys
+
     emit({"keys": call(keys.listed)}, as_json)
 
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: str, as_json: JsonFlag = False) -> None:
+    from serving.usecases import keys
+
     emit(call(lambda s, c: keys.revoke(s, c, key_id)).public(), as_json)
 
 
 @audit_app.command("verify")
 def audit_verify(as_json: JsonFlag = False) -> None:
     """Check every record's hash and link; name the first one modified, removed, reordered or out of chain."""
+    from serving.usecases import audit
+
     result = call(audit.check)
     emit(result, as_json)
     if not result["ok"]:
@@ -168,6 +188,8 @@ def audit_export(
     as_json: JsonFlag = False,
 ) -> None:
     """Export audit records in a time range to Parquet or CSV; the export itself is audited."""
+    from serving.usecases import audit
+
     count = call(lambda s, c: audit.export(s, c, out, _when(start), _when(end)))
     emit({"records": count, "out": str(out)}, as_json)
 
@@ -178,6 +200,7 @@ def audit_report(
 ) -> None:
     """Searches per purpose, role and month; refused searches; deletions; index jobs."""
     from cluster.transparency import write_chart
+    from serving.usecases import audit
 
     report = call(audit.report)
     if out is not None:
