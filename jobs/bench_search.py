@@ -222,7 +222,8 @@ def concurrent_load(
 
 
 def shard_memory(settings: Settings, manifest: Manifest) -> dict[str, int]:
-    """Resident memory summed over the shard actors: in all, and the part that is mapped records-file pages."""
+    """Resident memory summed over the shard actors: in all, and the part that is file-backed pages (page cache
+    of snapshot files read, and libraries)."""
     infos = ray.get([h.info.remote() for h in ShardSet(settings, manifest.name).live(manifest)])
     return {k: sum(int(i["resident_bytes"][k]) for i in infos) for k in ("total", "mapped_files")}
 
