@@ -33,6 +33,7 @@ class Action(StrEnum):
     COLLECTIONS_WRITE = "collections:write"
     FACES_READ = "faces:read"
     FACES_DELETE = "faces:delete"
+    FACES_WRITE = "faces:write"
     SEARCH = "search"
     DETECT = "detect"
     AUDIT_READ = "audit:read"
@@ -41,7 +42,9 @@ class Action(StrEnum):
 
 PERMISSIONS: dict[Role, frozenset[Action]] = {
     Role.ADMIN: frozenset(Action),
-    Role.INDEXER: frozenset({Action.COLLECTIONS_READ, Action.FACES_READ, Action.FACES_DELETE, Action.DETECT}),
+    Role.INDEXER: frozenset(
+        {Action.COLLECTIONS_READ, Action.FACES_READ, Action.FACES_WRITE, Action.FACES_DELETE, Action.DETECT}
+    ),
     Role.SEARCHER: frozenset({Action.COLLECTIONS_READ, Action.SEARCH, Action.DETECT}),
     Role.AUDITOR: frozenset({Action.COLLECTIONS_READ, Action.AUDIT_READ}),
 }

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
+from cluster.erasures import ErasureRegister
 from cluster.pipeline.errors import ImageError, Reason
 from cluster.pipeline.faces import FacePipeline, ImageFaces
 from cluster.pipeline.quality import QualityFilter
-from cluster.records import ERROR_SCHEMA, FACE_SCHEMA, face_id_for
+from cluster.records import ERROR_SCHEMA, FACE_SCHEMA, face_rows
 from cluster.settings import Settings
 from cluster.storage import ObjectInfo, StorageAuthError, StorageError, open_store
 
@@ -91,6 +90,8 @@ class IndexPartition:
         self.pipeline = FacePipeline(settings, model_id=spec.model_id)
         self.source = open_store(spec.source_uri, settings)
         self.store = open_store(spec.store_uri, settings)
+        # Erased faces stay erased: a photo indexed again by this job does not bring them back.
+        self.erased = ErasureRegister(self.store, spec.request.collection).erased_ids()
 
     def location(self, key: str) -> str:
         return source_location(self.source.uri, key)
@@ -144,29 +145,12 @@ class IndexPartition:
         return result
 
     def _faces(self, obj: ObjectInfo, out: ImageFaces) -> list[dict[str, Any]]:
-        now = datetime.now(UTC)
-        rows = []
-        for index, face in enumerate(out.faces):
-            face_id, faiss_id = face_id_for(self.spec.request.collection, obj.key, obj.etag, index)
-            assert face.embedding is not None
-            rows.append(
-                {
-                    "face_id": face_id,
-                    "faiss_id": faiss_id,
-                    "external_image_id": external_image_id(obj.key, self.spec.request.external_image_id),
-                    "source_key": self.location(obj.key),
-                    "source_etag": obj.etag,
-                    "face_index": index,
-                    "bbox": np.round(face.bbox, 2).tolist(),
-                    "landmarks": np.round(face.landmarks.reshape(-1), 2).tolist(),
-                    "confidence": face.confidence,
-                    "quality": json.dumps(face.quality.as_dict()),
-                    "embedding": face.embedding.tolist(),
-                    "job_id": self.spec.job_id,
-                    "indexed_at": now,
-                }
-            )
-        return rows
+        request = self.spec.request
+        external = external_image_id(obj.key, request.external_image_id)
+        rows = face_rows(
+            request.collection, obj.key, obj.etag, self.location(obj.key), external, out.faces, self.spec.job_id
+        )
+        return [r for r in rows if r["face_id"] not in self.erased]
 
     def _error(self, obj: ObjectInfo, reason: str, message: str) -> dict[str, Any]:
         return {

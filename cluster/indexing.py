@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import ray
 
 from cluster.embedder import IndexJobSpec, IndexPartition, IndexRequest, Partition, PartitionResult, source_location
+from cluster.erasures import ErasureRegister
 from cluster.errors import ModelMismatch
 from cluster.manifest import Collections, Manifest
 from cluster.models.registry import ModelRegistry
@@ -117,7 +118,8 @@ def run_index_job(
     registry.build_all()
     manifest = collections.get(request.collection)
     check_model(manifest, registry, request.model)
-    done_objects = indexed_objects(collections, manifest)
+    # Objects held, and objects whose faces were erased (until an admin readmits them): a re-run adds neither.
+    done_objects = indexed_objects(collections, manifest) | ErasureRegister(store, request.collection).erased_objects()
     job_id = job_id_for(request.collection, source.uri, manifest.version)
     if on_plan:
         on_plan(sum(1 for _ in pending_objects(source, done_objects)))  # a counting pass, for progress only

@@ -46,6 +46,9 @@ class Manifest(BaseModel):
     error_files: list[str] = []
     shards: dict[str, str] = {}  # shard number -> the folder of its snapshot (index.faiss, records.arrow)
     extended_from: int | None = None  # the version whose snapshots this one added to (None: built from records)
+    # Live-log segments this version folded into its records (removed from the log once it is published; a shard
+    # that still lists one leaves it out of its live faces).
+    folded: list[str] = []
 
     def public(self) -> dict[str, object]:
         """The manifest as the API and the CLI show it: without the lists of record files."""

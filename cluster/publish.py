@@ -3,7 +3,9 @@ cleanup; rebuilds, reshards and erasure are publishes too."""
 
 from __future__ import annotations
 
+import random
 import secrets
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -12,14 +14,17 @@ import numpy as np
 import pyarrow as pa
 
 from cluster import index_spec
+from cluster.erasures import ErasureRegister
 from cluster.errors import CollectionChanged
+from cluster.live import live_segments
 from cluster.manifest import Collections, Manifest, TrainedIndex, check_shard_count, now
 from cluster.models.registry import embedding_of
 from cluster.records import FACE_SCHEMA, deduplicate, drop_superseded, erase_rows, shard_of
 from cluster.snapshot import RECORD_COLUMNS, extend_shard, vectors_of, write_shard
 from cluster.storage import ObjectNotFound
 
-PUBLISH_ATTEMPTS = 3
+# Racing publishes (erasures beside ingests and index jobs) retry on top of the winner; each try is cheap.
+PUBLISH_ATTEMPTS = 12
 
 
 class Publisher:
@@ -42,7 +47,12 @@ class Publisher:
         nothing.
         """
         face_files, error_files = list(face_files), list(error_files)
+        segments = [i.key for i in live_segments(self.collections, manifest)]
+        folded_file = self._fold(manifest, segments)
+        if folded_file is not None:
+            face_files.append(folded_file)
         new = manifest.model_copy(deep=True)
+        new.folded = segments
         new.face_files = sorted(set(manifest.face_files) | set(face_files))
         new.error_files = sorted(set(manifest.error_files) | set(error_files))
         new.version = manifest.version + 1
@@ -66,16 +76,37 @@ class Publisher:
         current = self.collections.get(new.name)
         if current.version != manifest.version:
             self._drop_unreferenced(current, only=f"{self.collections.prefix(new.name)}shards/{folder}/")
+            if folded_file is not None:
+                self.store.delete(folded_file)
             raise CollectionChanged(
                 f"collection {new.name!r} moved to version {current.version} while version {new.version} was being "
                 f"built from {manifest.version}; nothing was changed, run it again"
             )
         self.collections.write(new)
-        self._drop_unreferenced(new)
+        for key in segments:  # folded into the published records: the log keeps only what is still live
+            self.store.delete(key)
+        # The version just replaced keeps its snapshots until the next publish: a shard may be loading it now.
+        self._drop_unreferenced(new, previous=manifest)
         return new
 
+    def _fold(self, manifest: Manifest, segments: list[str]) -> str | None:
+        """The live log's segments as one record file of this publish (None when the log is empty)."""
+        tables = []
+        for key in segments:
+            try:
+                tables.append(self.store.get_parquet(key))
+            except ObjectNotFound:
+                continue  # folded by a publish that landed meanwhile; this one will lose its race
+        if not tables:
+            return None
+        name = f"fold-{manifest.version + 1:08d}-{secrets.token_hex(4)}.parquet"
+        key = f"{self.collections.prefix(manifest.name)}faces/{name}"
+        self.store.put_parquet(key, pa.concat_tables(tables))
+        return key
+
     def publish_latest(self, name: str, face_files: Iterable[str] = (), error_files: Iterable[str] = ()) -> Manifest:
-        """Publish onto the current version; if another publish lands meanwhile, build again on top of it."""
+        """Publish onto the current version; if another publish lands meanwhile, build again on top of it (after a
+        random pause that grows, so that racing publishers spread out)."""
         face_files, error_files = list(face_files), list(error_files)
         for attempt in range(PUBLISH_ATTEMPTS):
             try:
@@ -83,6 +114,7 @@ class Publisher:
             except CollectionChanged:
                 if attempt == PUBLISH_ATTEMPTS - 1:
                     raise
+                time.sleep(random.uniform(0.05, 0.25) * (attempt + 1))
         raise AssertionError("unreachable")
 
     def rebuild(
@@ -96,11 +128,16 @@ class Publisher:
             changes["index_spec"] = index_spec.validate(spec)
         return self.publish(manifest.model_copy(update=changes), retrain=retrain)
 
-    def erase_faces(self, manifest: Manifest, face_ids: set[str], external_ids: set[str]) -> tuple[Manifest, list[str]]:
-        """Remove faces from the Parquet records and the shard snapshots: real erasure, not a tombstone."""
-        erased = erase_rows(self.store, manifest.face_files, face_ids, external_ids)
+    def erase_faces(
+        self, manifest: Manifest, face_ids: set[str], external_ids: set[str], by: str
+    ) -> tuple[Manifest, list[dict[str, Any]]]:
+        """Remove faces from the Parquet records (the live log's included) and the shard snapshots: real erasure,
+        not a tombstone; the erasure register remembers them (never their vectors) so that no job brings them back."""
+        live = [i.key for i in live_segments(self.collections, manifest)]
+        erased = erase_rows(self.store, [*manifest.face_files, *live], face_ids, external_ids)
         if not erased:
             return manifest, []
+        ErasureRegister(self.store, manifest.name).erased(erased, by)
         return self.publish_latest(manifest.name), erased
 
     def _build_shards(
@@ -149,10 +186,10 @@ class Publisher:
         manifest.trained = TrainedIndex(spec=spec, key=key, faces=manifest.face_count)
         return trained
 
-    def _drop_unreferenced(self, manifest: Manifest, only: str | None = None) -> None:
-        """Snapshots and trainings the manifest no longer names go (loaded shards keep theirs); `only` limits
-        this to one folder, for a publish that lost a race cleaning up after itself."""
-        keep = set(manifest.shards.values())
+    def _drop_unreferenced(self, manifest: Manifest, only: str | None = None, previous: Manifest | None = None) -> None:
+        """Snapshots and trainings neither the manifest nor `previous` names go (loaded shards keep theirs);
+        `only` limits this to one folder, for a publish that lost a race cleaning up after itself."""
+        keep = set(manifest.shards.values()) | (set(previous.shards.values()) if previous else set())
         trained = manifest.trained.key if manifest.trained else None
         prefix = self.collections.prefix(manifest.name)
         listed = (

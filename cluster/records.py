@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -10,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cluster.pipeline.embed import EMBEDDING_DIM
-from cluster.storage import ObjectStore
+from cluster.storage import ObjectNotFound, ObjectStore
 
 FACE_SCHEMA = pa.schema(
     [
@@ -48,6 +50,34 @@ def face_id_for(collection: str, key: str, etag: str, index: int) -> tuple[str, 
     digest = hashlib.sha256(f"{collection}\0{key}\0{etag}\0{index}".encode()).digest()
     faiss_id = int.from_bytes(digest[:8], "big") & (2**63 - 1)
     return f"{faiss_id:016x}", faiss_id
+
+
+def face_rows(
+    collection: str, key: str, etag: str, location: str, external_id: str, faces: list[Any], job_id: str
+) -> list[dict[str, Any]]:
+    """Records of an image's kept faces (pipeline Faces, largest first): ids from the key, etag and position."""
+    now = datetime.now(UTC)
+    rows = []
+    for index, face in enumerate(faces):
+        face_id, faiss_id = face_id_for(collection, key, etag, index)
+        rows.append(
+            {
+                "face_id": face_id,
+                "faiss_id": faiss_id,
+                "external_image_id": external_id,
+                "source_key": location,
+                "source_etag": etag,
+                "face_index": index,
+                "bbox": np.round(face.bbox, 2).tolist(),
+                "landmarks": np.round(face.landmarks.reshape(-1), 2).tolist(),
+                "confidence": face.confidence,
+                "quality": json.dumps(face.quality.as_dict()),
+                "embedding": face.embedding.tolist(),
+                "job_id": job_id,
+                "indexed_at": now,
+            }
+        )
+    return rows
 
 
 def shard_of(faiss_id: Any, shard_count: int) -> Any:
@@ -109,17 +139,28 @@ def drop_superseded(store: ObjectStore, held: list[str], face_files: list[str], 
     return removed
 
 
-def erase_rows(store: ObjectStore, face_files: list[str], face_ids: set[str], external_ids: set[str]) -> list[str]:
-    """Rewrite the record files without the named faces (by face id or external image id); the erased ids."""
-    erased: list[str] = []
+def erase_rows(
+    store: ObjectStore, face_files: list[str], face_ids: set[str], external_ids: set[str]
+) -> list[dict[str, Any]]:
+    """Rewrite the record files without the named faces (by face id or external image id); what was erased:
+    face id, source location and etag of each, once."""
+    erased: dict[str, dict[str, Any]] = {}
     for key in face_files:
-        table = store.get_parquet(key)
+        try:
+            table = store.get_parquet(key)
+        except ObjectNotFound:
+            continue  # a live segment folded meanwhile: its faces are in a record file this loop reads too
         doomed = pc.or_(
             pc.is_in(table.column("face_id"), pa.array(sorted(face_ids), pa.string())),
             pc.is_in(table.column("external_image_id"), pa.array(sorted(external_ids), pa.string())),
         )
-        hits = table.filter(doomed)
-        if hits.num_rows:
-            erased.extend(hits.column("face_id").to_pylist())
+        hits = table.filter(doomed).select(["face_id", "source_key", "source_etag"]).to_pylist()
+        if hits:
+            for hit in hits:
+                erased[hit["face_id"]] = {
+                    "face_id": hit["face_id"],
+                    "source": hit["source_key"],
+                    "etag": hit["source_etag"],
+                }
             store.put_parquet(key, table.filter(pc.invert(doomed)))
-    return sorted(set(erased))
+    return [erased[k] for k in sorted(erased)]

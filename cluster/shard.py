@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +13,15 @@ import numpy as np
 
 from cluster.errors import CollectionNotFound
 from cluster.index_spec import SearchKnobs
-from cluster.manifest import Collections
+from cluster.live import LIVE_POLL_S, LiveFaces, combine
+from cluster.manifest import Collections, Manifest
+from cluster.pipeline.embed import EMBEDDING_DIM
 from cluster.settings import Settings
 from cluster.snapshot import Placement, ShardSnapshot, resident_bytes
-from cluster.storage import open_store
+from cluster.storage import ObjectNotFound, open_store
+
+log = logging.getLogger("facegrid.shard")
+RELOAD_ATTEMPTS = 3
 
 
 class FaceShard:
@@ -37,29 +44,56 @@ class FaceShard:
         self.snapshot: ShardSnapshot | None = None
         self.version = -1
         self.retired = False
+        self.live = LiveFaces(EMBEDDING_DIM)
         self._reloading = threading.Lock()
         faiss.omp_set_num_threads(settings.serving.shard_threads)
         self.reload()
+        # Every shard follows the published state itself, wherever a change was made (another server, the CLI
+        # on another machine, an index job): the manifest and the live log, every LIVE_POLL_S.
+        threading.Thread(target=self._follow, name="follow", daemon=True).start()
+
+    def _follow(self) -> None:
+        while True:
+            time.sleep(LIVE_POLL_S)
+            try:
+                self.reload()
+            except Exception:  # the store may be briefly unreachable: keep answering from what is held
+                log.warning(
+                    "shard %s/%d could not follow %s", self.shard, self.shard_count, self.collection, exc_info=True
+                )
 
     def reload(self) -> int:
-        """Load the snapshot the manifest names, if newer than the one held. Returns the version held."""
+        """Load the snapshot the manifest names if newer than the one held, and the live log's faces of this
+        shard. Returns the version held."""
         with self._reloading:
-            try:
-                manifest = self.collections.get(self.collection)
-            except CollectionNotFound:
-                self._swap(None, -1)
-                return self.version
-            self.retired = (manifest.shard_set, manifest.shard_count) != (self.shard_set, self.shard_count)
-            if self.retired:  # resharded: answer from what is held until the service retires this actor
-                return self.version
-            directory = manifest.shards.get(str(self.shard))
-            if manifest.version != self.version and directory is not None:
-                spec = manifest.built_spec or "Flat"
-                self._swap(
-                    ShardSnapshot.load(self.collections.store, directory, spec, self.cache, self.placement),
-                    manifest.version,
-                )
+            for attempt in range(RELOAD_ATTEMPTS):
+                try:
+                    manifest = self.collections.get(self.collection)
+                except CollectionNotFound:
+                    self._swap(None, -1)
+                    self.live = LiveFaces(EMBEDDING_DIM)
+                    return self.version
+                self.retired = (manifest.shard_set, manifest.shard_count) != (self.shard_set, self.shard_count)
+                if self.retired:  # resharded: answer from what is held until the set is retired
+                    return self.version
+                try:
+                    self._load(manifest)
+                    return self.version
+                except ObjectNotFound:
+                    # A later publish replaced this version while it was being read: read the manifest again.
+                    if attempt == RELOAD_ATTEMPTS - 1:
+                        raise
             return self.version
+
+    def _load(self, manifest: Manifest) -> None:
+        directory = manifest.shards.get(str(self.shard))
+        if manifest.version != self.version and directory is not None:
+            spec = manifest.built_spec or "Flat"
+            snapshot = ShardSnapshot.load(self.collections.store, directory, spec, self.cache, self.placement)
+            self._swap(snapshot, manifest.version)
+        live = self.live.refresh(self.collections, manifest, self.shard, self.shard_count)
+        if live is not None:
+            self.live = live
 
     def _swap(self, snapshot: ShardSnapshot | None, version: int) -> None:
         old, self.snapshot, self.version = self.snapshot, snapshot, version
@@ -70,15 +104,14 @@ class FaceShard:
         self, queries: np.ndarray, k: int, knobs: SearchKnobs | None = None
     ) -> tuple[np.ndarray, np.ndarray, list[list[dict[str, Any]]]]:
         """Top-k per query: similarities, ids, and each hit's record."""
-        snapshot = self.snapshot
+        snapshot, live = self.snapshot, self.live
         if snapshot is None:
-            empty: list[list[dict[str, Any]]] = [[] for _ in queries]
-            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64), empty
-        return snapshot.search(queries, k, knobs)
+            return live.search(queries, k)
+        return combine(snapshot.search(queries, k, knobs), live.search(queries, k), k)
 
     def count(self) -> int:
         snapshot = self.snapshot
-        return snapshot.ntotal if snapshot is not None else 0
+        return (snapshot.ntotal if snapshot is not None else 0) + self.live.ntotal
 
     def info(self) -> dict[str, Any]:
         snapshot = self.snapshot
@@ -89,6 +122,7 @@ class FaceShard:
             "shard_set": self.shard_set,
             "version": self.version,
             "faces": self.count(),
+            "live_faces": self.live.ntotal,
             "spec": snapshot.spec if snapshot else None,
             "device": snapshot.device if snapshot else None,
             "retired": self.retired,

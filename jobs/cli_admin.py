@@ -99,6 +99,36 @@ def faces_delete(
     emit(call(lambda s, c: faces.erase(s, c, collection, face_id or [], external_image_id or [])), as_json)
 
 
+@faces_app.command("add")
+def faces_add(
+    collection: str,
+    photo: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    external_image_id: Annotated[str | None, typer.Option(help="Your id for the photo (default: its sha256).")] = None,
+    max_faces: Annotated[int | None, typer.Option(help="Index at most N faces, largest first.")] = None,
+    quality_filter: Annotated[str, typer.Option(help="NONE, LOW, MEDIUM or HIGH")] = "LOW",
+    as_json: JsonFlag = False,
+) -> None:
+    """Add one photo's faces (IndexFaces): the same code path as POST /v1/collections/C/faces."""
+    from cluster.pipeline.quality import QualityFilter
+    from serving.usecases import ingest
+
+    blob, bar = photo.read_bytes(), QualityFilter(quality_filter.upper())
+    emit(call(lambda s, c: ingest.add_faces(s, c, collection, blob, external_image_id, max_faces, bar)), as_json)
+
+
+@faces_app.command("readmit")
+def faces_readmit(
+    collection: str,
+    face_id: Annotated[list[str] | None, typer.Option(help="Erased face id to readmit (repeatable).")] = None,
+    source: Annotated[list[str] | None, typer.Option(help="Readmit every erased face of this source object.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Lift erasures: the next index run over their source may bring those faces back. Audited."""
+    from serving.usecases import ingest
+
+    emit(call(lambda s, c: ingest.readmit(s, c, collection, face_id or [], source or [])), as_json)
+
+
 def _jobs_client() -> Any:
     from jobs.submit import job_client
 

@@ -228,3 +228,36 @@ class TransparencyReport(BaseModel):
     index_jobs: int
     exports: int
     key_changes: int
+
+
+class IndexedFace(BaseModel):
+    face_id: str
+    external_image_id: str
+    bbox: list[float]
+    landmarks: list[list[float]]
+    confidence: float
+    quality: dict[str, float]
+
+
+class UnindexedFace(BaseModel):
+    reasons: list[str] = Field(description="Rekognition's reasons (EXCEEDS_MAX_FACES, LOW_SHARPNESS, ...), or ERASED")
+    face: FaceDetail
+
+
+class IndexFacesAnswer(BaseModel):
+    collection: str
+    model_id: str
+    external_image_id: str
+    image_sha256: str
+    face_records: list[IndexedFace]
+    unindexed_faces: list[UnindexedFace]
+
+
+class Readmitted(BaseModel):
+    collection: str
+    readmitted: list[dict[str, Any]] = Field(description="The lifted erasures: face id, source, etag, when, by whom")
+
+
+class Readmit(BaseModel):
+    face_ids: list[str] = []
+    sources: list[str] = Field(default=[], description="Source objects (as face records name them): all their faces")

@@ -8,9 +8,20 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response
 
 from cluster.index_spec import SearchKnobs
+from cluster.pipeline.quality import QualityFilter
 from serving.deps import CallerDep, Ctx, errors, json_response, read_upload
-from serving.schemas import DeleteFaces, FacePage, FacesDeleted, SearchAnswer, VectorAnswer, VectorSearch
-from serving.usecases import faces, search
+from serving.schemas import (
+    DeleteFaces,
+    FacePage,
+    FacesDeleted,
+    IndexFacesAnswer,
+    Readmit,
+    Readmitted,
+    SearchAnswer,
+    VectorAnswer,
+    VectorSearch,
+)
+from serving.usecases import faces, ingest, search
 from serving.usecases.policy import SearchRequest
 
 router = APIRouter(prefix="/v1/collections/{collection}", tags=["faces"])
@@ -41,6 +52,28 @@ async def search_by_vector(collection: str, body: VectorSearch, ctx: Ctx, caller
     knobs = SearchKnobs(body.nprobe, body.ef_search)
     request = SearchRequest(body.purpose, body.case_id, body.threshold, body.max_results, knobs=knobs)
     return json_response(await search.search_vector(ctx, caller, collection, body.vector, request, body.model_id))
+
+
+@router.post("/faces", responses=errors(404, 413))
+async def add_faces(
+    collection: str,
+    ctx: Ctx,
+    caller: CallerDep,
+    image: Annotated[UploadFile, File(description="The photo whose faces are added")],
+    external_image_id: Annotated[str | None, Form(description="Your id for the photo (default: its sha256)")] = None,
+    max_faces: Annotated[int | None, Form(description="Index at most N faces, largest first (1-100)")] = None,
+    quality_filter: Annotated[QualityFilter, Form(description="NONE, LOW, MEDIUM or HIGH")] = QualityFilter.LOW,
+) -> IndexFacesAnswer:
+    """Rekognition's IndexFaces: durable before it answers, found by every server's searches within 2 s, the
+    same photo under the same id giving the same face ids."""
+    blob = await read_upload(image, ctx.settings.serving.max_upload_bytes)
+    return await ingest.add_faces(ctx, caller, collection, blob, external_image_id, max_faces, quality_filter)
+
+
+@router.post("/faces/readmit", responses=errors(404))
+async def readmit(collection: str, body: Readmit, ctx: Ctx, caller: CallerDep) -> Readmitted:
+    """Admins: lift erasures so that the next index run may bring those faces back."""
+    return await ingest.readmit(ctx, caller, collection, body.face_ids, body.sources)
 
 
 @router.get("/faces", responses=errors(404))

@@ -56,6 +56,13 @@ class Context:
         self._manifests: dict[str, tuple[float, Manifest]] = {}
         self._shard_sets: dict[str, ShardSet] = {}
         self._batchers: dict[str, tuple[dict[int, Any], MicroBatcher]] = {}
+        self.folding: set[str] = set()  # collections whose live log is being folded by this process
+        self._background: set[asyncio.Future[Any]] = set()
+
+    def background(self, task: asyncio.Future[Any]) -> None:
+        """Keep a background task referenced until it ends (the event loop holds only weak references)."""
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False)

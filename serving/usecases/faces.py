@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from cluster.access import Action, Caller, authorize
 from cluster.errors import InvalidRequest
+from cluster.live import all_faces
 from serving import render
 from serving.schemas import FacePage, FacesDeleted
 from serving.usecases.audited import audited
@@ -17,7 +18,7 @@ def page(ctx: Context, caller: Caller, collection: str, limit: int, offset: int)
     if not 1 <= limit <= 1000 or offset < 0:
         raise InvalidRequest("limit must be 1-1000 and offset non-negative")
     manifest = ctx.manifest(collection, fresh=True)
-    table = ctx.collections.faces(manifest, LISTED).sort_by("face_id")
+    table = all_faces(ctx.collections, manifest, LISTED).sort_by("face_id")
     return FacePage(
         collection=collection,
         total=table.num_rows,
@@ -39,7 +40,9 @@ async def erase(
             raise InvalidRequest("give face_ids or external_image_ids to delete")
         manifest = ctx.manifest(collection, fresh=True)
         wanted, named = set(face_ids), set(external_ids)
-        published, erased = await ctx.publish_task(lambda p: p.erase_faces(manifest, wanted, named))
+        by = caller.key_id
+        published, rows = await ctx.publish_task(lambda p: p.erase_faces(manifest, wanted, named, by))
+        erased = [r["face_id"] for r in rows]
         entry["deleted_faces"] = erased
         ctx.forget(collection)
         if erased:

@@ -19,11 +19,17 @@ from serving.usecases.context import Context
 from serving.usecases.policy import SearchRequest, check_purpose
 
 
-async def probe_faces(ctx: Context, blob: bytes, max_faces: int | None, model_id: str = DEFAULT_EMBEDDER) -> ImageFaces:
+async def probe_faces(
+    ctx: Context,
+    blob: bytes,
+    max_faces: int | None,
+    model_id: str = DEFAULT_EMBEDDER,
+    quality_filter: QualityFilter = QualityFilter.NONE,
+) -> ImageFaces:
     """The faces of an uploaded photo through the model's pipeline; a photo that cannot be read raises."""
     if len(blob) > ctx.settings.serving.max_upload_bytes:
         raise ImageError(Reason.IMAGE_TOO_LARGE, f"upload over {ctx.settings.serving.max_upload_bytes} bytes")
-    result = (await ctx.in_thread(ctx.models.pipeline(model_id), [blob], max_faces))[0]
+    result = (await ctx.in_thread(ctx.models.pipeline(model_id), [blob], max_faces, quality_filter))[0]
     if isinstance(result, ImageError):
         raise result
     return result

@@ -85,7 +85,7 @@ def test_erasure_after_growth_rebuilds(tmp_path: Path) -> None:
         key = f"collections/g/faces/{n}.parquet"
         collections.store.put_parquet(key, records(vectors[start : start + 300], start))
         manifest = publisher.publish(manifest, [key])
-    manifest, erased = publisher.erase_faces(manifest, {f"{1:016x}", f"{400:016x}"}, set())
+    manifest, erased = publisher.erase_faces(manifest, {f"{1:016x}", f"{400:016x}"}, set(), "test")
     assert len(erased) == 2 and manifest.face_count == 598
     snapshots = _snapshots(collections, manifest, tmp_path / "cache")
     assert sum(s.ntotal for s in snapshots) == 598

@@ -1,0 +1,121 @@
+"""Adding one photo's faces to a collection (Rekognition's IndexFaces): durable in the live log before it answers,
+visible to every server's searches within a second, idempotent; and readmitting what was erased."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+
+import pyarrow as pa
+
+from cluster.access import Action, Caller, authorize
+from cluster.erasures import ErasureRegister
+from cluster.errors import InvalidRequest
+from cluster.live import live_segments, segment_key
+from cluster.pipeline.quality import QualityFilter
+from cluster.records import FACE_SCHEMA, face_rows
+from serving import render
+from serving.schemas import IndexedFace, IndexFacesAnswer, Readmitted, UnindexedFace
+from serving.usecases.audited import audited, clipped
+from serving.usecases.context import Context
+from serving.usecases.images import probe_faces
+
+# Live-log segments a collection may hold before an ingest starts a fold (a publish) in the background: enough to
+# keep publishes rare under a stream of single photos, few enough that shards rebuild their live index in
+# milliseconds.
+FOLD_AFTER_SEGMENTS = 256
+MAX_EXTERNAL_ID = 255
+ERASED = "ERASED"
+log = logging.getLogger("facegrid.ingest")
+
+
+async def add_faces(
+    ctx: Context,
+    caller: Caller,
+    collection: str,
+    blob: bytes,
+    external_image_id: str | None = None,
+    max_faces: int | None = None,
+    quality_filter: QualityFilter = QualityFilter.LOW,
+) -> IndexFacesAnswer:
+    digest = hashlib.sha256(blob).hexdigest()
+    external = external_image_id or digest
+    fields = {"external_image_id": clipped(external, MAX_EXTERNAL_ID), "image_sha256": digest}
+    async with audited(ctx, caller, "index-faces", collection, **fields) as entry:
+        authorize(caller, Action.FACES_WRITE, collection)
+        if len(external) > MAX_EXTERNAL_ID or not external.strip():
+            raise InvalidRequest(f"external_image_id must be 1-{MAX_EXTERNAL_ID} characters")
+        if max_faces is not None and not 1 <= max_faces <= 100:
+            raise InvalidRequest("max_faces must be between 1 and 100")
+        manifest = ctx.manifest(collection)
+        image = await probe_faces(ctx, blob, max_faces, manifest.model_id, quality_filter)
+        # The same bytes under the same external id are the same object: same key, same etag, same face ids.
+        key, location = f"upload/{external}", f"upload://{digest}"
+        rows = face_rows(collection, key, digest, location, external, image.faces, f"ingest-{caller.key_id}")
+        erased = await ctx.in_thread(ErasureRegister(ctx.store, collection).erased_ids)
+        kept = [(r, f) for r, f in zip(rows, image.faces, strict=True) if r["face_id"] not in erased]
+        unindexed = [
+            UnindexedFace(reasons=[ERASED], face=render.face_detail(f))
+            for r, f in zip(rows, image.faces, strict=True)
+            if r["face_id"] in erased
+        ]
+        unindexed += [
+            UnindexedFace(reasons=[str(r) for r in f.skip_reasons], face=render.face_detail(f)) for f in image.skipped
+        ]
+        if kept:
+            table = pa.Table.from_pylist([r for r, _ in kept], FACE_SCHEMA)
+            await ctx.in_thread(ctx.store.put_parquet, segment_key(collection, key, digest), table)
+            await ctx.shards(collection).sync(manifest, manifest)  # this server's shards at once; others poll
+            fold_when_long(ctx, collection)
+        entry["face_ids"] = [r["face_id"] for r, _ in kept]
+    return IndexFacesAnswer(
+        collection=collection,
+        model_id=manifest.model_id,
+        external_image_id=external,
+        image_sha256=digest,
+        face_records=[
+            IndexedFace(
+                face_id=r["face_id"],
+                external_image_id=external,
+                **render.face_detail(f).model_dump(exclude={"skip_reasons"}),
+            )
+            for r, f in kept
+        ],
+        unindexed_faces=unindexed,
+    )
+
+
+def fold_when_long(ctx: Context, collection: str) -> None:
+    """Start a fold of the live log in the background once it is long (one at a time per collection)."""
+    if collection in ctx.folding:
+        return
+
+    async def fold() -> None:
+        try:
+            manifest = ctx.manifest(collection, fresh=True)
+            if len(live_segments(ctx.collections, manifest)) < FOLD_AFTER_SEGMENTS:
+                return
+            published = await ctx.publish_task(lambda p: p.publish_latest(collection))
+            await ctx.shards(collection).sync(manifest, ctx.remember(published))
+        except Exception:  # nothing is lost: the log stays, and the next publish folds it
+            log.warning("folding the live log of %s failed", collection, exc_info=True)
+        finally:
+            ctx.folding.discard(collection)
+
+    ctx.folding.add(collection)
+    ctx.background(asyncio.ensure_future(fold()))
+
+
+async def readmit(ctx: Context, caller: Caller, collection: str, face_ids: list[str], sources: list[str]) -> Readmitted:
+    """Lift erasures (by face id or source object), so that the next index run may bring those faces back: an
+    explicit, audited admin act."""
+    async with audited(ctx, caller, "readmit-faces", collection, face_ids=face_ids, sources=sources) as entry:
+        authorize(caller, Action.COLLECTIONS_WRITE, collection)
+        if not face_ids and not sources:
+            raise InvalidRequest("give face ids or source objects to readmit")
+        ctx.manifest(collection)  # the collection exists
+        register = ErasureRegister(ctx.store, collection)
+        lifted = await ctx.in_thread(register.readmit, set(face_ids), set(sources), caller.key_id)
+        entry["readmitted"] = [e["face_id"] for e in lifted]
+    return Readmitted(collection=collection, readmitted=lifted)
