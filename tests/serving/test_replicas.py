@@ -5,11 +5,7 @@ no handle goes stale, and no face is lost or duplicated."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +23,7 @@ from cluster.settings import Settings
 from cluster.shardset import ShardSet
 from cluster.storage import LocalStore
 from jobs.bench_search import BENCH_MAX_FALSE_MATCH_RATE
-from tests.factories import PER_IDENTITY, records
+from tests.factories import PER_IDENTITY, records, serve_process, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -47,34 +43,6 @@ def _gallery(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
     probe_identity = rng.choice(IDENTITIES, PROBES, replace=False)
     return samples(np.repeat(centres, PER_IDENTITY, axis=0)), samples(centres[probe_identity]), probe_identity
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the API process exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.5)
-    raise RuntimeError(f"the API process did not start: {log.read_text()[-2000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +80,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator
     servers = []
     try:
         for name in ("a", "b"):
-            servers.append(_serve(env, root / f"server-{name}.log"))
+            servers.append(serve_process(env, root / f"server-{name}.log"))
         ray.init(address=cluster.address, namespace="facegrid", log_to_driver=False)
         yield {
             "urls": [url for _, url in servers],
@@ -124,8 +92,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator
         }
     finally:
         for process, _ in servers:
-            process.terminate()
-            process.wait(30)
+            stop_process(process)
         ray.shutdown()
         cluster.shutdown()
 
