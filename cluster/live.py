@@ -13,7 +13,9 @@ from typing import Any
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from cluster.erasures import ErasureRegister
 from cluster.manifest import Collections, Manifest
 from cluster.records import shard_of
 from cluster.snapshot import RECORD_COLUMNS, vectors_of
@@ -47,11 +49,12 @@ def all_faces(collections: Collections, manifest: Manifest, columns: list[str]) 
         except ObjectNotFound:
             continue
     table = pa.concat_tables(tables)
-    if "face_id" not in columns or len(tables) == 1:
+    if "face_id" not in columns:
         return table
+    erased = ErasureRegister(collections.store, manifest.name).erased_ids()
     ids = table.column("face_id").to_pylist()
-    last = {face_id: row for row, face_id in enumerate(ids)}
-    return table.take(pa.array(sorted(last.values())))
+    last = {face_id: row for row, face_id in enumerate(ids) if face_id not in erased}
+    return table.take(pa.array(sorted(last.values()), pa.int64()))
 
 
 class LiveFaces:
@@ -76,7 +79,7 @@ class LiveFaces:
             return None
         fresh = LiveFaces(manifest.dim)
         fresh.seen = seen
-        columns = ["faiss_id", "embedding", *RECORD_COLUMNS]
+        columns = ["faiss_id", "embedding", *RECORD_COLUMNS]  # RECORD_COLUMNS start with face_id
         tables = []
         for segment in segments:
             try:
@@ -86,6 +89,9 @@ class LiveFaces:
             mine = shard_of(table.column("faiss_id").to_numpy(), shard_count) == shard
             tables.append(table.filter(pa.array(mine)))
         rows = pa.concat_tables(tables) if tables else None
+        if rows is not None and rows.num_rows:
+            erased = pa.array(sorted(ErasureRegister(collections.store, manifest.name).erased_ids()), pa.string())
+            rows = rows.filter(pc.invert(pc.is_in(rows.column("face_id"), erased)))
         if rows is not None and rows.num_rows:
             ids = rows.column("faiss_id").to_numpy()
             fresh.index.add_with_ids(vectors_of(rows.column("embedding").combine_chunks(), manifest.dim), ids)

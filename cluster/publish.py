@@ -33,6 +33,7 @@ class Publisher:
     def __init__(self, collections: Collections) -> None:
         self.collections = collections
         self.store = collections.store
+        self._erased = np.zeros(0, np.int64)  # faiss ids on the erasure register, read by each publish
 
     def publish(
         self, manifest: Manifest, face_files: Iterable[str] = (), error_files: Iterable[str] = (), retrain: bool = False
@@ -47,6 +48,9 @@ class Publisher:
         nothing.
         """
         face_files, error_files = list(face_files), list(error_files)
+        # The register decides: a record that a racing rewrite brought back into a file is still never served.
+        register = ErasureRegister(self.store, manifest.name).erased_ids()
+        self._erased = np.array(sorted(int(face_id, 16) for face_id in register), dtype=np.int64)
         segments = [i.key for i in live_segments(self.collections, manifest)]
         folded_file = self._fold(manifest, segments)
         if folded_file is not None:
@@ -137,7 +141,13 @@ class Publisher:
         erased = erase_rows(self.store, [*manifest.face_files, *live], face_ids, external_ids)
         if not erased:
             return manifest, []
-        ErasureRegister(self.store, manifest.name).erased(erased, by)
+        register = ErasureRegister(self.store, manifest.name)
+        register.erased(erased, by)
+        # A racing erasure may have rewritten a file from a copy read before this one's rewrite: sweep every file
+        # for everything registered (publishes leave registered faces out whatever the files hold).
+        current = self.collections.get(manifest.name)
+        live = [i.key for i in live_segments(self.collections, current)]
+        erase_rows(self.store, [*current.face_files, *live], register.erased_ids(), set())
         return self.publish_latest(manifest.name), erased
 
     def _build_shards(
@@ -158,14 +168,16 @@ class Publisher:
 
     def _unique_ids(self, manifest: Manifest) -> np.ndarray:
         parts = [self.store.get_parquet(k, ["faiss_id"]).column("faiss_id").to_numpy() for k in manifest.face_files]
-        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+        ids = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+        return ids[~np.isin(ids, self._erased)]
 
     def _shard_rows(self, files: list[str], shard_count: int, shard: int) -> pa.Table:
         columns = ["face_id", "faiss_id", "embedding", "indexed_at", *RECORD_COLUMNS[1:]]
         tables = []
         for key in files:
             table = self.store.get_parquet(key, columns)
-            mine = shard_of(table.column("faiss_id").to_numpy(), shard_count) == shard
+            ids = table.column("faiss_id").to_numpy()
+            mine = (shard_of(ids, shard_count) == shard) & ~np.isin(ids, self._erased)
             tables.append(table.filter(pa.array(mine)))
         return pa.concat_tables(tables) if tables else FACE_SCHEMA.empty_table().select(columns)
 
