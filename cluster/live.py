@@ -63,41 +63,73 @@ class LiveFaces:
     def __init__(self, dim: int) -> None:
         self.dim = dim
         self.seen: tuple[tuple[str, str], ...] = ()
-        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self.index: faiss.Index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self.records: dict[int, dict[str, Any]] = {}
+        # This shard's rows of each segment read so far, by (key, etag): a refresh reads only new or changed ones.
+        self.parts: dict[tuple[str, str], pa.Table] = {}
 
     @property
     def ntotal(self) -> int:
         return int(self.index.ntotal)
 
-    def refresh(self, collections: Collections, manifest: Manifest, shard: int, shard_count: int) -> LiveFaces | None:
-        """A new LiveFaces when the log changed since this one was built (else None): rebuilt whole, the log is
-        small between publishes."""
-        segments = live_segments(collections, manifest)
-        seen = tuple((s.key, s.etag) for s in segments)
+    def refresh(
+        self,
+        collections: Collections,
+        manifest: Manifest,
+        shard: int,
+        shard_count: int,
+        added: tuple[str, str] | None = None,
+    ) -> LiveFaces | None:
+        """A new LiveFaces when the log changed since this one was built (else None): listed, or, when a writer
+        says which segment it `added` (key, etag), without listing, by adding that segment's faces to a copy.
+        Segments already read are reused; after a listing the exact index is rebuilt (the log is small between
+        publishes) and the erasure register applied."""
+        columns = ["faiss_id", "embedding", *RECORD_COLUMNS]  # RECORD_COLUMNS start with face_id
+
+        def read(segment: tuple[str, str]) -> pa.Table | None:
+            part = self.parts.get(segment)
+            if part is not None:
+                return part
+            try:
+                table = collections.store.get_parquet(segment[0], columns)
+            except ObjectNotFound:
+                return None  # folded and removed since the listing; the next snapshot holds it
+            return table.filter(pa.array(shard_of(table.column("faiss_id").to_numpy(), shard_count) == shard))
+
+        if added is not None:
+            if added in self.seen:
+                return None
+            part = read(added)
+            fresh = LiveFaces(manifest.dim)
+            fresh.seen = tuple(sorted((*self.seen, added)))
+            fresh.parts = {**self.parts, **({added: part} if part is not None else {})}
+            fresh.index = faiss.clone_index(self.index)
+            fresh.records = dict(self.records)
+            if part is not None:
+                fresh._add(part, manifest.dim)
+            return fresh
+        seen = tuple(sorted((s.key, s.etag) for s in live_segments(collections, manifest)))
         if seen == self.seen:
             return None
         fresh = LiveFaces(manifest.dim)
         fresh.seen = seen
-        columns = ["faiss_id", "embedding", *RECORD_COLUMNS]  # RECORD_COLUMNS start with face_id
-        tables = []
-        for segment in segments:
-            try:
-                table = collections.store.get_parquet(segment.key, columns)
-            except ObjectNotFound:
-                continue  # folded and removed since the listing; the next snapshot holds it
-            mine = shard_of(table.column("faiss_id").to_numpy(), shard_count) == shard
-            tables.append(table.filter(pa.array(mine)))
-        rows = pa.concat_tables(tables) if tables else None
-        if rows is not None and rows.num_rows:
+        for segment in seen:
+            part = read(segment)
+            if part is not None:
+                fresh.parts[segment] = part
+        if fresh.parts:
+            rows = pa.concat_tables(fresh.parts.values())
             erased = pa.array(sorted(ErasureRegister(collections.store, manifest.name).erased_ids()), pa.string())
-            rows = rows.filter(pc.invert(pc.is_in(rows.column("face_id"), erased)))
-        if rows is not None and rows.num_rows:
-            ids = rows.column("faiss_id").to_numpy()
-            fresh.index.add_with_ids(vectors_of(rows.column("embedding").combine_chunks(), manifest.dim), ids)
-            for faiss_id, record in zip(ids.tolist(), rows.select(RECORD_COLUMNS).to_pylist(), strict=True):
-                fresh.records[faiss_id] = record
+            fresh._add(rows.filter(pc.invert(pc.is_in(rows.column("face_id"), erased))), manifest.dim)
         return fresh
+
+    def _add(self, rows: pa.Table, dim: int) -> None:
+        if rows.num_rows == 0:
+            return
+        ids = rows.column("faiss_id").to_numpy()
+        self.index.add_with_ids(vectors_of(rows.column("embedding").combine_chunks(), dim), ids)
+        for faiss_id, record in zip(ids.tolist(), rows.select(RECORD_COLUMNS).to_pylist(), strict=True):
+            self.records[faiss_id] = record
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, list[list[dict[str, Any]]]]:
         if self.ntotal == 0:

@@ -45,6 +45,7 @@ class FaceShard:
         self.version = -1
         self.retired = False
         self.live = LiveFaces(EMBEDDING_DIM)
+        self.manifest: Manifest | None = None
         self._reloading = threading.Lock()
         faiss.omp_set_num_threads(settings.serving.shard_threads)
         self.reload()
@@ -85,7 +86,17 @@ class FaceShard:
                         raise
             return self.version
 
+    def add_segment(self, key: str, etag: str) -> int:
+        """A writer's new live-log segment, read at once (the next poll would find it too). Returns live faces."""
+        with self._reloading:
+            if self.manifest is not None:
+                live = self.live.refresh(self.collections, self.manifest, self.shard, self.shard_count, (key, etag))
+                if live is not None:
+                    self.live = live
+            return self.live.ntotal
+
     def _load(self, manifest: Manifest) -> None:
+        self.manifest = manifest
         directory = manifest.shards.get(str(self.shard))
         if manifest.version != self.version and directory is not None:
             spec = manifest.built_spec or "Flat"

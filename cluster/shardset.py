@@ -111,6 +111,14 @@ class ShardSet:
             await asyncio.sleep(self.settings.serving.retire_after_s)
             self.retire(old)
 
+    async def added(self, manifest: Manifest, key: str, etag: str, shards: set[int]) -> None:
+        """A live-log segment with faces of these shards was written: this server's actors of those shards read it
+        now (every other server's within a poll)."""
+        handles = self._handles.get(_key(manifest))
+        if handles is None:
+            return  # no search has started this server's shards yet: they read the log when they start
+        await asyncio.gather(*(handles[s].add_segment.remote(key, etag) for s in shards if s in handles))
+
     def sync_blocking(self, new: Manifest) -> None:
         """For jobs (no event loop, any machine of the cluster): reload the live actors of the published set."""
         if ray.is_initialized():

@@ -75,6 +75,13 @@ class ObjectStore:
     def delete(self, key: str) -> None:
         raise NotImplementedError
 
+    def info(self, key: str) -> ObjectInfo:
+        """The object's size and etag (as `list` gives them)."""
+        for found in self.list(key):
+            if found.key == key:
+                return found
+        raise ObjectNotFound(key)
+
     def exists(self, key: str) -> bool:
         try:
             self.get(key)
@@ -105,6 +112,11 @@ class ObjectStore:
 
     def get_parquet(self, key: str, columns: Sequence[str] | None = None) -> pa.Table:
         return pq.read_table(io.BytesIO(self.get(key)), columns=None if columns is None else [*columns])
+
+
+def _etag(stat: os.stat_result) -> str:
+    # Size and modification time change whenever the content is replaced: a cheap etag.
+    return f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
 
 
 class LocalStore(ObjectStore):
@@ -139,9 +151,18 @@ class LocalStore(ObjectStore):
                 path = Path(dirpath) / name
                 key = path.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
-                    stat = path.stat()
-                    # Size and modification time change whenever the content is replaced: a cheap etag.
-                    yield ObjectInfo(key, stat.st_size, f"{stat.st_size:x}-{stat.st_mtime_ns:x}")
+                    try:
+                        stat = path.stat()
+                    except FileNotFoundError:
+                        continue  # removed since the directory was read (a folded log segment)
+                    yield ObjectInfo(key, stat.st_size, _etag(stat))
+
+    def info(self, key: str) -> ObjectInfo:
+        try:
+            stat = self._path(key).stat()
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(key) from exc
+        return ObjectInfo(key, stat.st_size, _etag(stat))
 
     def get(self, key: str) -> bytes:
         try:

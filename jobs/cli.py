@@ -15,12 +15,12 @@ from rich.table import Table
 from cluster.raycluster_env import prepare_ray_environment
 from cluster.settings import get_settings
 from jobs.cli_admin import audit_app, collections_app, faces_app, jobs_app, keys_app
+from jobs.cli_bench import bench_app
 from jobs.cli_common import JsonFlag, ModelOption, call, console, emit, fail, progress_bar, settings, user_errors
 
 app = typer.Typer(help="facegrid: accountable, distributed face search.", no_args_is_help=True)
 models_app = typer.Typer(help="Build and describe the converted models.", no_args_is_help=True)
 eval_app = typer.Typer(help="Measure accuracy.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
 for sub, name in (
     (models_app, "models"),
     (eval_app, "eval"),
@@ -112,20 +112,6 @@ def eval_lfw(
         card["calibration"] = {**calibration, "dataset": str(images), "pairs_file": str(pairs)}
         registry.write_card(model_id, card)
     emit(result, as_json)
-
-
-@bench_app.command("embed")
-def bench_embed(
-    images: Annotated[Path, typer.Option(exists=True, file_okay=False)] = Path("../shared/lfw-dev/images"),
-    limit: int = 500,
-    model: ModelOption = None,
-    as_json: JsonFlag = False,
-) -> None:
-    """Ours (MTCNN + the model on ONNX Runtime) against dlib's own pipeline, per core, on the same images."""
-    from cluster.models.registry import DEFAULT_EMBEDDER
-    from jobs.bench_embed import run_embed_benchmark
-
-    emit(run_embed_benchmark(settings(), images, limit, console, model or DEFAULT_EMBEDDER), as_json)
 
 
 @app.command("index")
@@ -232,91 +218,6 @@ def compare(
 
     a, b = source.read_bytes(), target.read_bytes()
     emit(call(lambda s, c: images.compare(s, c, a, b, purpose=purpose, case_id=case_id, model=model)), as_json)
-
-
-@bench_app.command("search")
-def bench_search(
-    faces: int = 100_000,
-    shards: int = 4,
-    index: Annotated[str, typer.Option(help="Per-shard spec: auto, Flat, HNSW<M>, IVF<n>,SQ8, IVF<n>,PQ<m>")] = "auto",
-    clients: Annotated[int, typer.Option(help="Concurrent clients for the throughput figure.")] = 16,
-    queries: Annotated[int, typer.Option(help="Probes, each a held-out sample of an indexed identity.")] = 500,
-    images: Annotated[
-        Path, typer.Option(exists=True, file_okay=False, help="Photos (a folder per person) to fit the vectors to.")
-    ] = Path("../shared/lfw-dev/images"),
-    compare_accountability: Annotated[
-        bool, typer.Option(help="Also time a server without auth and audit, query by query.")
-    ] = False,
-    nprobe: Annotated[int | None, typer.Option(help="IVF lists per search (default: a quarter).")] = None,
-    ef_search: Annotated[int | None, typer.Option(help="HNSW breadth per search (default: 128).")] = None,
-    store_dir: Annotated[Path | None, typer.Option(help="Where the temporary collection goes.")] = None,
-    model: ModelOption = None,
-    as_json: JsonFlag = False,
-) -> None:
-    """Searches over synthetic faces fitted to our embeddings of real photos, through the HTTP API and the shards,
-    against one in-process exact IndexFlatIP: latency, throughput, mate recall, memory, build time."""
-    import numpy
-
-    from cluster.models.registry import DEFAULT_EMBEDDER
-    from jobs.bench_search import run_search_benchmark
-    from jobs.synthetic import fitted_statistics
-
-    local = settings()
-    model_id = model or DEFAULT_EMBEDDER
-    statistics = fitted_statistics(local, images, model_id)
-    result = run_search_benchmark(
-        local,
-        faces,
-        shards,
-        queries,
-        store_dir,
-        statistics,
-        index=index,
-        clients=clients,
-        compare_accountability=compare_accountability,
-        knobs={k: v for k, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v is not None},
-        progress=lambda line: console.print(f"[dim]{line}[/dim]"),
-        model_id=model_id,
-    )
-    emit({"model_id": model_id} | result | statistics.check(numpy.random.default_rng(1)), as_json)
-
-
-@bench_app.command("index")
-def bench_index(
-    images: Annotated[Path, typer.Option(exists=True, file_okay=False)],
-    limit: Annotated[int | None, typer.Option(help="Index only the first N photos (sorted).")] = None,
-    model: ModelOption = None,
-    as_json: JsonFlag = False,
-) -> None:
-    """Index a folder into a temporary store on the embedded Ray; images/s, faces/s and time per stage."""
-    import asyncio
-    import shutil
-    import tempfile
-
-    from cluster.access import local_operator
-    from cluster.embedder import IndexRequest
-    from cluster.pipeline.quality import QualityFilter
-    from jobs.demo import stage_source
-    from serving.usecases import indexing
-    from serving.usecases.context import Context
-
-    work = Path(tempfile.mkdtemp(prefix="facegrid-bench-index-"))
-    try:
-        source = images
-        if limit is not None:
-            everything = sorted(p for p in images.rglob("*") if p.is_file())
-            source = stage_source(images, everything[limit:], work / "source")
-        local = Context(settings().model_copy(update={"store": str(work / "store")}))
-        asked = {"collection": "bench", "source": str(source), "quality_filter": QualityFilter.NONE, "model": model}
-        request = IndexRequest.model_validate(asked)
-        summary = asyncio.run(indexing.index(local, local_operator(), request))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    images_done = max(summary["images"], 1)
-    summary["ms_per_image_by_stage"] = {
-        k: round(1000 * v / images_done, 2) for k, v in summary["stage_seconds"].items()
-    }
-    emit(summary, as_json)
 
 
 @app.command("demo")

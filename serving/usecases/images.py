@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from concurrent.futures import Executor
 
 from cluster.access import Action, Caller, authorize
 from cluster.errors import NoFaceInProbe
@@ -25,11 +26,15 @@ async def probe_faces(
     max_faces: int | None,
     model_id: str = DEFAULT_EMBEDDER,
     quality_filter: QualityFilter = QualityFilter.NONE,
+    executor: Executor | None = None,
 ) -> ImageFaces:
-    """The faces of an uploaded photo through the model's pipeline; a photo that cannot be read raises."""
+    """The faces of an uploaded photo through the model's pipeline (on `executor`, else the service's threads);
+    a photo that cannot be read raises."""
     if len(blob) > ctx.settings.serving.max_upload_bytes:
         raise ImageError(Reason.IMAGE_TOO_LARGE, f"upload over {ctx.settings.serving.max_upload_bytes} bytes")
-    result = (await ctx.in_thread(ctx.models.pipeline(model_id), [blob], max_faces, quality_filter))[0]
+    pipeline = ctx.models.pipeline(model_id)
+    loop = asyncio.get_running_loop()
+    result = (await loop.run_in_executor(executor or ctx.executor, pipeline, [blob], max_faces, quality_filter))[0]
     if isinstance(result, ImageError):
         raise result
     return result

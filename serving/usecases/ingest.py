@@ -14,7 +14,7 @@ from cluster.erasures import ErasureRegister
 from cluster.errors import InvalidRequest
 from cluster.live import live_segments, segment_key
 from cluster.pipeline.quality import QualityFilter
-from cluster.records import FACE_SCHEMA, face_rows
+from cluster.records import FACE_SCHEMA, face_rows, shard_of
 from serving import render
 from serving.schemas import IndexedFace, IndexFacesAnswer, Readmitted, UnindexedFace
 from serving.usecases.audited import audited, clipped
@@ -49,7 +49,7 @@ async def add_faces(
         if max_faces is not None and not 1 <= max_faces <= 100:
             raise InvalidRequest("max_faces must be between 1 and 100")
         manifest = ctx.manifest(collection)
-        image = await probe_faces(ctx, blob, max_faces, manifest.model_id, quality_filter)
+        image = await probe_faces(ctx, blob, max_faces, manifest.model_id, quality_filter, ctx.ingest_executor)
         # The same bytes under the same external id are the same object: same key, same etag, same face ids.
         key, location = f"upload/{external}", f"upload://{digest}"
         rows = face_rows(collection, key, digest, location, external, image.faces, f"ingest-{caller.key_id}")
@@ -65,8 +65,11 @@ async def add_faces(
         ]
         if kept:
             table = pa.Table.from_pylist([r for r, _ in kept], FACE_SCHEMA)
-            await ctx.in_thread(ctx.store.put_parquet, segment_key(collection, key, digest), table)
-            await ctx.shards(collection).sync(manifest, manifest)  # this server's shards at once; others poll
+            segment = segment_key(collection, key, digest)
+            await ctx.in_thread(ctx.store.put_parquet, segment, table)
+            written = await ctx.in_thread(ctx.store.info, segment)
+            owners = {int(shard_of(r["faiss_id"], manifest.shard_count)) for r, _ in kept}
+            await ctx.shards(collection).added(manifest, segment, written.etag, owners)  # here now; elsewhere a poll
             fold_when_long(ctx, collection)
         entry["face_ids"] = [r["face_id"] for r, _ in kept]
     return IndexFacesAnswer(
