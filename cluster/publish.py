@@ -36,7 +36,12 @@ class Publisher:
         self._erased = np.zeros(0, np.int64)  # faiss ids on the erasure register, read by each publish
 
     def publish(
-        self, manifest: Manifest, face_files: Iterable[str] = (), error_files: Iterable[str] = (), retrain: bool = False
+        self,
+        manifest: Manifest,
+        face_files: Iterable[str] = (),
+        error_files: Iterable[str] = (),
+        retrain: bool = False,
+        erasing: bool = False,
     ) -> Manifest:
         """Build every shard's snapshot from the published face records, then swap the manifest in: all or nothing.
 
@@ -89,8 +94,9 @@ class Publisher:
         self.collections.write(new)
         for key in segments:  # folded into the published records: the log keeps only what is still live
             self.store.delete(key)
-        # The version just replaced keeps its snapshots until the next publish: a shard may be loading it now.
-        self._drop_unreferenced(new, previous=manifest)
+        # The version just replaced keeps its snapshots until the next publish (a shard may be loading it now),
+        # unless they hold faces this publish removed: erased or superseded embeddings go at once.
+        self._drop_unreferenced(new, previous=None if erasing or superseded else manifest)
         return new
 
     def _fold(self, manifest: Manifest, segments: list[str]) -> str | None:
@@ -108,13 +114,15 @@ class Publisher:
         self.store.put_parquet(key, pa.concat_tables(tables))
         return key
 
-    def publish_latest(self, name: str, face_files: Iterable[str] = (), error_files: Iterable[str] = ()) -> Manifest:
+    def publish_latest(
+        self, name: str, face_files: Iterable[str] = (), error_files: Iterable[str] = (), erasing: bool = False
+    ) -> Manifest:
         """Publish onto the current version; if another publish lands meanwhile, build again on top of it (after a
         random pause that grows, so that racing publishers spread out)."""
         face_files, error_files = list(face_files), list(error_files)
         for attempt in range(PUBLISH_ATTEMPTS):
             try:
-                return self.publish(self.collections.get(name), face_files, error_files)
+                return self.publish(self.collections.get(name), face_files, error_files, erasing=erasing)
             except CollectionChanged:
                 if attempt == PUBLISH_ATTEMPTS - 1:
                     raise
@@ -148,7 +156,7 @@ class Publisher:
         current = self.collections.get(manifest.name)
         live = [i.key for i in live_segments(self.collections, current)]
         erase_rows(self.store, [*current.face_files, *live], register.erased_ids(), set())
-        return self.publish_latest(manifest.name), erased
+        return self.publish_latest(manifest.name, erasing=True), erased
 
     def _build_shards(
         self, new: Manifest, folder: str, spec: str, retrain: bool, previous: Manifest | None, added: list[str]
