@@ -34,6 +34,11 @@ class CollectionChanged(FacegridError):
     status = 409
 
 
+class SourceObjectNotFound(FacegridError):
+    code = "OBJECT_NOT_FOUND"
+    status = 404
+
+
 class InvalidCollectionName(FacegridError):
     code = "INVALID_COLLECTION_NAME"
 

@@ -18,6 +18,7 @@ import ray
 from cluster.embedder import IndexJobSpec, IndexPartition, IndexRequest, Partition, PartitionResult, source_location
 from cluster.erasures import ErasureRegister
 from cluster.errors import ModelMismatch
+from cluster.live import all_faces
 from cluster.manifest import Collections, Manifest
 from cluster.models.registry import ModelRegistry
 from cluster.pipeline.errors import Reason
@@ -54,7 +55,8 @@ def indexed_objects(collections: Collections, manifest: Manifest) -> set[tuple[s
     errors = collections.errors(manifest)
     errors = errors.filter(pc.not_equal(errors.column("reason"), str(Reason.READ_FAILED)))
     done: set[tuple[str, str]] = set()
-    for table in (collections.faces(manifest, ["source_key", "source_etag"]), errors):
+    faces = all_faces(collections, manifest, ["face_id", "source_key", "source_etag"])  # the live log's too
+    for table in (faces, errors):
         done.update(zip(table.column("source_key").to_pylist(), table.column("source_etag").to_pylist(), strict=True))
     return done
 

@@ -54,6 +54,9 @@ class ServingSettings(BaseModel):
     # After a reshard the old shard set answers this long, for servers whose manifest is not yet fresh (1 s old at
     # most), then it is retired.
     retire_after_s: float = 10.0
+    # The source (s3://bucket/prefix or a folder) whose objects IndexFaces may name by key instead of an upload;
+    # none: uploads only.
+    ingest_source: str | None = None
     max_upload_bytes: int = 20_000_000
     max_results: int = 100
 

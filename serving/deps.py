@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request, UploadFile
+from fastapi import Depends, Header, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
+from starlette.datastructures import UploadFile as StarletteUpload
 
 from cluster.access import Caller, Role
 from cluster.pipeline.errors import ImageError, Reason
@@ -43,7 +44,7 @@ async def get_caller(
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
-async def read_upload(upload: UploadFile, limit: int) -> bytes:
+async def read_upload(upload: StarletteUpload, limit: int) -> bytes:
     data = await upload.read(limit + 1)
     if len(data) > limit:
         raise ImageError(Reason.IMAGE_TOO_LARGE, f"upload over {limit} bytes")

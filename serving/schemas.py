@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -261,3 +261,19 @@ class Readmitted(BaseModel):
 class Readmit(BaseModel):
     face_ids: list[str] = []
     sources: list[str] = Field(default=[], description="Source objects (as face records name them): all their faces")
+
+
+class AddFaces(BaseModel):
+    external_image_id: str | None = Field(default=None, description="Your id for the photo (default: its sha256)")
+    max_faces: int | None = Field(default=None, description="Index at most N faces, largest first (1-100)")
+    quality_filter: Literal["NONE", "LOW", "MEDIUM", "HIGH"] = "LOW"
+
+
+class AddFacesUpload(AddFaces):
+    """Multipart form: the photo as the file field `image`, and these fields."""
+
+    image: bytes | None = Field(default=None, description="The photo (a file field)")
+
+
+class AddFacesFromObject(AddFaces):
+    object_key: str = Field(description="An object of the server's ingest source (FACEGRID_SERVING__INGEST_SOURCE)")

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile as StarletteUpload
 
+from cluster.errors import InvalidRequest
 from cluster.index_spec import SearchKnobs
 from cluster.pipeline.quality import QualityFilter
 from serving.deps import CallerDep, Ctx, errors, json_response, read_upload
 from serving.schemas import (
+    AddFaces,
+    AddFacesFromObject,
+    AddFacesUpload,
     DeleteFaces,
     FacePage,
     FacesDeleted,
@@ -54,20 +61,46 @@ async def search_by_vector(collection: str, body: VectorSearch, ctx: Ctx, caller
     return json_response(await search.search_vector(ctx, caller, collection, body.vector, request, body.model_id))
 
 
-@router.post("/faces", responses=errors(404, 413))
-async def add_faces(
-    collection: str,
-    ctx: Ctx,
-    caller: CallerDep,
-    image: Annotated[UploadFile, File(description="The photo whose faces are added")],
-    external_image_id: Annotated[str | None, Form(description="Your id for the photo (default: its sha256)")] = None,
-    max_faces: Annotated[int | None, Form(description="Index at most N faces, largest first (1-100)")] = None,
-    quality_filter: Annotated[QualityFilter, Form(description="NONE, LOW, MEDIUM or HIGH")] = QualityFilter.LOW,
-) -> IndexFacesAnswer:
-    """Rekognition's IndexFaces: durable before it answers, found by every server's searches within 2 s, the
-    same photo under the same id giving the same face ids."""
-    blob = await read_upload(image, ctx.settings.serving.max_upload_bytes)
-    return await ingest.add_faces(ctx, caller, collection, blob, external_image_id, max_faces, quality_filter)
+ADD_FACES_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": AddFacesUpload.model_json_schema()},
+            "application/json": {"schema": AddFacesFromObject.model_json_schema()},
+        },
+    }
+}
+
+
+@router.post("/faces", responses=errors(404, 413), openapi_extra=ADD_FACES_BODY)
+async def add_faces(collection: str, ctx: Ctx, caller: CallerDep, request: Request) -> IndexFacesAnswer:
+    """Rekognition's IndexFaces: a multipart upload (`image`), or JSON naming an object of the server's ingest
+    source (`object_key`). Durable before it answers, found by every server's searches within 2 s, the same photo
+    under the same id giving the same face ids."""
+    try:
+        if request.headers.get("content-type", "").startswith("application/json"):
+            asked: AddFaces = AddFacesFromObject.model_validate_json(await request.body())
+            blob = None
+        else:
+            form = await request.form()
+            upload = form.get("image")
+            if not isinstance(upload, StarletteUpload):
+                raise InvalidRequest("send the photo as the multipart field `image` (or JSON with object_key)")
+            asked = AddFacesUpload.model_validate({k: v for k, v in form.items() if k != "image" and v != ""})
+            blob = await read_upload(upload, ctx.settings.serving.max_upload_bytes)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+    key = asked.object_key if isinstance(asked, AddFacesFromObject) else None
+    return await ingest.add_faces(
+        ctx,
+        caller,
+        collection,
+        blob,
+        asked.external_image_id,
+        asked.max_faces,
+        QualityFilter(asked.quality_filter),
+        key,
+    )
 
 
 @router.post("/faces/readmit", responses=errors(404))

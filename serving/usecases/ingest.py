@@ -10,11 +10,13 @@ import logging
 import pyarrow as pa
 
 from cluster.access import Action, Caller, authorize
+from cluster.embedder import source_location
 from cluster.erasures import ErasureRegister
-from cluster.errors import InvalidRequest
+from cluster.errors import InvalidRequest, SourceObjectNotFound
 from cluster.live import live_segments, segment_key
 from cluster.pipeline.quality import QualityFilter
 from cluster.records import FACE_SCHEMA, face_rows, shard_of
+from cluster.storage import ObjectNotFound, open_store
 from serving import render
 from serving.schemas import IndexedFace, IndexFacesAnswer, Readmitted, UnindexedFace
 from serving.usecases.audited import audited, clipped
@@ -34,25 +36,38 @@ async def add_faces(
     ctx: Context,
     caller: Caller,
     collection: str,
-    blob: bytes,
+    blob: bytes | None,
     external_image_id: str | None = None,
     max_faces: int | None = None,
     quality_filter: QualityFilter = QualityFilter.LOW,
+    object_key: str | None = None,
 ) -> IndexFacesAnswer:
-    digest = hashlib.sha256(blob).hexdigest()
-    external = external_image_id or digest
-    fields = {"external_image_id": clipped(external, MAX_EXTERNAL_ID), "image_sha256": digest}
+    """One photo's faces into the live log: uploaded bytes (`blob`), or the object `object_key` of the configured
+    ingest source, which is then recorded exactly as an index job over that source would record it (same
+    location, etag and face ids: a later job adds nothing twice)."""
+    fields = {"external_image_id": clipped(external_image_id, MAX_EXTERNAL_ID), "object_key": clipped(object_key, 1024)}
     async with audited(ctx, caller, "index-faces", collection, **fields) as entry:
         authorize(caller, Action.FACES_WRITE, collection)
+        if object_key is not None:
+            photo, key, etag, location = await ctx.in_thread(_source_object, ctx, object_key)
+            external = external_image_id or object_key
+        elif blob is not None:
+            photo = blob
+            etag = hashlib.sha256(photo).hexdigest()
+            # The same bytes under the same external id are the same object: same key, etag and face ids.
+            external = external_image_id or etag
+            key, location = f"upload/{external}", f"upload://{etag}"
+        else:
+            raise InvalidRequest("send an image, or name an object of the ingest source with object_key")
+        digest = hashlib.sha256(photo).hexdigest()
+        entry["image_sha256"] = digest
         if len(external) > MAX_EXTERNAL_ID or not external.strip():
             raise InvalidRequest(f"external_image_id must be 1-{MAX_EXTERNAL_ID} characters")
         if max_faces is not None and not 1 <= max_faces <= 100:
             raise InvalidRequest("max_faces must be between 1 and 100")
         manifest = ctx.manifest(collection)
-        image = await probe_faces(ctx, blob, max_faces, manifest.model_id, quality_filter, ctx.ingest_executor)
-        # The same bytes under the same external id are the same object: same key, same etag, same face ids.
-        key, location = f"upload/{external}", f"upload://{digest}"
-        rows = face_rows(collection, key, digest, location, external, image.faces, f"ingest-{caller.key_id}")
+        image = await probe_faces(ctx, photo, max_faces, manifest.model_id, quality_filter, ctx.ingest_executor)
+        rows = face_rows(collection, key, etag, location, external, image.faces, f"ingest-{caller.key_id}")
         erased = await ctx.in_thread(ErasureRegister(ctx.store, collection).erased_ids)
         kept = [(r, f) for r, f in zip(rows, image.faces, strict=True) if r["face_id"] not in erased]
         unindexed = [
@@ -65,7 +80,7 @@ async def add_faces(
         ]
         if kept:
             table = pa.Table.from_pylist([r for r, _ in kept], FACE_SCHEMA)
-            segment = segment_key(collection, key, digest)
+            segment = segment_key(collection, key, etag)
             await ctx.in_thread(ctx.store.put_parquet, segment, table)
             written = await ctx.in_thread(ctx.store.info, segment)
             owners = {int(shard_of(r["faiss_id"], manifest.shard_count)) for r, _ in kept}
@@ -87,6 +102,22 @@ async def add_faces(
         ],
         unindexed_faces=unindexed,
     )
+
+
+def _source_object(ctx: Context, object_key: str) -> tuple[bytes, str, str, str]:
+    """The named object of the ingest source: bytes, key, etag and location (as index jobs record them)."""
+    uri = ctx.settings.serving.ingest_source
+    if uri is None:
+        raise InvalidRequest("this server has no ingest source (FACEGRID_SERVING__INGEST_SOURCE): upload the image")
+    if not object_key or object_key.startswith("/") or ".." in object_key.split("/"):
+        raise InvalidRequest("object_key must be a key inside the ingest source")
+    source = open_store(uri, ctx.settings)
+    try:
+        info = source.info(object_key)
+        blob = source.get(object_key)
+    except ObjectNotFound as exc:
+        raise SourceObjectNotFound(f"no object {object_key!r} in the ingest source") from exc
+    return blob, object_key, info.etag, source_location(source.uri, object_key)
 
 
 def fold_when_long(ctx: Context, collection: str) -> None:

@@ -167,6 +167,23 @@ CORPUS: list[tuple[str, str | None, str, dict[str, Any], str, int]] = [
         "admin",
         422,
     ),
+    (
+        "POST",
+        "/v1/collections/{collection}/faces",
+        "/v1/collections/dlib/faces",
+        {"json": {"object_key": "a.jpg"}},
+        "admin",
+        400,
+    ),
+    ("POST", "/v1/collections/{collection}/faces", "/v1/collections/dlib/faces", {"data": {"x": "1"}}, "admin", 400),
+    (
+        "POST",
+        "/v1/collections/{collection}/faces",
+        "/v1/collections/dlib/faces",
+        {"json": {"object_key": "a.jpg", "max_faces": "many"}},
+        "admin",
+        422,
+    ),
     ("GET", "/v1/collections/{collection}/faces", "/v1/collections/dlib/faces", {"params": {"limit": 0}}, "admin", 400),
     (
         "GET",

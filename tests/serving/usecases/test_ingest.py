@@ -4,6 +4,7 @@ re-adds and index re-runs until an admin readmits them; all of it audited."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from cluster.access import Role, local_operator
 from cluster.audit import read_records
 from cluster.live import live_segments
 from cluster.pipeline.quality import QualityFilter
-from cluster.settings import Settings
+from cluster.settings import ServingSettings, Settings
 from serving.threaded import serve_in_thread
 from serving.usecases import collections
 from serving.usecases.context import Context
@@ -29,14 +30,22 @@ SEARCH = {"purpose": "system-test", "case_id": "INGEST-1"}
 def world(
     model_dir: Path, lfw_images: Path, tmp_path_factory: pytest.TempPathFactory, local_ray: None
 ) -> Iterator[dict[str, Any]]:
-    settings = Settings(model_dir=model_dir, store=str(tmp_path_factory.mktemp("ingest-store")))
+    source = tmp_path_factory.mktemp("ingest-source")
+    serving = ServingSettings(ingest_source=str(source))
+    settings = Settings(model_dir=model_dir, store=str(tmp_path_factory.mktemp("ingest-store")), serving=serving)
     ctx = Context(settings)
     asyncio.run(collections.create(ctx, local_operator(), "live", 2, 1e-5))
     photos = lfw_photos(lfw_images, people=4, per_person=2)
     tokens = {role: ctx.keys.create(role)[1] for role in (Role.ADMIN, Role.INDEXER, Role.SEARCHER)}
     with serve_in_thread(ctx) as url:
         clients = {r: httpx.Client(base_url=url, headers={"X-API-Key": t}, timeout=120) for r, t in tokens.items()}
-        yield {"ctx": ctx, "clients": clients, "photos": photos, "dir": tmp_path_factory.mktemp("ingest-src")}
+        yield {
+            "ctx": ctx,
+            "clients": clients,
+            "photos": photos,
+            "dir": tmp_path_factory.mktemp("ingest-src"),
+            "source": source,
+        }
 
 
 def _add(client: httpx.Client, photo: Path, external: str) -> httpx.Response:
@@ -114,3 +123,21 @@ def test_an_erased_added_face_is_refused_when_added_again(world: dict[str, Any])
     again = _add(clients[Role.INDEXER], photo, "bob/6.jpg").json()
     assert again["face_records"] == [] and again["unindexed_faces"][0]["reasons"] == ["ERASED"]
     assert added not in _top(clients[Role.SEARCHER], photo)
+
+
+def test_an_object_of_the_ingest_source_is_recorded_as_an_index_job_would(world: dict[str, Any]) -> None:
+    ctx, client, photo = world["ctx"], world["clients"][Role.INDEXER], world["photos"][7]
+    (world["source"] / "carol").mkdir()
+    shutil.copy(photo, world["source"] / "carol" / "7.jpg")
+    added = client.post("/v1/collections/live/faces", json={"object_key": "carol/7.jpg", "quality_filter": "NONE"})
+    assert added.status_code == 200, added.text
+    ids = {f["face_id"] for f in added.json()["face_records"]}
+    assert ids and added.json()["external_image_id"] == "carol/7.jpg"
+    missing = client.post("/v1/collections/live/faces", json={"object_key": "carol/none.jpg"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "OBJECT_NOT_FOUND"
+    outside = client.post("/v1/collections/live/faces", json={"object_key": "../x.jpg"})
+    assert outside.status_code == 400
+    rerun = index(ctx, "live", str(world["source"]), quality_filter=QualityFilter.NONE)
+    assert rerun["images"] == 0  # the same location and etag: already held
+    listed = [f["face_id"] for f in world["clients"][Role.ADMIN].get("/v1/collections/live/faces").json()["faces"]]
+    assert ids <= set(listed) and len(listed) == len(set(listed))
