@@ -53,13 +53,13 @@ async def add_faces(
             external = external_image_id or object_key
         elif blob is not None:
             photo = blob
-            etag = hashlib.sha256(photo).hexdigest()
             # The same bytes under the same external id are the same object: same key, etag and face ids.
+            etag = hashlib.sha256(photo).hexdigest()
             external = external_image_id or etag
             key, location = f"upload/{external}", f"upload://{etag}"
         else:
             raise InvalidRequest("send an image, or name an object of the ingest source with object_key")
-        digest = hashlib.sha256(photo).hexdigest()
+        digest = etag if object_key is None else hashlib.sha256(photo).hexdigest()
         entry["image_sha256"] = digest
         if len(external) > MAX_EXTERNAL_ID or not external.strip():
             raise InvalidRequest(f"external_image_id must be 1-{MAX_EXTERNAL_ID} characters")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,15 +19,9 @@ from cluster.settings import Settings
 from cluster.storage import LocalStore
 from jobs.submit import submit_index
 from tests.conftest import lfw_photos
+from tests.factories import free_port
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +29,7 @@ def dashboard() -> Iterator[str]:
     """A Ray head with its dashboard (the Job Submission API) on 127.0.0.1; its jobs find our `facegrid`."""
     saved = dict(os.environ)
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    port = _free_port()
+    port = free_port()
     head = {"num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port}
     cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
