@@ -8,7 +8,7 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -41,19 +41,23 @@ class AuditLog:
         self.store = store
 
     def _head(self) -> dict[str, Any]:
-        """The chain's last record, found through the pointer to the current segment (rewritten only on rotation)."""
+        """Where the chain ends. HEAD.json holds the last record's seq and hash (rewritten on every append, after
+        the record), so a cut at the end stays visible: appends chain on from HEAD, never from a shortened
+        segment. A record whose HEAD update a crash lost (one past HEAD, linked to it) is adopted."""
         try:
-            segment = json.loads(self.store.get(HEAD))["segment"]
+            pointer = json.loads(self.store.get(HEAD))
         except ObjectNotFound:
             return {"seq": 0, "hash": GENESIS, "segment": None, "segment_records": 0}
-        last = json.loads(self.store.last_line(segment))
+        segment = pointer["segment"]
+        try:
+            last = json.loads(self.store.last_line(segment))
+        except (ObjectNotFound, json.JSONDecodeError):
+            last = {}
         first_seq = int(segment.rsplit("/", 1)[1].split(".")[0])
-        return {
-            "seq": last["seq"],
-            "hash": last["hash"],
-            "segment": segment,
-            "segment_records": last["seq"] - first_seq + 1,
-        }
+        seq, digest = pointer.get("seq"), pointer.get("hash")
+        if seq is None or (last.get("seq") == seq + 1 and last.get("prev_hash") == digest):
+            seq, digest = last.get("seq", first_seq - 1), last.get("hash", GENESIS)  # an older HEAD, or a lost update
+        return {"seq": seq, "hash": digest, "segment": segment, "segment_records": max(0, seq - first_seq + 1)}
 
     def append(self, entry: dict[str, Any]) -> dict[str, Any]:
         with _lock(self.store):
@@ -67,10 +71,24 @@ class AuditLog:
             if key is None or count >= SEGMENT_RECORDS or f"/{now:%Y/%m/%d}/" not in key:
                 key = _segment_key(now, record["seq"])
                 self.store.put(key, line.encode())
-                self.store.put(HEAD, json.dumps({"segment": key}).encode())
             else:
                 self.store.append(key, line.encode())
+            pointer = {"segment": key, "seq": record["seq"], "hash": record["hash"], "time": record["time"]}
+            self.store.put(HEAD, json.dumps(pointer).encode())
         return {"seq": record["seq"], "hash": record["hash"]}
+
+
+def head(store: ObjectStore) -> dict[str, Any]:
+    """A checkpoint of the chain as it stands: the last record's seq, hash and time. Published somewhere the
+    store's writers cannot reach, it lets `verify --checkpoint` prove later that nothing up to it changed."""
+    try:
+        pointer = json.loads(store.get(HEAD))
+    except ObjectNotFound:
+        return {"seq": 0, "hash": GENESIS, "time": None}
+    if "seq" not in pointer:  # written before HEAD held the head: the current segment's last record
+        last = json.loads(store.last_line(pointer["segment"]))
+        pointer = {"seq": last["seq"], "hash": last["hash"], "time": last["time"]}
+    return {"seq": pointer["seq"], "hash": pointer["hash"], "time": pointer["time"]}
 
 
 _LOCKS: dict[Path, tuple[threading.Lock, TextIO]] = {}
@@ -115,9 +133,15 @@ def iter_records(store: ObjectStore) -> Iterator[tuple[str, int, str]]:
             yield key, number, line
 
 
-def verify(store: ObjectStore) -> dict[str, Any]:
-    """Walk the chain; name the first record that was modified, removed, reordered or appended out of chain."""
-    head, expected_seq, count = GENESIS, 1, 0
+def verify(store: ObjectStore, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Walk the chain; name the first record that was modified, removed, reordered or appended out of chain.
+
+    The chain must reach the head HEAD.json names (read first, so appends during the walk do no harm): a cut
+    at the end is found there. With a `checkpoint` (`head()` saved earlier), the record at its seq must carry
+    its hash: proof that nothing up to it was removed or changed, even if HEAD.json was rewritten too."""
+    expected = head(store) if store.exists(HEAD) else None
+    last_hash, expected_seq, count = GENESIS, 1, 0
+    checkpoint_seen = checkpoint is None or checkpoint["seq"] == 0
     for key, number, line in iter_records(store):
         try:
             record = json.loads(line)
@@ -126,7 +150,7 @@ def verify(store: ObjectStore) -> dict[str, Any]:
         seq = record.get("seq")
         if record.get("hash") != record_hash(record):
             return _failed(count, Problem(key, number, seq, "record content does not match its hash (modified)"))
-        if record.get("prev_hash") != head:
+        if record.get("prev_hash") != last_hash:
             what = "a record before it was removed, reordered or this one appended out of chain"
             if isinstance(seq, int) and seq > expected_seq:
                 what = f"records {expected_seq}..{seq - 1} are missing (removed)"
@@ -135,8 +159,28 @@ def verify(store: ObjectStore) -> dict[str, Any]:
             return _failed(count, Problem(key, number, seq, f"prev_hash does not link to the record before: {what}"))
         if seq != expected_seq:
             return _failed(count, Problem(key, number, seq, f"expected seq {expected_seq}"))
-        head, expected_seq, count = record["hash"], expected_seq + 1, count + 1
-    return {"ok": True, "records": count, "head": head}
+        for anchor, name in ((expected, "HEAD.json"), (checkpoint, "the checkpoint")):
+            if anchor is not None and seq == anchor["seq"] and record["hash"] != anchor["hash"]:
+                return _failed(
+                    count, Problem(key, number, seq, f"record differs from the one {name} names (rewritten)")
+                )
+        checkpoint_seen = checkpoint_seen or (checkpoint is not None and seq == checkpoint["seq"])
+        last_hash, expected_seq, count = record["hash"], expected_seq + 1, count + 1
+    end = Problem("end of log", 0, count + 1, "")
+    if expected is None and count:
+        return _failed(count, replace(end, problem="HEAD.json is missing: the end of the chain cannot be checked"))
+    if expected is not None and count < expected["seq"]:
+        return _failed(
+            count, replace(end, problem=f"records {count + 1}..{expected['seq']} are missing (removed from the end)")
+        )
+    if not checkpoint_seen:
+        assert checkpoint is not None
+        what = f"records {count + 1}..{checkpoint['seq']} are missing (removed, up to the checkpoint)"
+        return _failed(count, replace(end, problem=what))
+    result: dict[str, Any] = {"ok": True, "records": count, "head": last_hash}
+    if checkpoint is not None:
+        result["checkpoint"] = {"seq": checkpoint["seq"], "hash": checkpoint["hash"], "verified": True}
+    return result
 
 
 def _failed(verified: int, problem: Problem) -> dict[str, Any]:

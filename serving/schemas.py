@@ -228,6 +228,7 @@ class TransparencyReport(BaseModel):
     index_jobs: int
     exports: int
     key_changes: int
+    head: dict[str, Any] = Field(description="The chain's latest checkpoint: seq, hash and time of its last record")
 
 
 class IndexedFace(BaseModel):

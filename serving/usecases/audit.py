@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.access import Action, Caller, authorize
-from cluster.audit import read_records, verify
+from cluster.audit import head, read_records, verify
 from cluster.audit_export import export_records
 from cluster.transparency import transparency_report
 from serving.schemas import AuditPage
@@ -37,9 +37,15 @@ async def export(ctx: Context, caller: Caller, out: Path, start: datetime | None
     return count
 
 
-def check(ctx: Context, caller: Caller) -> dict[str, Any]:
+def check(ctx: Context, caller: Caller, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
     authorize(caller, Action.AUDIT_READ)
-    return verify(ctx.store)
+    return verify(ctx.store, checkpoint)
+
+
+def checkpoint(ctx: Context, caller: Caller) -> dict[str, Any]:
+    """The chain's head now (seq, hash, time): to publish where the store's writers cannot change it."""
+    authorize(caller, Action.AUDIT_READ)
+    return head(ctx.store)
 
 
 async def report(ctx: Context, caller: Caller) -> dict[str, Any]:
@@ -49,4 +55,6 @@ async def report(ctx: Context, caller: Caller) -> dict[str, Any]:
 
 async def transparency(ctx: Context) -> dict[str, Any]:
     """Public: counts only, never case ids or faces."""
-    return transparency_report(await ctx.in_thread(read_records, ctx.store))
+    report = transparency_report(await ctx.in_thread(read_records, ctx.store))
+    report["head"] = await ctx.in_thread(head, ctx.store)
+    return report

@@ -80,3 +80,82 @@ def test_cli_verify_exit_status(store: LocalStore) -> None:
     failed = runner.invoke(app, ["audit", "verify", "--json"], env=env)
     assert failed.exit_code == 1
     assert json.loads(failed.stdout.strip().splitlines()[-1])["first_bad_record"]["seq"] == 1
+
+
+def _drop_last(store: LocalStore, n: int) -> None:
+    """Cut the last n records off the end of the log, as someone with write access to the store could."""
+    for _ in range(n):
+        last = _segments(store)[-1]
+        lines = last.read_text().splitlines()
+        if len(lines) == 1:
+            last.unlink()
+        else:
+            _edit(last, lambda lines: lines[:-1])
+
+
+@pytest.mark.parametrize("removed", [1, 3])
+def test_removing_the_last_records_is_detected(store: LocalStore, removed: int) -> None:
+    _drop_last(store, removed)
+    result = verify(store)
+    assert not result["ok"] and result["records_verified"] == 20 - removed
+    assert f"records {21 - removed}..20 are missing (removed from the end)" in result["first_bad_record"]["problem"]
+
+
+def test_an_append_after_a_cut_keeps_the_gap_visible(store: LocalStore) -> None:
+    _drop_last(store, 3)
+    AuditLog(store).append({"action": "export"})  # chains on from HEAD's record 20, not the shortened segment
+    bad = verify(store)["first_bad_record"]
+    assert bad["seq"] == 21 and "18..20 are missing" in bad["problem"]
+
+
+def test_a_rewritten_last_record_is_detected(store: LocalStore) -> None:
+    last = _segments(store)[-1]
+    lines = last.read_text().splitlines()
+    forged = json.loads(lines[-1]) | {"case_id": "C-forged"}
+    forged["hash"] = record_hash(forged)
+    _edit(last, lambda lines: [*lines[:-1], json.dumps(forged)])
+    assert "HEAD.json names (rewritten)" in verify(store)["first_bad_record"]["problem"]
+
+
+def test_a_checkpoint_verifies_after_later_appends_and_catches_a_cut_before_it(
+    store: LocalStore, tmp_path: Path
+) -> None:
+    checkpoint = audit.head(store)
+    assert checkpoint["seq"] == 20 and len(checkpoint["hash"]) == 64 and checkpoint["time"]
+    log = AuditLog(store)
+    for _ in range(5):
+        log.append({"action": "export"})
+    assert verify(store, checkpoint) == {
+        "ok": True,
+        "records": 25,
+        "head": audit.head(store)["hash"],
+        "checkpoint": {"seq": 20, "hash": checkpoint["hash"], "verified": True},
+    }
+    # Someone with write access cuts records 15..25 and rewrites HEAD.json to match: only the checkpoint sees it.
+    _drop_last(store, 11)
+    last = json.loads(_segments(store)[-1].read_text().splitlines()[-1])
+    (store.root / audit.HEAD).write_text(
+        json.dumps(
+            {
+                "segment": f"audit/{_segments(store)[-1].relative_to(store.root / 'audit').as_posix()}",
+                "seq": last["seq"],
+                "hash": last["hash"],
+                "time": last["time"],
+            }
+        )
+    )
+    assert verify(store)["ok"]
+    result = verify(store, checkpoint)
+    assert not result["ok"] and "records 15..20 are missing" in result["first_bad_record"]["problem"]
+    saved = tmp_path / "checkpoint.json"
+    saved.write_text(json.dumps(checkpoint))
+    runner = CliRunner()
+    env = {"FACEGRID_STORE": str(store.root)}
+    failed = runner.invoke(app, ["audit", "verify", "--checkpoint", str(saved), "--json"], env=env)
+    assert failed.exit_code == 1
+
+
+def test_cli_head_prints_the_checkpoint(store: LocalStore) -> None:
+    result = CliRunner().invoke(app, ["audit", "head", "--json"], env={"FACEGRID_STORE": str(store.root)})
+    assert result.exit_code == 0
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == audit.head(store)
