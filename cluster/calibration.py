@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import numpy as np
@@ -51,35 +53,68 @@ def build_calibration(genuine: np.ndarray, impostor: np.ndarray, failed_genuine:
     }
 
 
-_TABLES: dict[int, tuple[dict[str, Any], np.ndarray, np.ndarray]] = {}
+def calibration_sha256(calibration: dict[str, Any]) -> str:
+    """What names a calibration: sha256 over its canonical JSON."""
+    return hashlib.sha256(json.dumps(calibration, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _table(calibration: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(similarities, log10 rates), ascending; built once per calibration object (every match is looked up)."""
-    held = _TABLES.get(id(calibration))
-    if held is None or held[0] is not calibration:
+def check_calibration(calibration: Any, model_id: str) -> dict[str, Any]:
+    """A calibration fit to apply to a collection of `model_id`: the shape `build_calibration` writes, enough
+    rows to interpolate, rates falling as similarity rises, and made for that model when it says which."""
+    try:
+        table = [[float(rate), float(sim)] for rate, sim in calibration["table"]]
+        n = int(calibration["impostor_comparisons"])
+        made_for = calibration.get("model_id", model_id)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise InvalidRequest(f"not a calibration (a table of [rate, similarity] rows and a count): {exc}") from exc
+    if made_for != model_id:
+        raise InvalidRequest(f"the calibration was measured for {made_for}; this collection holds {model_id} faces")
+    rates, sims = np.array([r for r, _ in table]), np.array([s for _, s in table])
+    finite = np.isfinite(rates).all() and np.isfinite(sims).all()
+    if n <= 0 or len(table) < 2 or not finite or not ((rates > 0) & (rates <= 1)).all():
+        raise InvalidRequest("a calibration needs impostor comparisons and at least 2 rows of rates in (0, 1]")
+    if (np.diff(rates) > 0).any() or (np.diff(sims) < 0).any():
+        raise InvalidRequest("a calibration's rows must go from high rates at low similarity to low rates at high")
+    return dict(calibration)
+
+
+class Rates:
+    """A calibration ready to read: the floor a promised rate needs, and what a similarity's false match rate is.
+
+    Per-match figures carry the floor's margin: `FLOOR_MARGIN` times the in-sample rate, the same care the floor
+    takes. Where fewer than `MIN_EVENTS` impostor comparisons scored as high, the calibration cannot tell the
+    rate apart from smaller ones: the figure is then the bound `FLOOR_MARGIN * MIN_EVENTS / n`, marked as a bound.
+    """
+
+    def __init__(self, calibration: dict[str, Any]) -> None:
+        self.calibration = calibration
         rows = sorted(calibration["table"], key=lambda r: r[1])
-        held = (calibration, np.array([r[1] for r in rows]), np.log10([r[0] for r in rows]))
-        _TABLES[id(calibration)] = held
-    return held[1], held[2]
+        self.sims = np.array([r[1] for r in rows], dtype=np.float64)
+        self.log_rates = np.log10([r[0] for r in rows])
+        self.n = int(calibration["impostor_comparisons"])
+        self.resolved = MIN_EVENTS / self.n  # the smallest rate measured with MIN_EVENTS impostors above it
 
+    def in_sample(self, similarity: float | np.ndarray) -> np.ndarray:
+        """Interpolated rate among the calibration's own impostor comparisons (no margin)."""
+        return np.asarray(10 ** np.interp(similarity, self.sims, self.log_rates, left=0.0, right=self.log_rates[-1]))
 
-def estimated_false_match_rate(similarity: float | np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
-    """Interpolated FMR for a similarity; above the highest measured threshold, the smallest measured rate (a bound)."""
-    sims, log_rates = _table(calibration)
-    return np.asarray(10 ** np.interp(similarity, sims, log_rates, left=0.0, right=log_rates[-1]))
+    def at(self, similarity: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(false match rate per comparison with the margin, whether it is a bound rather than an estimate)."""
+        rate = self.in_sample(similarity)
+        bound = rate < self.resolved
+        return np.minimum(1.0, FLOOR_MARGIN * np.maximum(rate, self.resolved)), bound
+
+    def floor(self, rate: float) -> float:
+        """The similarity a collection promising at most `rate` false matches per comparison must enforce."""
+        target = rate / FLOOR_MARGIN
+        if target < self.resolved:
+            raise InvalidRequest(
+                f"a floor of {rate:g} false matches per comparison cannot be promised: the calibration's {self.n} "
+                f"impostor comparisons support floors of {FLOOR_MARGIN * self.resolved:.2g} or more"
+            )
+        # log-rate falls as similarity rises; interpolate on the reversed arrays.
+        return float(np.interp(np.log10(target), self.log_rates[::-1], self.sims[::-1]))
 
 
 def floor_similarity(rate: float, calibration: dict[str, Any]) -> float:
-    """The similarity a collection promising at most `rate` false matches per comparison must enforce."""
-    target = rate / FLOOR_MARGIN
-    n = calibration["impostor_comparisons"]
-    if target * n < MIN_EVENTS:
-        lowest = FLOOR_MARGIN * MIN_EVENTS / n
-        raise InvalidRequest(
-            f"a floor of {rate:g} false matches per comparison cannot be promised: the calibration's {n} impostor "
-            f"comparisons support floors of {lowest:.2g} or more"
-        )
-    sims, log_rates = _table(calibration)
-    # log-rate falls as similarity rises; interpolate on the reversed arrays.
-    return float(np.interp(np.log10(target), log_rates[::-1], sims[::-1]))
+    return Rates(calibration).floor(rate)

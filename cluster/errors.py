@@ -34,6 +34,11 @@ class CollectionChanged(FacegridError):
     status = 409
 
 
+class FaceNotFound(FacegridError):
+    code = "FACE_NOT_FOUND"
+    status = 404
+
+
 class SourceObjectNotFound(FacegridError):
     code = "OBJECT_NOT_FOUND"
     status = 404

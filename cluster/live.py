@@ -131,6 +131,12 @@ class LiveFaces:
         for faiss_id, record in zip(ids.tolist(), rows.select(RECORD_COLUMNS).to_pylist(), strict=True):
             self.records[faiss_id] = record
 
+    def vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(which of `ids` the live log holds, their vectors)."""
+        found = np.array([int(i) in self.records for i in ids], dtype=bool)
+        out = [self.index.reconstruct(int(i)) for i in np.asarray(ids)[found]]
+        return found, np.stack(out) if out else np.zeros((0, self.dim), np.float32)
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, list[list[dict[str, Any]]]]:
         if self.ntotal == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64), [[] for _ in queries]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from typing import Any
 
 import pyarrow as pa
 from pydantic import BaseModel, Field
@@ -38,6 +39,11 @@ class Manifest(BaseModel):
     # new set of four rather than reusing names whose actors were retired.
     shard_set: int = 0
     max_false_match_rate: float = DEFAULT_MAX_FALSE_MATCH_RATE
+    # The calibration the floor and every per-match rate come from, copied in when the collection is created and
+    # changed only by `collections calibrate` (audited). None: made before calibrations were pinned; such a
+    # collection reads its model's calibration on this machine until one is applied.
+    calibration: dict[str, Any] | None = None
+    calibration_sha256: str | None = None
     version: int = 0
     created_at: str = Field(default_factory=lambda: now())
     updated_at: str | None = None
@@ -52,7 +58,7 @@ class Manifest(BaseModel):
 
     def public(self) -> dict[str, object]:
         """The manifest as the API and the CLI show it: without the lists of record files."""
-        return self.model_dump(exclude={"face_files", "error_files"})
+        return self.model_dump(exclude={"face_files", "error_files", "calibration"})
 
 
 def now() -> str:

@@ -140,6 +140,19 @@ class Publisher:
             changes["index_spec"] = index_spec.validate(spec)
         return self.publish(manifest.model_copy(update=changes), retrain=retrain)
 
+    def recalibrate(self, name: str, calibration: dict[str, Any], sha256: str) -> tuple[Manifest, Manifest]:
+        """Pin another calibration (a new version, the same snapshots): (the manifest before, the one after)."""
+        for attempt in range(PUBLISH_ATTEMPTS):
+            old = self.collections.get(name)
+            new = old.model_copy(deep=True)
+            new.calibration, new.calibration_sha256 = calibration, sha256
+            new.version, new.updated_at, new.folded = old.version + 1, now(), []
+            if self.collections.get(name).version == old.version:
+                self.collections.write(new)
+                return old, new
+            time.sleep(random.uniform(0.05, 0.25) * (attempt + 1))
+        raise CollectionChanged(f"collection {name!r} kept changing; nothing was changed, run it again")
+
     def erase_faces(
         self, manifest: Manifest, face_ids: set[str], external_ids: set[str], by: str
     ) -> tuple[Manifest, list[dict[str, Any]]]:

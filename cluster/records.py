@@ -52,6 +52,14 @@ def face_id_for(collection: str, key: str, etag: str, index: int) -> tuple[str, 
     return f"{faiss_id:016x}", faiss_id
 
 
+def faiss_id_of(face_id: str) -> int | None:
+    """The FAISS id a face id names (its 16 hex digits), or None for a string that is no face id."""
+    if len(face_id) != 16 or any(c not in "0123456789abcdef" for c in face_id):
+        return None
+    value = int(face_id, 16)
+    return value if value < 2**63 else None  # ids are 63 bits (face_id_for)
+
+
 def face_rows(
     collection: str, key: str, etag: str, location: str, external_id: str, faces: list[Any], job_id: str
 ) -> list[dict[str, Any]]:

@@ -43,6 +43,7 @@ class FaceShard:
         self.placement = Placement(gpus=faiss.get_num_gpus() if settings.serving.shard_gpu else 0)
         self.snapshot: ShardSnapshot | None = None
         self.version = -1
+        self.directory: str | None = None
         self.retired = False
         self.live = LiveFaces(EMBEDDING_DIM)
         self.manifest: Manifest | None = None
@@ -73,6 +74,7 @@ class FaceShard:
                     manifest = self._manifest()
                 except CollectionNotFound:
                     self._swap(None, -1)
+                    self.directory = None
                     self.live = LiveFaces(EMBEDDING_DIM)
                     return self.version
                 self.retired = (manifest.shard_set, manifest.shard_count) != (self.shard_set, self.shard_count)
@@ -111,9 +113,13 @@ class FaceShard:
     def _load(self, manifest: Manifest) -> None:
         directory = manifest.shards.get(str(self.shard))
         if manifest.version != self.version and directory is not None:
-            spec = manifest.built_spec or "Flat"
-            snapshot = ShardSnapshot.load(self.collections.store, directory, spec, self.cache, self.placement)
-            self._swap(snapshot, manifest.version)
+            if directory == self.directory:  # a version that changed no snapshot (a calibration applied)
+                self.version = manifest.version
+            else:
+                spec = manifest.built_spec or "Flat"
+                snapshot = ShardSnapshot.load(self.collections.store, directory, spec, self.cache, self.placement)
+                self._swap(snapshot, manifest.version)
+                self.directory = directory
         live = self.live.refresh(self.collections, manifest, self.shard, self.shard_count)
         if live is not None:
             self.live = live
@@ -131,6 +137,19 @@ class FaceShard:
         if snapshot is None:
             return live.search(queries, k)
         return combine(snapshot.search(queries, k, knobs), live.search(queries, k), k)
+
+    def vectors(self, faiss_ids: list[int]) -> dict[int, np.ndarray]:
+        """The vectors of those of these faces that this shard holds (the live log's copy of a face re-added
+        since the snapshot wins)."""
+        ids = np.asarray(faiss_ids, dtype=np.int64)
+        out: dict[int, np.ndarray] = {}
+        snapshot, live = self.snapshot, self.live
+        for source in (snapshot, live):
+            if source is None:
+                continue
+            found, vectors = source.vectors(ids)
+            out.update(zip(ids[found].tolist(), vectors, strict=True))
+        return out
 
     def count(self) -> int:
         snapshot = self.snapshot

@@ -8,10 +8,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import ray
 
+from cluster.errors import ShardsUnavailable
 from cluster.manifest import Manifest
 from cluster.raycluster import NAMESPACE, cluster_gpus, ensure_ray
+from cluster.records import faiss_id_of, shard_of
 from cluster.settings import Settings
 from cluster.shard import FaceShard
 
@@ -118,6 +121,27 @@ class ShardSet:
         if handles is None:
             return  # no search has started this server's shards yet: they read the log when they start
         await asyncio.gather(*(handles[s].add_segment.remote(key, etag) for s in shards if s in handles))
+
+    async def vectors(self, manifest: Manifest, face_ids: list[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of these faces, each asked of the one shard that holds it; faces no shard holds
+        (never indexed, or erased) are absent. A shard that does not answer raises ShardsUnavailable."""
+        by_shard: dict[int, list[int]] = {}
+        for face_id in face_ids:
+            faiss_id = faiss_id_of(face_id)
+            if faiss_id is not None:
+                by_shard.setdefault(int(shard_of(np.array([faiss_id]), manifest.shard_count)[0]), []).append(faiss_id)
+        if not by_shard:
+            return {}
+        handles = await self.handles(manifest)
+        timeout = self.settings.serving.shard_timeout_s
+        asked = [handles[shard].vectors.remote(ids) for shard, ids in by_shard.items()]
+        try:
+            answers = await asyncio.wait_for(asyncio.gather(*asked), timeout)
+        except (TimeoutError, ray.exceptions.RayActorError) as exc:
+            raise ShardsUnavailable(
+                f"a shard of {self.collection!r} holding these faces did not answer; try again"
+            ) from exc
+        return {f"{faiss_id:016x}": vector for answer in answers for faiss_id, vector in answer.items()}
 
     def sync_blocking(self, new: Manifest) -> None:
         """For jobs (no event loop, any machine of the cluster): reload the live actors of the published set."""

@@ -127,6 +127,8 @@ class ShardSnapshot:
 
     def __init__(self, index: faiss.Index, files: dict[str, Path], spec: str, placement: Placement, owned: bool):
         self.tuning = Tuning.of(index)
+        # Where each id sits in an uncompressed index (its vectors live there, not in vectors.f32).
+        self.id_map = faiss.vector_to_array(index.id_map) if isinstance(index, faiss.IndexIDMap) else None
         self.index, self.device = index_spec.place(index, spec, placement.gpus)
         self.spec = spec
         self.files = files
@@ -198,6 +200,24 @@ class ShardSnapshot:
         rows = np.searchsorted(self.ids, ids).tolist()
         raw = b"".join(os.pread(self.vectors_fd, size, row * size) for row in rows)
         return np.frombuffer(raw, dtype="<f4").reshape(len(rows), self.dim)
+
+    def vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(which of `ids` this snapshot holds, the vectors of those it holds): exact from vectors.f32, or
+        reconstructed from an uncompressed index."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(self.ids) == 0:
+            return np.zeros(len(ids), bool), np.zeros((0, self.dim), np.float32)
+        rows = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        found = self.ids[rows] == ids
+        wanted = ids[found]
+        if self.vectors_fd is not None:
+            return found, self._exact(wanted).copy()
+        assert self.id_map is not None, "an uncompressed snapshot is an IndexIDMap"
+        inner = faiss.downcast_index(self.index.index)  # type: ignore[attr-defined]
+        rows_of = np.flatnonzero(np.isin(self.id_map, wanted))
+        position = dict(zip(self.id_map[rows_of].tolist(), rows_of.tolist(), strict=True))
+        out = [inner.reconstruct(position[i]) for i in wanted.tolist()]
+        return found, np.stack(out) if out else np.zeros((0, self.dim), np.float32)
 
     def _rerank(self, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         out_scores = np.full((len(queries), k), -np.inf, np.float32)

@@ -17,6 +17,7 @@ from cluster.settings import get_settings
 from jobs.cli_admin import audit_app, collections_app, faces_app, jobs_app, keys_app
 from jobs.cli_bench import bench_app
 from jobs.cli_common import JsonFlag, ModelOption, call, console, emit, fail, progress_bar, settings, user_errors
+from jobs.cli_people import users_app
 
 app = typer.Typer(help="facegrid: accountable, distributed face search.", no_args_is_help=True)
 models_app = typer.Typer(help="Build and describe the converted models.", no_args_is_help=True)
@@ -27,6 +28,7 @@ for sub, name in (
     (bench_app, "bench"),
     (collections_app, "collections"),
     (faces_app, "faces"),
+    (users_app, "users"),
     (jobs_app, "jobs"),
     (keys_app, "keys"),
     (audit_app, "audit"),
@@ -87,11 +89,18 @@ def eval_lfw(
     pairs: Annotated[Path, typer.Option(exists=True, dir_okay=False)],
     limit: Annotated[int | None, typer.Option(help="First N same and first N different pairs.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for ROC/DET plots and lfw.json.")] = Path("out/eval"),
-    store_calibration: Annotated[bool, typer.Option(help="Write the calibration into the model card.")] = True,
+    save_calibration: Annotated[
+        bool,
+        typer.Option(
+            help="Also write the measured calibration to a new file in --out; it changes no collection's floor until "
+            "`facegrid collections calibrate` applies it."
+        ),
+    ] = False,
     model: ModelOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Verification accuracy and FNMR at fixed FMR on an LFW-style pairs file."""
+    """Verification accuracy and FNMR at fixed FMR on an LFW-style pairs file. Moves no floor: collections keep
+    the calibration pinned when they were created."""
     from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry
     from cluster.pipeline.faces import FacePipeline
     from jobs.evaluate import evaluate_lfw, read_pairs
@@ -107,11 +116,32 @@ def eval_lfw(
         task = bar.add_task("embedding", total=count, extra="")
         result = evaluate_lfw(pipeline, images, pairs, limit, out, lambda n: bar.advance(task, n))
     calibration = result.pop("calibration")
-    if store_calibration and limit is None:
-        card = registry.card(model_id) or {}
-        card["calibration"] = {**calibration, "dataset": str(images), "pairs_file": str(pairs)}
-        registry.write_card(model_id, card)
+    if save_calibration:
+        result["calibration_file"] = str(save_new_calibration(out, model_id, calibration, images, pairs, limit))
     emit(result, as_json)
+
+
+def save_new_calibration(
+    out: Path, model_id: str, calibration: dict[str, Any], images: Path, pairs: Path, limit: int | None
+) -> Path:
+    """A new file, never one that exists (least of all the one collections were created with)."""
+    import secrets
+    from datetime import UTC, datetime
+
+    at = datetime.now(UTC)
+    path = out / f"calibration-{model_id}-{at:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}.json"
+    body = {
+        "model_id": model_id,
+        "created_at": at.isoformat(timespec="seconds"),
+        "dataset": str(images),
+        "pairs_file": str(pairs),
+        "pairs_limit": limit,
+        **calibration,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    with path.open("x") as handle:
+        json.dump(body, handle, indent=1)
+    return path
 
 
 @app.command("index")
@@ -197,7 +227,7 @@ def search(
     for column in ("similarity", "est. FMR", "external_image_id", "source"):
         table.add_column(column)
     for m in result.matches:
-        table.add_row(f"{m.similarity:.4f}", f"{m.estimated_false_match_rate:.1e}", m.external_image_id, m.source)
+        table.add_row(f"{m.similarity:.4f}", rate_text(m), m.external_image_id, m.source)
     Console().print(table)
     console.print(result.notice)
     if result.partial:
@@ -247,8 +277,17 @@ def demo(
     console.print(f"[bold]2/3[/bold] indexing {images} into collection {collection!r} at {store.uri}")
     if collection not in call(collections.names):
         # The default floor (1e-5 false matches per comparison) with the default model, as a user would get.
-        made = call(lambda s, c: collections.create(s, c, collection, 4, DEFAULT_MAX_FALSE_MATCH_RATE))
-        console.print(f"collection {collection!r}: {made.model_id}, floor {made.max_false_match_rate:g}")
+        call(lambda s, c: collections.create(s, c, collection, 4, DEFAULT_MAX_FALSE_MATCH_RATE))
+    described = call(lambda s, c: collections.describe(s, c, collection))
+    console.print(
+        f"collection {collection!r}: {described.model_id}; floor: at most {described.max_false_match_rate:g} false "
+        f"matches per comparison, similarity {described.threshold_floor_similarity:.4f} on its pinned calibration"
+    )
+    if described.max_false_match_rate != DEFAULT_MAX_FALSE_MATCH_RATE:
+        console.print(
+            f"[yellow]not the default floor ({DEFAULT_MAX_FALSE_MATCH_RATE:g}): {collection!r} existed already and "
+            f"keeps the floor it was created with; `facegrid collections delete {collection}` starts afresh[/yellow]"
+        )
     emit(run_index(IndexRequest.model_validate({"collection": collection, "source": str(source)})), as_json=False)
     console.print(f"[bold]3/3[/bold] searching with {len(held)} photos that were not indexed")
     for probe, result in zip(held, call(lambda s, c: search_probes(s, c, collection, held)), strict=True):
@@ -258,11 +297,17 @@ def demo(
         for rank, m in enumerate(result.matches, 1):
             name = m.external_image_id or ""
             same = "[green]" if name.split("/")[0] == probe.parent.name else "[red]"
-            table.add_row(str(rank), f"{m.similarity:.4f}", f"{m.estimated_false_match_rate:.1e}", f"{same}{name}")
+            table.add_row(str(rank), f"{m.similarity:.4f}", rate_text(m), f"{same}{name}")
         if not result.matches:
             table.add_row("-", "-", "-", "no match above the collection's floor")
         Console().print(table)
     console.print(LEADS)
+
+
+def rate_text(match: Any) -> str:
+    """A match's false match rate as printed: a bound reads as one."""
+    bound = "<=" if match.false_match_rate_is_bound else ""
+    return f"{bound}{match.estimated_false_match_rate:.1e}"
 
 
 LEADS = "Matches are investigative leads that need human review, never identifications on their own."

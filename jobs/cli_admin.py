@@ -24,6 +24,23 @@ keys_app = typer.Typer(help="API keys: created, listed, revoked; every change is
 audit_app = typer.Typer(help="The hash-chained audit log: verify, export, report.", no_args_is_help=True)
 
 
+@collections_app.command("calibrate")
+def collections_calibrate(
+    name: str,
+    calibration: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="From eval --save-calibration")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Pin another calibration to one collection: the only way its floor moves. Shows the old and the new floor
+    similarity; audited."""
+    from serving.usecases import collections
+
+    try:
+        loaded = json.loads(calibration.read_text())
+    except (OSError, ValueError) as exc:
+        raise fail(InvalidRequest(f"cannot read calibration {calibration}: {exc}")) from exc
+    emit(call(lambda s, c: collections.calibrate(s, c, name, loaded)), as_json)
+
+
 @collections_app.command("create")
 def collections_create(
     name: str,

@@ -1,4 +1,4 @@
-"""The embedding models a server holds: each model's face pipeline and calibration, and the thresholds they give."""
+"""The embedding models a server holds: each model's face pipeline, and the calibrations floors and rates come from."""
 
 from __future__ import annotations
 
@@ -6,22 +6,23 @@ from typing import Any
 
 import numpy as np
 
-from cluster.calibration import estimated_false_match_rate, floor_similarity
+from cluster.calibration import Rates
 from cluster.errors import ThresholdBelowFloor
-from cluster.manifest import Manifest
+from cluster.manifest import DEFAULT_MAX_FALSE_MATCH_RATE, Manifest
 from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry, embedding_of
 from cluster.pipeline.faces import FacePipeline
 from cluster.settings import Settings
 
 
 class EmbeddingModels:
-    """Loaded on first use, once per model: a collection is embedded, floored and rated with its own model only."""
+    """Loaded on first use, once per model: a collection is embedded with its own model, floored and rated with
+    its own pinned calibration (its model's, for collections made before calibrations were pinned)."""
 
     def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
         self.settings = settings
         self.registry = registry
         self._pipelines: dict[str, FacePipeline] = {}
-        self._calibrations: dict[str, dict[str, Any]] = {}
+        self._rates: dict[str, Rates] = {}  # by calibration sha256, or by model id for a model's own
 
     def pipeline(self, model_id: str = DEFAULT_EMBEDDER) -> FacePipeline:
         pipeline = self._pipelines.get(model_id)
@@ -30,31 +31,52 @@ class EmbeddingModels:
         return pipeline
 
     def calibration(self, model_id: str) -> dict[str, Any]:
-        calibration = self._calibrations.get(model_id)
-        if calibration is None:
-            embedding_of(model_id)
-            calibration = self._calibrations[model_id] = self.registry.calibration(model_id)
-        return calibration
+        """The model's calibration on this machine: what a new collection pins, and what compare uses."""
+        embedding_of(model_id)
+        return self.registry.calibration(model_id)
 
-    def floor_similarity(self, model_id: str, max_false_match_rate: float) -> float:
-        return floor_similarity(max_false_match_rate, self.calibration(model_id))
+    def rates(self, of: Manifest | str) -> Rates:
+        """A collection's pinned calibration (a manifest), or a model's own (a model id)."""
+        if isinstance(of, Manifest) and of.calibration is not None and of.calibration_sha256 is not None:
+            key, source = of.calibration_sha256, of.calibration
+        else:
+            key = of.model_id if isinstance(of, Manifest) else of
+            source = None
+        rates = self._rates.get(key)
+        if rates is None:
+            rates = self._rates[key] = Rates(source if source is not None else self.calibration(key))
+        return rates
 
-    def false_match_rates(self, model_id: str, similarities: np.ndarray | float) -> np.ndarray:
-        return estimated_false_match_rate(similarities, self.calibration(model_id))
+    def floor_similarity(self, of: Manifest | str, max_false_match_rate: float | None = None) -> float:
+        """The floor of a collection (a manifest), or of a model at `max_false_match_rate` (default: 1e-5)."""
+        return self.rates(of).floor(_max_rate(of, max_false_match_rate))
 
-    def applied_threshold(self, manifest: Manifest, requested: float | None) -> dict[str, Any]:
-        """The threshold a search of this collection uses: the one asked for, never looser than the floor."""
-        floor = self.floor_similarity(manifest.model_id, manifest.max_false_match_rate)
+    def false_match_rates(self, of: Manifest | str, similarities: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+        """Per comparison, with the floor's margin; and whether each is a bound (see Rates.at)."""
+        return self.rates(of).at(similarities)
+
+    def applied_threshold(self, of: Manifest | str, requested: float | None) -> dict[str, Any]:
+        """The threshold a search of a collection (or a comparison with a model) uses: the one asked for, never
+        looser than the floor."""
+        rate = _max_rate(of, None)
+        floor = self.floor_similarity(of)
         if requested is not None and requested < floor:
+            whose = "this collection's" if isinstance(of, Manifest) else f"{of}'s default"
             raise ThresholdBelowFloor(
-                f"threshold {requested:g} is looser than this collection's floor {floor:.4f} "
-                f"(at most {manifest.max_false_match_rate:g} false matches per comparison)",
+                f"threshold {requested:g} is looser than {whose} floor {floor:.4f} "
+                f"(at most {rate:g} false matches per comparison)",
                 floor=round(floor, 6),
-                max_false_match_rate=manifest.max_false_match_rate,
+                max_false_match_rate=rate,
             )
         return {
             "requested": requested,
             "applied": round(max(floor, requested or floor), 6),
             "floor": round(floor, 6),
-            "max_false_match_rate": manifest.max_false_match_rate,
+            "max_false_match_rate": rate,
         }
+
+
+def _max_rate(of: Manifest | str, given: float | None) -> float:
+    if given is not None:
+        return given
+    return of.max_false_match_rate if isinstance(of, Manifest) else DEFAULT_MAX_FALSE_MATCH_RATE

@@ -28,7 +28,7 @@ def face_detail(face: Face) -> FaceDetail:
     )
 
 
-def match(hit: Hit, rate: float, manifest: Manifest) -> Match:
+def match(hit: Hit, rate: float, bound: bool, manifest: Manifest) -> Match:
     record = hit.record
     return Match(
         face_id=record.get("face_id", f"{hit.faiss_id:016x}"),
@@ -37,6 +37,7 @@ def match(hit: Hit, rate: float, manifest: Manifest) -> Match:
         bbox=[round(float(v), 1) for v in record.get("bbox") or []],
         similarity=round(hit.similarity, 6),
         estimated_false_match_rate=rate,
+        false_match_rate_is_bound=bound,
         expected_false_matches_in_collection=rate * manifest.face_count,
         shard=hit.shard,
     )

@@ -6,6 +6,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+RATE = (
+    "Per comparison, from the collection's pinned calibration, with the floor's safety margin (twice the rate "
+    "measured among the calibration's impostor comparisons)"
+)
+BOUND = (
+    "True where fewer than 50 of the calibration's impostor comparisons scored this high: the rate is then at most "
+    "estimated_false_match_rate, which is the smallest the calibration can tell apart, not an estimate"
+)
+
 
 class ErrorBody(BaseModel):
     code: str = Field(description="Stable, machine-readable: NO_FACE_IN_PROBE, THRESHOLD_BELOW_FLOOR, ...")
@@ -33,7 +42,8 @@ class Match(BaseModel):
     source: str | None = Field(description="The object the face was indexed from")
     bbox: list[float]
     similarity: float
-    estimated_false_match_rate: float = Field(description="Per comparison, from the model's calibration")
+    estimated_false_match_rate: float = Field(description=RATE)
+    false_match_rate_is_bound: bool = Field(description=BOUND)
     expected_false_matches_in_collection: float
     shard: int
 
@@ -69,12 +79,24 @@ class SearchAnswer(VectorAnswer):
     unsearched_faces: list[FaceDetail]
 
 
+class ComparedFace(BaseModel):
+    face: FaceDetail
+    similarity: float
+    estimated_false_match_rate: float = Field(description=RATE)
+    false_match_rate_is_bound: bool = Field(description=BOUND)
+    matched: bool = Field(description="Similarity at or above the applied threshold")
+
+
 class CompareAnswer(BaseModel):
     model_id: str
-    similarity: float
-    estimated_false_match_rate: float
-    source_face: FaceDetail
-    target_face: FaceDetail
+    similarity: float = Field(description="The most similar target face's")
+    estimated_false_match_rate: float = Field(description="The most similar target face's; " + RATE)
+    false_match_rate_is_bound: bool
+    threshold: Threshold = Field(description="The model's default floor (no collection), or a stricter threshold")
+    source_face: FaceDetail = Field(description="The source photo's largest face: the one compared")
+    face_matches: list[ComparedFace] = Field(description="Target faces at or above the threshold, most similar first")
+    unmatched_faces: list[ComparedFace] = Field(description="Target faces below it, most similar first")
+    uncompared_faces: list[FaceDetail] = Field(description="Target faces found but not usable, with their reasons")
     purpose: str | None
     case_id: str | None
     notice: str
@@ -99,6 +121,7 @@ class CollectionInfo(BaseModel):
     shard_count: int
     shard_set: int
     max_false_match_rate: float
+    calibration_sha256: str | None = Field(description="The pinned calibration; null: the model's, not pinned")
     version: int
     created_at: str
     updated_at: str | None
@@ -109,8 +132,23 @@ class CollectionInfo(BaseModel):
 
 
 class CollectionDescription(CollectionInfo):
+    user_count: int
     threshold_floor_similarity: float
+    calibration: dict[str, Any] = Field(description="Where the floor and the per-match rates come from")
     errors_by_reason: dict[str, int]
+
+
+class CalibrationChange(BaseModel):
+    """A calibration applied to one collection: its floor before and after."""
+
+    collection: str
+    version: int
+    max_false_match_rate: float
+    old_floor_similarity: float
+    new_floor_similarity: float
+    old_calibration_sha256: str
+    new_calibration_sha256: str
+    dataset: str | None
 
 
 class CollectionList(BaseModel):
@@ -179,6 +217,93 @@ class VectorSearch(BaseModel):
     max_results: int = 10
     nprobe: int | None = None
     ef_search: int | None = None
+
+
+class FaceSearch(BaseModel):
+    purpose: str | None = None
+    case_id: str | None = None
+    threshold: float | None = None
+    max_results: int = 10
+    nprobe: int | None = None
+    ef_search: int | None = None
+
+
+class FaceIdAnswer(VectorAnswer):
+    searched_face_id: str = Field(description="The indexed face searched with; left out of its own matches")
+
+
+class CreateUser(BaseModel):
+    user_id: str = Field(description="1-128 letters, digits, '_', '.', '-' or ':'")
+
+
+class UserInfo(BaseModel):
+    user_id: str
+    created_at: str
+    created_by: str
+    face_count: int
+    face_ids: list[str]
+
+
+class UserPage(BaseModel):
+    collection: str
+    total: int
+    offset: int
+    limit: int
+    users: list[UserInfo]
+    next_offset: int | None
+
+
+class FaceIds(BaseModel):
+    face_ids: list[str] = Field(description="1-100 face ids")
+
+
+class UnsuccessfulFace(BaseModel):
+    face_id: str
+    reason: str = Field(description="FACE_NOT_FOUND, ASSOCIATED_TO_A_DIFFERENT_USER or NOT_ASSOCIATED_TO_THIS_USER")
+    user_id: str | None = Field(default=None, description="The user the face belongs to, when another one")
+
+
+class AssociationChange(BaseModel):
+    collection: str
+    user_id: str
+    changed_faces: list[str] = Field(description="Associated (or disassociated) by this request")
+    unsuccessful: list[UnsuccessfulFace]
+    user_faces: int = Field(description="The user's faces after this request")
+
+
+class UserDeleted(BaseModel):
+    collection: str
+    user_id: str
+    disassociated_faces: list[str]
+    erased_faces: list[str] = Field(description="With erase_faces: the user's faces, really erased")
+
+
+class UserMatch(BaseModel):
+    user_id: str
+    similarity: float = Field(description="The best of its faces' similarities")
+    estimated_false_match_rate: float = Field(description="The best face's; " + RATE)
+    false_match_rate_is_bound: bool
+    user_false_match_rate_at_most: float = Field(
+        description="A person of n faces is n comparisons: at most n times the best face's rate"
+    )
+    user_faces: int
+    matched_faces: list[Match] = Field(description="The evidence: which of the user's faces matched, best first")
+
+
+class UserSearchAnswer(BaseModel):
+    collection: str
+    model_id: str
+    user_matches: list[UserMatch]
+    threshold: Threshold
+    searched_face: FaceDetail | None = Field(description="With an image: its largest face, the one searched")
+    searched_face_id: str | None
+    searched_user_id: str | None = Field(description="With a user id: every face of that user searched")
+    collection_users: int
+    partial: bool
+    missing_shards: list[int]
+    purpose: str | None
+    case_id: str | None
+    notice: str
 
 
 class DeleteFaces(BaseModel):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from serving.deps import CallerDep, Ctx, errors
 from serving.schemas import (
+    CalibrationChange,
     CollectionDeleted,
     CollectionDescription,
     CollectionInfo,
@@ -29,6 +32,13 @@ async def create(body: CreateCollection, ctx: Ctx, caller: CallerDep) -> Collect
 async def rebuild(collection: str, body: RebuildCollection, ctx: Ctx, caller: CallerDep) -> CollectionInfo:
     """Rebuild, retrain or reshard; searches are answered throughout, and the new snapshots swap in atomically."""
     return await collections.rebuild(ctx, caller, collection, body.shards, body.index_spec, body.retrain)
+
+
+@router.put("/{collection}/calibration", responses=errors(404, 409))
+async def calibrate(collection: str, body: dict[str, Any], ctx: Ctx, caller: CallerDep) -> CalibrationChange:
+    """Pin another calibration (a file `facegrid eval --save-calibration` wrote) to this collection: the only way
+    its floor moves. Admin only; audited with the old and the new floor similarity."""
+    return await collections.calibrate(ctx, caller, collection, body)
 
 
 @router.get("", responses=errors())

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from cluster.access import Action, Caller, authorize
+from cluster.calibration import Rates, calibration_sha256, check_calibration
 from cluster.index_spec import AUTO
 from cluster.manifest import Manifest
 from cluster.models.registry import DEFAULT_EMBEDDER
-from serving.schemas import CollectionDescription, CollectionInfo
+from cluster.publish import Publisher
+from serving.schemas import CalibrationChange, CollectionDescription, CollectionInfo
 from serving.usecases.audited import audited
 from serving.usecases.context import Context
 
@@ -26,13 +30,21 @@ async def create(
 ) -> CollectionInfo:
     model_id = model or DEFAULT_EMBEDDER
     fields = {"max_false_match_rate": max_false_match_rate, "model_id": model_id, "shards": shards, "index_spec": index}
-    async with audited(ctx, caller, "create-collection", name, **fields):
+    async with audited(ctx, caller, "create-collection", name, **fields) as entry:
         authorize(caller, Action.COLLECTIONS_WRITE)
         pinned = ctx.registry.pin(model_id)
-        ctx.models.floor_similarity(model_id, max_false_match_rate)  # refuses rates the calibration cannot support
+        calibration = ctx.models.calibration(model_id)
+        floor = ctx.models.floor_similarity(model_id, max_false_match_rate)  # refuses rates it cannot support
         manifest = Manifest(
-            name=name, **pinned, shard_count=shards, max_false_match_rate=max_false_match_rate, index_spec=index
+            name=name,
+            **pinned,
+            shard_count=shards,
+            max_false_match_rate=max_false_match_rate,
+            index_spec=index,
+            calibration=calibration,
+            calibration_sha256=calibration_sha256(calibration),
         )
+        entry.update(calibration_sha256=manifest.calibration_sha256, floor_similarity=round(floor, 6))
         return info(ctx.collections.create(manifest))
 
 
@@ -44,12 +56,15 @@ def names(ctx: Context, caller: Caller) -> list[str]:
 def describe(ctx: Context, caller: Caller, name: str) -> CollectionDescription:
     authorize(caller, Action.COLLECTIONS_READ, name)
     manifest = ctx.manifest(name, fresh=True)
-    floor = ctx.models.floor_similarity(manifest.model_id, manifest.max_false_match_rate)
+    floor = ctx.models.floor_similarity(manifest)
+    pinned = manifest.calibration is not None
     reasons = ctx.collections.errors(manifest).column("reason").to_pylist()
     return CollectionDescription.model_validate(
         {
             **manifest.public(),
+            "user_count": len(ctx.people(name).state().users),
             "threshold_floor_similarity": round(floor, 6),
+            "calibration": calibration_summary(ctx.models.rates(manifest).calibration, pinned=pinned),
             "errors_by_reason": {r: reasons.count(r) for r in sorted(set(reasons))},
         }
     )
@@ -69,6 +84,32 @@ async def rebuild(
     return info(new)
 
 
+async def calibrate(ctx: Context, caller: Caller, name: str, calibration: dict[str, Any]) -> CalibrationChange:
+    """Pin another calibration to one collection: its floor similarity and every per-match rate follow it. The
+    only way a floor moves; audited with the old and the new floor."""
+    async with audited(ctx, caller, "calibrate-collection", name) as entry:
+        authorize(caller, Action.COLLECTIONS_WRITE, name)
+        current = ctx.manifest(name, fresh=True)
+        checked = check_calibration(calibration, current.model_id)
+        sha256 = calibration_sha256(checked)
+        new_floor = Rates(checked).floor(current.max_false_match_rate)  # refuses one too small for the floor
+        old, new = await ctx.in_thread(lambda: Publisher(ctx.collections).recalibrate(name, checked, sha256))
+        old_floor = ctx.models.floor_similarity(old)
+        change = CalibrationChange(
+            collection=name,
+            version=new.version,
+            max_false_match_rate=new.max_false_match_rate,
+            old_floor_similarity=round(old_floor, 6),
+            new_floor_similarity=round(new_floor, 6),
+            old_calibration_sha256=old.calibration_sha256 or calibration_sha256(ctx.models.rates(old).calibration),
+            new_calibration_sha256=sha256,
+            dataset=checked.get("dataset"),
+        )
+        entry.update(change.model_dump(exclude={"collection"}))
+    ctx.remember(new)
+    return change
+
+
 async def delete(ctx: Context, caller: Caller, name: str) -> int:
     async with audited(ctx, caller, "delete-collection", name) as entry:
         authorize(caller, Action.COLLECTIONS_WRITE, name)
@@ -77,3 +118,17 @@ async def delete(ctx: Context, caller: Caller, name: str) -> int:
     ctx.forget(name)
     await ctx.shards(name).drop()
     return removed
+
+
+def calibration_summary(calibration: dict[str, Any], *, pinned: bool) -> dict[str, Any]:
+    """What describe shows of a calibration: where it comes from and what it measured, not its table."""
+    return {
+        "pinned": pinned,
+        "sha256": calibration_sha256(calibration),
+        "dataset": calibration.get("dataset"),
+        "created_at": calibration.get("created_at"),
+        "impostor_comparisons": calibration["impostor_comparisons"],
+        "genuine_comparisons": calibration.get("genuine_comparisons"),
+        "similarity_at_fmr": calibration.get("similarity_at_fmr"),
+        "fnmr_at_fmr": calibration.get("fnmr_at_fmr"),
+    }

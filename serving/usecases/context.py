@@ -18,6 +18,7 @@ from cluster.access import KeyStore
 from cluster.index_spec import SearchKnobs
 from cluster.manifest import Collections, Manifest
 from cluster.models.registry import ModelRegistry
+from cluster.people import People
 from cluster.publish import Publisher
 from cluster.raycluster import ensure_ray
 from cluster.settings import Settings
@@ -75,6 +76,7 @@ class Context:
         self.fanout_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="facegrid-fanout")
         self._manifests: dict[str, tuple[float, Manifest]] = {}
         self._shard_sets: dict[str, ShardSet] = {}
+        self._people: dict[str, People] = {}
         self._batchers: dict[str, tuple[dict[int, Any], MicroBatcher]] = {}
         self.folding: set[str] = set()  # collections whose live log is being folded by this process
         self._background: set[asyncio.Future[Any]] = set()
@@ -102,6 +104,12 @@ class Context:
 
     def forget(self, name: str) -> None:
         self._manifests.pop(name, None)
+
+    def people(self, name: str) -> People:
+        """The collection's users; every read lists its acts afresh, so changes made elsewhere show at once."""
+        if name not in self._people:
+            self._people[name] = People(self.store, name)
+        return self._people[name]
 
     def shards(self, name: str) -> ShardSet:
         if name not in self._shard_sets:

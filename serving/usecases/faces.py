@@ -44,9 +44,18 @@ async def erase(
         published, rows = await ctx.publish_task(lambda p: p.erase_faces(manifest, wanted, named, by))
         erased = [r["face_id"] for r in rows]
         entry["deleted_faces"] = erased
+        await ctx.in_thread(_disassociate_erased, ctx, collection, erased, by)
         ctx.forget(collection)
         if erased:
             await ctx.shards(collection).sync(published, published)
     return FacesDeleted(
         deleted_faces=erased, unknown_face_ids=sorted(wanted - set(erased)), collection_faces=published.face_count
     )
+
+
+def _disassociate_erased(ctx: Context, collection: str, erased: list[str], by: str) -> None:
+    """An erased face belongs to nobody any more (a readmitted one comes back unassociated)."""
+    people = ctx.people(collection)
+    owned = [f for f in erased if f in people.state().owner]
+    if owned:
+        people.write("disassociate", "*", by, owned, reason="erased")

@@ -6,6 +6,8 @@ import asyncio
 import hashlib
 from concurrent.futures import Executor
 
+import numpy as np
+
 from cluster.access import Action, Caller, authorize
 from cluster.errors import NoFaceInProbe
 from cluster.models.registry import DEFAULT_EMBEDDER
@@ -14,7 +16,7 @@ from cluster.pipeline.faces import ImageFaces
 from cluster.pipeline.quality import QualityFilter
 from serving import render
 from serving.render import LEADS_NOTICE
-from serving.schemas import CompareAnswer, DetectAnswer
+from serving.schemas import CompareAnswer, ComparedFace, DetectAnswer, Threshold
 from serving.usecases.audited import audited
 from serving.usecases.context import Context
 from serving.usecases.policy import SearchRequest, check_purpose
@@ -40,6 +42,9 @@ async def probe_faces(
     return result
 
 
+MAX_COMPARED_FACES = 100
+
+
 async def compare(
     ctx: Context,
     caller: Caller,
@@ -49,26 +54,59 @@ async def compare(
     purpose: str | None,
     case_id: str | None,
     model: str | None = None,
+    threshold: float | None = None,
 ) -> CompareAnswer:
+    """The largest face of the source photo against every face of the target (up to 100): each with its
+    similarity and false match rate, matched or not at the floor (the default one, 1e-5, on the model's
+    calibration) or a stricter threshold."""
     model_id = model or DEFAULT_EMBEDDER
     probe = hashlib.sha256(a).hexdigest() + ":" + hashlib.sha256(b).hexdigest()
-    fields = SearchRequest(purpose=purpose, case_id=case_id).audit_fields(probe)
+    request = SearchRequest(purpose=purpose, case_id=case_id, threshold=threshold)
+    fields = request.audit_fields(probe)
     async with audited(ctx, caller, "compare", None, **fields, model_id=model_id) as entry:
         authorize(caller, Action.SEARCH)
         check_purpose(ctx, purpose, case_id)
-        first, second = await asyncio.gather(probe_faces(ctx, a, 1, model_id), probe_faces(ctx, b, 1, model_id))
+        request.check(ctx.settings.serving.max_results)
+        limits = ctx.models.applied_threshold(model_id, threshold)
+        first, second = await asyncio.gather(
+            probe_faces(ctx, a, 1, model_id), probe_faces(ctx, b, MAX_COMPARED_FACES, model_id)
+        )
         if not first.faces or not second.faces:
             raise NoFaceInProbe("no face was found in " + ("the first" if not first.faces else "the second") + " image")
-        fa, fb = first.faces[0], second.faces[0]
-        assert fa.embedding is not None and fb.embedding is not None
-        similarity = round(float(fa.embedding @ fb.embedding), 6)
-        entry["similarity"] = similarity
+        source = first.faces[0]
+        assert source.embedding is not None
+        targets = np.stack([f.embedding for f in second.faces if f.embedding is not None])
+        similarities = np.round(targets @ source.embedding, 6)
+        rates, bounds = ctx.models.false_match_rates(model_id, similarities)
+        compared = sorted(
+            (
+                ComparedFace(
+                    face=render.face_detail(face),
+                    similarity=float(sim),
+                    estimated_false_match_rate=float(rate),
+                    false_match_rate_is_bound=bool(bound),
+                    matched=bool(sim >= limits["applied"]),
+                )
+                for face, sim, rate, bound in zip(second.faces, similarities, rates, bounds, strict=True)
+            ),
+            key=lambda c: -c.similarity,
+        )
+        best = compared[0]
+        entry.update(
+            similarity=best.similarity,
+            threshold_applied=limits["applied"],
+            results=[{"face": i, "similarity": c.similarity, "matched": c.matched} for i, c in enumerate(compared)],
+        )
         return CompareAnswer(
             model_id=model_id,
-            similarity=similarity,
-            estimated_false_match_rate=float(ctx.models.false_match_rates(model_id, similarity)),
-            source_face=render.face_detail(fa),
-            target_face=render.face_detail(fb),
+            similarity=best.similarity,
+            estimated_false_match_rate=best.estimated_false_match_rate,
+            false_match_rate_is_bound=best.false_match_rate_is_bound,
+            threshold=Threshold(**limits),
+            source_face=render.face_detail(source),
+            face_matches=[c for c in compared if c.matched],
+            unmatched_faces=[c for c in compared if not c.matched],
+            uncompared_faces=[render.face_detail(f) for f in second.skipped],
             purpose=purpose,
             case_id=case_id,
             notice=LEADS_NOTICE,

@@ -8,19 +8,19 @@ from typing import Any
 import numpy as np
 
 from cluster.access import Action, Caller, authorize
-from cluster.errors import InvalidRequest, ModelMismatch, NoFaceInProbe, ShardsUnavailable
+from cluster.errors import FaceNotFound, InvalidRequest, ModelMismatch, NoFaceInProbe, ShardsUnavailable
 from cluster.index_spec import SearchKnobs
 from cluster.manifest import Manifest
 from serving import render
 from serving.fanout import Hit
-from serving.schemas import Match, SearchAnswer, SearchedFace, VectorAnswer
-from serving.usecases.audited import audited
+from serving.schemas import FaceIdAnswer, Match, SearchAnswer, SearchedFace, VectorAnswer
+from serving.usecases.audited import audited, clipped
 from serving.usecases.context import Context
 from serving.usecases.images import probe_faces
 from serving.usecases.policy import SearchRequest, check_purpose
 
 
-def _prepare(ctx: Context, caller: Caller, collection: str, request: SearchRequest) -> tuple[Manifest, dict[str, Any]]:
+def prepare(ctx: Context, caller: Caller, collection: str, request: SearchRequest) -> tuple[Manifest, dict[str, Any]]:
     """The checks every search passes before any work: role, purpose, case id, limits, collection, floor."""
     authorize(caller, Action.SEARCH, collection)
     check_purpose(ctx, request.purpose, request.case_id)
@@ -31,8 +31,8 @@ def _prepare(ctx: Context, caller: Caller, collection: str, request: SearchReque
 
 def _matches(ctx: Context, hits: list[Hit], manifest: Manifest, threshold: float) -> list[Match]:
     kept = [h for h in hits if h.similarity >= threshold]
-    rates = ctx.models.false_match_rates(manifest.model_id, np.array([h.similarity for h in kept]))
-    return [render.match(h, float(r), manifest) for h, r in zip(kept, rates, strict=True)]
+    rates, bounds = ctx.models.false_match_rates(manifest, np.array([h.similarity for h in kept]))
+    return [render.match(h, float(r), bool(b), manifest) for h, r, b in zip(kept, rates, bounds, strict=True)]
 
 
 async def search_vectors(
@@ -56,7 +56,7 @@ async def search(ctx: Context, caller: Caller, collection: str, blob: bytes, req
     """Search with the faces of a probe photo: the largest, or up to `request.max_faces` of them."""
     fields = request.audit_fields(hashlib.sha256(blob).hexdigest())
     async with audited(ctx, caller, "search", collection, **fields) as entry:
-        manifest, limits = _prepare(ctx, caller, collection, request)
+        manifest, limits = prepare(ctx, caller, collection, request)
         probe = await probe_faces(ctx, blob, request.max_faces, manifest.model_id)
         if not probe.faces:
             skipped = [render.face_detail(f).model_dump() for f in probe.skipped]
@@ -92,7 +92,7 @@ async def search_vector(
     query = np.asarray(vector, dtype=np.float32)
     fields = request.audit_fields(hashlib.sha256(query.tobytes()).hexdigest())
     async with audited(ctx, caller, "search-vector", collection, **fields) as entry:
-        manifest, limits = _prepare(ctx, caller, collection, request)
+        manifest, limits = prepare(ctx, caller, collection, request)
         if model_id is not None and model_id != manifest.model_id:
             raise ModelMismatch(
                 f"the vector is a {model_id} embedding; collection {collection!r} holds {manifest.model_id} "
@@ -106,4 +106,29 @@ async def search_vector(
         )
         result = render.answer(manifest, limits, matches[0], missing, request.purpose, request.case_id)
         _record_results(entry, result, matches)
+    return result
+
+
+async def face_vectors(ctx: Context, manifest: Manifest, face_ids: list[str]) -> dict[str, np.ndarray]:
+    """The stored vectors of indexed faces, from the shards that hold them (absent: no such face)."""
+    return await ctx.shards(manifest.name).vectors(manifest, face_ids)
+
+
+async def search_face(
+    ctx: Context, caller: Caller, collection: str, face_id: str, request: SearchRequest
+) -> FaceIdAnswer:
+    """More like an indexed face: its stored vector searched like a probe's; the face itself is not a match."""
+    fields = request.audit_fields(hashlib.sha256(face_id.encode()).hexdigest())
+    async with audited(ctx, caller, "search-face", collection, **fields, face_id=clipped(face_id, 64)) as entry:
+        manifest, limits = prepare(ctx, caller, collection, request)
+        found = await face_vectors(ctx, manifest, [face_id])
+        if face_id not in found:
+            raise FaceNotFound(f"face {clipped(face_id, 64)!r} is not in collection {collection!r}")
+        matches, missing = await search_vectors(
+            ctx, manifest, found[face_id][None], request.max_results + 1, limits["applied"], request.knobs
+        )
+        others = [m for m in matches[0] if m.face_id != face_id][: request.max_results]
+        answer = render.answer(manifest, limits, others, missing, request.purpose, request.case_id)
+        result = FaceIdAnswer(**dict(answer), searched_face_id=face_id)
+        _record_results(entry, result, [others])
     return result

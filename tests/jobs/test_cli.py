@@ -121,3 +121,50 @@ def test_keys_and_audit_commands(env: dict[str, str], tmp_path: Path) -> None:
     report = run(env, "audit", "report", "--out", str(tmp_path))
     assert report["key_changes"] >= 2 and report["exports"] >= 1
     assert (tmp_path / "transparency.png").stat().st_size > 1000
+
+
+def test_eval_moves_no_floor_and_calibrate_moves_exactly_one(
+    env: dict[str, str], lfw_images: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from cluster.audit import read_records
+    from cluster.calibration import build_calibration
+    from cluster.storage import LocalStore
+
+    for name in ("kept", "moved"):
+        run(env, "collections", "create", name, "--shards", "1")
+    floors = {n: run(env, "collections", "describe", n)["threshold_floor_similarity"] for n in ("kept", "moved")}
+    assert run(env, "collections", "describe", "kept")["calibration"]["pinned"]
+    # Another data set (the first 15 pairs of each kind), saved: every floor stays where it was.
+    out = run(env, "eval", "lfw", "--images", str(lfw_images), "--pairs", str(LFW / "pairs.tsv"), "--limit", "15",
+              "--out", str(tmp_path), "--save-calibration")  # fmt: skip
+    saved = json.loads(Path(out["calibration_file"]).read_text())
+    assert saved["model_id"] == "sface-2021dec" and saved["pairs_limit"] == 15
+    assert {n: run(env, "collections", "describe", n)["threshold_floor_similarity"] for n in floors} == floors
+    # Too few impostor comparisons for the floor of 1e-5: refused, nothing moves.
+    refused = runner.invoke(
+        app, ["collections", "calibrate", "moved", "--calibration", out["calibration_file"]], env=env
+    )
+    assert refused.exit_code == 2 and "cannot be promised" in " ".join(refused.output.split())
+    # A calibration measured on impostors that score higher: applied to one collection, audited with both floors.
+    rng = np.random.default_rng(0)
+    impostor = np.clip(rng.normal(0.15, 0.1, 12_000_000), -1, 1)
+    stricter = {
+        "model_id": "sface-2021dec",
+        "dataset": "synthetic",
+        **build_calibration(rng.normal(0.7, 0.1, 3000), impostor),
+    }
+    path = tmp_path / "stricter.json"
+    path.write_text(json.dumps(stricter))
+    change = run(env, "collections", "calibrate", "moved", "--calibration", str(path))
+    assert change["old_floor_similarity"] == floors["moved"] and change["new_floor_similarity"] != floors["moved"]
+    after = {n: run(env, "collections", "describe", n)["threshold_floor_similarity"] for n in floors}
+    assert after == {"kept": floors["kept"], "moved": change["new_floor_similarity"]}
+    record = [r for r in read_records(LocalStore(Path(env["FACEGRID_STORE"]))) if r["action"] == "calibrate-collection"]
+    assert [(r["collection"], r["outcome"]) for r in record] == [("moved", "error"), ("moved", "ok")]
+    assert record[0]["code"] == "INVALID_REQUEST"
+    assert record[-1]["old_floor_similarity"] == floors["moved"]
+    assert record[-1]["new_floor_similarity"] == change["new_floor_similarity"]
+    for name in floors:
+        run(env, "collections", "delete", name, "--yes")
