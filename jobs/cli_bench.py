@@ -92,6 +92,19 @@ def bench_ingest(
     )
 
 
+@bench_app.command("people")
+def bench_people(
+    images: Annotated[Path, typer.Option(exists=True, file_okay=False)] = Path("../shared/lfw-dev/images"),
+    min_photos: Annotated[int, typer.Option(help="Probe every person with at least this many photos.")] = 4,
+    as_json: JsonFlag = False,
+) -> None:
+    """Rank-1 identification at the default floor: one photo against the person's other photos as separate
+    faces, and against the same photos associated as a user (index, searches and users on a scratch store)."""
+    from jobs.bench_people import run_people_benchmark
+
+    emit(run_people_benchmark(settings(), images, min_photos, console), as_json)
+
+
 @bench_app.command("index")
 def bench_index(
     images: Annotated[Path, typer.Option(exists=True, file_okay=False)],

@@ -168,3 +168,20 @@ def test_eval_moves_no_floor_and_calibrate_moves_exactly_one(
     assert record[-1]["new_floor_similarity"] == change["new_floor_similarity"]
     for name in floors:
         run(env, "collections", "delete", name, "--yes")
+
+
+def test_users_and_face_search_from_the_command_line(env: dict[str, str], lfw_images: Path) -> None:
+    run(env, "collections", "create", "crowd", "--shards", "1")
+    photos = lfw_photos(lfw_images, 2, per_person=2)
+    ids = [run(env, "faces", "add", "crowd", str(p), "--max-faces", "1")["face_records"][0]["face_id"] for p in photos]
+    search = ("--purpose", "system-test", "--case-id", "CLI-USERS")
+    similar = run(env, "faces", "search", "crowd", ids[0], *search)
+    assert similar["searched_face_id"] == ids[0] and ids[0] not in [m["face_id"] for m in similar["matches"]]
+    assert run(env, "users", "create", "crowd", "first")["face_count"] == 0
+    assert run(env, "users", "associate", "crowd", "first", *ids[:2])["user_faces"] == 2
+    assert run(env, "users", "list", "crowd")["users"][0]["face_ids"] == ids[:2]
+    found = run(env, "users", "search", "crowd", "--image", str(photos[1]), *search)["user_matches"]
+    assert found[0]["user_id"] == "first"
+    assert run(env, "users", "disassociate", "crowd", "first", ids[0])["user_faces"] == 1
+    assert run(env, "users", "delete", "crowd", "first", "--erase-faces")["erased_faces"] == [ids[1]]
+    run(env, "collections", "delete", "crowd", "--yes")
