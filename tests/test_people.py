@@ -139,9 +139,12 @@ def test_users_from_creation_to_deletion(world: Any) -> None:
     assert not remaining & set(b_ids)
     assert "bob" not in {u["user_id"] for u in client.get(base).json()["users"]}
     assert client.delete(f"{base}/bob").json()["error"]["code"] == "USER_NOT_FOUND"
-    actions = [r["action"] for r in read_records(world["ctx"].store)]
+    records = read_records(world["ctx"].store)
+    actions = [r["action"] for r in records]
     for action in ("create-user", "associate-faces", "disassociate-faces", "delete-user", "delete-faces"):
         assert action in actions
+    head = client.get("/v1/transparency").json()["head"]  # public: the latest checkpoint of the chain
+    assert head["seq"] >= records[-1]["seq"] and len(head["hash"]) == 64
 
 
 def _side_by_side(large: Path, small: Path) -> bytes:

@@ -9,7 +9,7 @@ import numpy as np
 
 from cluster.access import Action, Caller, authorize
 from cluster.errors import FaceNotFound, InvalidRequest, NoFaceInProbe
-from cluster.people import PeopleState, User, UserExists, check_face_ids, check_user_id
+from cluster.people import MAX_FACES_PER_ACT, PeopleState, User, UserExists, check_face_ids, check_user_id
 from serving import render
 from serving.render import LEADS_NOTICE
 from serving.schemas import (
@@ -184,14 +184,16 @@ async def search(
             searched_face = render.face_detail(probe.faces[0])
             queries = probe.faces[0].embedding[None]
         else:
-            wanted = [face_id] if face_id is not None else list(ctx.people(collection).user(str(user_id), state).faces)
+            # A user's first 100 faces at most: each is a query of its own.
+            user_faces = [] if face_id is not None else ctx.people(collection).user(str(user_id), state).faces
+            wanted = [face_id] if face_id is not None else list(user_faces[:MAX_FACES_PER_ACT])
             if not wanted:
                 raise InvalidRequest(f"user {user_id!r} has no faces to search with")
             found = await face_vectors(ctx, manifest, wanted)
             if face_id is not None and face_id not in found:
                 raise FaceNotFound(f"face {clipped(face_id, 64)!r} is not in collection {collection!r}")
             queries = np.stack([found[f] for f in wanted if f in found])
-            leave_out, leave_user = set(wanted), user_id
+            leave_out, leave_user = {*wanted, *user_faces}, user_id
         k = ctx.settings.serving.max_results
         matches, missing = await search_vectors(ctx, manifest, queries, k, limits["applied"], request.knobs)
         ranked = rank_users(state, matches, leave_out, leave_user)[:max_users]
