@@ -59,6 +59,9 @@ class ServingSettings(BaseModel):
     ingest_source: str | None = None
     max_upload_bytes: int = 20_000_000
     max_results: int = 100
+    # The Fernet key that seals Rekognition-protocol secrets and session tokens (cluster/credentials.py); every
+    # server of a deployment needs the same one. None: a key file created beside the user's configuration.
+    credential_key: str | None = None
 
 
 class Settings(BaseSettings):

@@ -188,16 +188,48 @@ def keys_create(
     role: Annotated[Role, typer.Option(help="admin, indexer, searcher or auditor")],
     collection: Annotated[list[str] | None, typer.Option(help="Grant only these collections (repeatable).")] = None,
     label: str = "",
+    protocol: Annotated[
+        str, typer.Option(help="facegrid (a bearer token) or rekognition (an access key id and secret)")
+    ] = "facegrid",
+    purpose: Annotated[str | None, typer.Option(help="rekognition: the purpose its calls are bound to")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Create a key; its token is printed once and stored only as a hash."""
+    """Create a key; its token (or, for the Rekognition protocol, its secret access key) is printed once."""
     from serving.usecases import keys
 
     async def create(ctx: Context, caller: Caller) -> dict[str, Any]:
+        if protocol == "rekognition":
+            if purpose is None:
+                raise InvalidRequest("a rekognition credential is bound to one purpose: give --purpose")
+            key, credential, secret = await keys.create_protocol_credential(
+                ctx, caller, role, collection, label, purpose
+            )
+            return {**key.public(), **credential.public(), "secret_access_key": secret}
+        if protocol != "facegrid":
+            raise InvalidRequest("protocol must be facegrid or rekognition")
         key, token = await keys.create(ctx, caller, role, collection, label)
         return {**key.public(), "token": token}
 
     emit(call(create), as_json)
+
+
+@keys_app.command("session")
+def keys_session(
+    access_key_id: Annotated[str, typer.Option(help="A rekognition credential's access key id")],
+    case_id: Annotated[str, typer.Option(help="The case every call with these credentials serves")],
+    purpose: Annotated[str | None, typer.Option(help="Checked against the credential's own")] = None,
+    ttl: Annotated[str, typer.Option(help="How long they last: 900s, 30m, 1h (at most 12h)")] = "1h",
+    as_json: JsonFlag = False,
+) -> None:
+    """Short-lived session credentials carrying a case id (AccessKeyId, SecretAccessKey, SessionToken)."""
+    from serving.usecases import keys
+
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        seconds = int(float(ttl[:-1]) * units[ttl[-1]]) if ttl[-1:] in units else int(ttl)
+    except ValueError as exc:
+        raise fail(InvalidRequest(f"--ttl {ttl!r} is not a duration such as 900s, 30m or 1h")) from exc
+    emit(call(lambda s, c: keys.session(s, c, access_key_id, purpose, case_id, seconds)), as_json)
 
 
 @keys_app.command("list")

@@ -18,7 +18,7 @@ from cluster.errors import FacegridError
 from cluster.pipeline.errors import ImageError
 from cluster.settings import Settings, get_settings
 from cluster.storage import StorageError
-from serving.routes import audit, collections, faces, health, images, keys, users
+from serving.routes import audit, collections, faces, health, images, keys, rekognition, users
 from serving.usecases.context import Context
 from serving.usecases.failures import failure
 
@@ -65,7 +65,16 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
 
     app = FastAPI(title="facegrid", version="0.2.0", lifespan=lifespan)
     app.state.request_counts = Counter()
-    routers = (collections.router, faces.router, users.router, images.router, keys.router, audit.router, health.router)
+    routers = (
+        collections.router,
+        faces.router,
+        users.router,
+        images.router,
+        keys.router,
+        audit.router,
+        health.router,
+        rekognition.router,
+    )
     for router in routers:
         app.include_router(router)
 

@@ -375,6 +375,8 @@ class IndexFacesAnswer(BaseModel):
     model_id: str
     external_image_id: str
     image_sha256: str
+    width: int = Field(description="Of the upright image, in pixels")
+    height: int
     face_records: list[IndexedFace]
     unindexed_faces: list[UnindexedFace]
 

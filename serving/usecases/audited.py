@@ -6,6 +6,7 @@ import asyncio
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from cluster.access import Caller
@@ -33,6 +34,10 @@ def as_json_number(value: float | None) -> float | str | None:
     return value if value is None or math.isfinite(value) else str(value)
 
 
+# The seq and hash of the record this request's task appended last: interfaces may echo it to the caller.
+LAST_RECORD: ContextVar[dict[str, Any] | None] = ContextVar("last_audit_record", default=None)
+
+
 async def record(ctx: Context, caller: Caller | None, entry: dict[str, Any], outcome: str, code: str | None) -> None:
     """Append one record: who (None: no valid key), what, and how it ended. No record is built anywhere else."""
     if not ctx.accountable:
@@ -43,9 +48,10 @@ async def record(ctx: Context, caller: Caller | None, entry: dict[str, Any], out
     full = {**who, **entry, "outcome": outcome, "code": code}
     if isinstance(ctx.store, LocalStore):
         # A local append takes about 0.3 ms, less than handing it to a thread would.
-        append_audit(ctx.settings, ctx.store, full)
+        LAST_RECORD.set(append_audit(ctx.settings, ctx.store, full))
         return
-    await asyncio.get_running_loop().run_in_executor(ctx.executor, append_audit, ctx.settings, ctx.store, full)
+    loop = asyncio.get_running_loop()
+    LAST_RECORD.set(await loop.run_in_executor(ctx.executor, append_audit, ctx.settings, ctx.store, full))
 
 
 @asynccontextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -15,6 +16,7 @@ import numpy as np
 import ray
 
 from cluster.access import KeyStore
+from cluster.credentials import Credentials, server_cipher
 from cluster.index_spec import SearchKnobs
 from cluster.manifest import Collections, Manifest
 from cluster.models.registry import ModelRegistry
@@ -104,6 +106,11 @@ class Context:
 
     def forget(self, name: str) -> None:
         self._manifests.pop(name, None)
+
+    @functools.cached_property
+    def credentials(self) -> Credentials:
+        """Rekognition-protocol credentials (made on first use: it may create the server key file)."""
+        return Credentials(self.store, server_cipher(self.settings.serving.credential_key))
 
     def people(self, name: str) -> People:
         """The collection's users; every read lists its acts afresh, so changes made elsewhere show at once."""

@@ -49,7 +49,7 @@ async def add_faces(
     async with audited(ctx, caller, "index-faces", collection, **fields) as entry:
         authorize(caller, Action.FACES_WRITE, collection)
         if object_key is not None:
-            photo, key, etag, location = await ctx.in_thread(_source_object, ctx, object_key)
+            photo, key, etag, location = await ctx.in_thread(source_object, ctx, object_key)
             external = external_image_id or object_key
         elif blob is not None:
             photo = blob
@@ -92,6 +92,8 @@ async def add_faces(
         model_id=manifest.model_id,
         external_image_id=external,
         image_sha256=digest,
+        width=image.width,
+        height=image.height,
         face_records=[
             IndexedFace(
                 face_id=r["face_id"],
@@ -104,7 +106,20 @@ async def add_faces(
     )
 
 
-def _source_object(ctx: Context, object_key: str) -> tuple[bytes, str, str, str]:
+def source_key_of(ctx: Context, bucket: str, name: str) -> str:
+    """The key inside the ingest source of an object named by bucket and name (Rekognition's S3Object): only
+    objects of that source can be read, never another bucket of the same credentials."""
+    uri = ctx.settings.serving.ingest_source or ""
+    if not uri.startswith("s3://"):
+        raise SourceObjectNotFound("S3Object images are read from the server's ingest source, which is no s3:// one")
+    own, _, prefix = uri[len("s3://") :].partition("/")
+    prefix = prefix.strip("/")
+    if bucket != own or (prefix and not name.startswith(prefix + "/")):
+        raise SourceObjectNotFound(f"S3Object must name an object under s3://{own}/{prefix}, the ingest source")
+    return name[len(prefix) + 1 :] if prefix else name
+
+
+def source_object(ctx: Context, object_key: str) -> tuple[bytes, str, str, str]:
     """The named object of the ingest source: bytes, key, etag and location (as index jobs record them)."""
     uri = ctx.settings.serving.ingest_source
     if uri is None:

@@ -7,6 +7,8 @@ from typing import Any
 from fastapi.concurrency import run_in_threadpool
 
 from cluster.access import Action, ApiKey, Caller, Role, authorize
+from cluster.credentials import Credential
+from cluster.errors import InvalidRequest
 from serving.usecases.audited import audited, clipped
 from serving.usecases.context import Context
 
@@ -44,6 +46,37 @@ async def create(
     return key, token
 
 
+async def create_protocol_credential(
+    ctx: Context, caller: Caller, role: Role, collections: list[str] | None, label: str, purpose: str
+) -> tuple[ApiKey, Credential, str]:
+    """A facegrid key with Rekognition-protocol credentials bound to one purpose: (key, credential, secret)."""
+    fields = {"key_role": str(role), "grants": collections or ["*"], "protocol": "rekognition", "purpose": purpose}
+    async with audited(ctx, caller, "key-create", None, **fields) as entry:
+        authorize(caller, Action.KEYS_WRITE)
+        if purpose not in ctx.settings.serving.purposes:
+            raise InvalidRequest(f"purpose {clipped(purpose, 64)!r} is not one of {ctx.settings.serving.purposes}")
+        key, _token = ctx.keys.create(role, collections, label)
+        credential, secret = ctx.credentials.create(key.key_id, purpose)
+        entry.update(key=key.key_id, access_key_id=credential.access_key_id)
+    return key, credential, secret
+
+
+async def session(
+    ctx: Context, caller: Caller, access_key_id: str, purpose: str | None, case_id: str, ttl_s: int
+) -> dict[str, object]:
+    """Session credentials carrying one case id (the purpose is the parent credential's)."""
+    fields = {"access_key_id": clipped(access_key_id, 32), "case_id": clipped(case_id, 256), "ttl_s": ttl_s}
+    async with audited(ctx, caller, "key-session", None, **fields) as entry:
+        authorize(caller, Action.KEYS_WRITE)
+        minted = ctx.credentials.session(access_key_id, case_id, ttl_s)
+        if purpose is not None and purpose != minted["Purpose"]:
+            raise InvalidRequest(
+                f"access key {access_key_id} is bound to purpose {minted['Purpose']!r}, not {purpose!r}"
+            )
+        entry.update(session_key_id=minted["AccessKeyId"], purpose=minted["Purpose"], expires=minted["Expiration"])
+    return minted
+
+
 def listed(ctx: Context, caller: Caller) -> list[dict[str, Any]]:
     authorize(caller, Action.KEYS_WRITE)
     return [k.public() for k in ctx.keys.keys(max_age_s=0.0)]
@@ -52,7 +85,9 @@ def listed(ctx: Context, caller: Caller) -> list[dict[str, Any]]:
 async def revoke(ctx: Context, caller: Caller, key_id: str) -> ApiKey:
     async with audited(ctx, caller, "key-revoke", None, key=key_id):
         authorize(caller, Action.KEYS_WRITE)
-        return ctx.keys.revoke(key_id)
+        revoked = ctx.keys.revoke(key_id)
+        ctx.credentials.revoke_for_key(key_id)
+        return revoked
 
 
 async def bootstrap(ctx: Context, caller: Caller) -> str | None:

@@ -1,0 +1,73 @@
+"""SigV4 as the server checks it: the signature is computed again with botocore's own signer over the headers the
+client signed and the raw body, with the secret behind its access key id, and compared in constant time."""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials as AwsCredentials
+
+from cluster.credentials import Resolved
+
+SERVICE = "rekognition"
+MAX_SKEW = timedelta(minutes=15)
+_AUTH = re.compile(
+    r"^AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)/aws4_request,"
+    r"\s*SignedHeaders=(?P<headers>[a-z0-9;\-]+),\s*Signature=(?P<signature>[0-9a-f]{64})$"
+)
+
+
+@dataclass
+class SignatureProblem(Exception):
+    """Why a request's signature is not accepted: `code` is the AWS error name a client expects."""
+
+    code: str
+    message: str
+
+
+def verify(
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    resolve: Callable[[str, str | None], Resolved],
+    now: datetime | None = None,
+) -> Resolved:
+    """Who signed the request, or SignatureProblem. `resolve(access_key_id, session_token)` returns the secret
+    and identity behind the key (raising for unknown, revoked or expired ones)."""
+    match = _AUTH.match(headers.get("authorization", ""))
+    if match is None:
+        raise SignatureProblem("MissingAuthenticationTokenException", "the request must be signed with SigV4")
+    if match["service"] != SERVICE:
+        raise SignatureProblem("InvalidSignatureException", f"the credential scope names service {match['service']}")
+    stamp = headers.get("x-amz-date", "")
+    try:
+        signed_at = datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        raise SignatureProblem("IncompleteSignatureException", "X-Amz-Date is missing or malformed") from None
+    if abs((now or datetime.now(UTC)) - signed_at) > MAX_SKEW or stamp[:8] != match["date"]:
+        raise SignatureProblem(
+            "InvalidSignatureException", "Signature expired: the request time is more than 15 minutes from the server's"
+        )
+    signed = match["headers"].split(";")
+    if "host" not in signed or any(name not in headers for name in signed):
+        raise SignatureProblem("IncompleteSignatureException", "the signed headers must include host and be present")
+    resolved = resolve(match["key"], headers.get("x-amz-security-token"))
+    request = AWSRequest(method=method, url=url, data=body, headers={name: headers[name] for name in signed})
+    request.context["timestamp"] = stamp
+    signer = SigV4Auth(AwsCredentials(match["key"], resolved.secret), SERVICE, match["region"])
+    canonical = signer.canonical_request(request)
+    expected = signer.signature(signer.string_to_sign(request, canonical), request)
+    if not hmac.compare_digest(expected, match["signature"]):
+        raise SignatureProblem(
+            "InvalidSignatureException",
+            "The request signature we calculated does not match the signature you provided. Check your AWS Secret "
+            "Access Key and signing method.",
+        )
+    return resolved
