@@ -70,7 +70,18 @@ class PurposeRefused(FacegridError):
 
 
 # Codes that mean "the system refused this search" (counted as refusals in the transparency report).
-REFUSAL_CODES = frozenset({"NOT_AUTHENTICATED", "FORBIDDEN", "PURPOSE_REQUIRED", "THRESHOLD_BELOW_FLOOR"})
+REFUSAL_CODES = frozenset(
+    {
+        "NOT_AUTHENTICATED",
+        "FORBIDDEN",
+        "PURPOSE_REQUIRED",
+        "THRESHOLD_BELOW_FLOOR",
+        # The Rekognition protocol's credentials and signatures (cluster/credentials.py, serving/rekognition/).
+        "UNRECOGNIZED_CLIENT",
+        "EXPIRED_TOKEN",
+        "INVALID_SIGNATURE",
+    }
+)
 
 
 class ShardsUnavailable(FacegridError):

@@ -133,6 +133,9 @@ class CollectionInfo(BaseModel):
 
 class CollectionDescription(CollectionInfo):
     user_count: int
+    live_face_count: int = Field(
+        description="Faces added since the last publish, searched already (face_count excludes them)"
+    )
     threshold_floor_similarity: float
     calibration: dict[str, Any] = Field(description="Where the floor and the per-match rates come from")
     errors_by_reason: dict[str, int]
@@ -375,6 +378,7 @@ class IndexFacesAnswer(BaseModel):
     model_id: str
     external_image_id: str
     image_sha256: str
+    source: str = Field(description="Where its records say it came from (an upload, or the ingest source's URI)")
     width: int = Field(description="Of the upright image, in pixels")
     height: int
     face_records: list[IndexedFace]

@@ -49,7 +49,7 @@ SESSION_HINT = (
 def exception_for(exc: Exception, in_session: bool) -> tuple[str, str]:
     """(Rekognition exception name, message) for any exception a call raised."""
     if isinstance(exc, SignatureProblem):
-        return exc.code, exc.message
+        return exc.aws_name, exc.message
     if isinstance(exc, InvalidParameter):
         return "InvalidParameterException", str(exc)
     described = failure(exc)

@@ -89,7 +89,7 @@ async def create_collection(ctx: Context, who: Who, p: dict[str, Any]) -> dict[s
 async def describe_collection(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, Any]:
     described = collections.describe(ctx, who.caller, p["CollectionId"])
     return {
-        "FaceCount": described.face_count,
+        "FaceCount": described.face_count + described.live_face_count,
         "UserCount": described.user_count,
         "FaceModelVersion": described.model_id,
         "CollectionARN": f"aws:rekognition:facegrid:collection/{described.name}",
@@ -136,7 +136,7 @@ async def index_faces(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, An
                 "Face": {
                     "FaceId": render.face_uuid(f.face_id),
                     "BoundingBox": render.box(f.bbox, size),
-                    "ImageId": render.image_uuid(answer.image_sha256),
+                    "ImageId": render.image_uuid(answer.source),
                     "ExternalImageId": f.external_image_id,
                     "Confidence": round(f.confidence * 100, 4),
                 },

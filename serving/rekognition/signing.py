@@ -6,7 +6,6 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from botocore.auth import SigV4Auth
@@ -14,6 +13,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as AwsCredentials
 
 from cluster.credentials import Resolved
+from cluster.errors import FacegridError
 
 SERVICE = "rekognition"
 MAX_SKEW = timedelta(minutes=15)
@@ -23,12 +23,15 @@ _AUTH = re.compile(
 )
 
 
-@dataclass
-class SignatureProblem(Exception):
-    """Why a request's signature is not accepted: `code` is the AWS error name a client expects."""
+class SignatureProblem(FacegridError):
+    """Why a request's signature is not accepted: `aws_name` is the AWS error a client expects."""
 
-    code: str
-    message: str
+    code = "INVALID_SIGNATURE"
+    status = 403
+
+    def __init__(self, aws_name: str, message: str) -> None:
+        super().__init__(message)
+        self.aws_name = aws_name
 
 
 def verify(

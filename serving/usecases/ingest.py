@@ -92,6 +92,7 @@ async def add_faces(
         model_id=manifest.model_id,
         external_image_id=external,
         image_sha256=digest,
+        source=location,
         width=image.width,
         height=image.height,
         face_records=[
