@@ -12,6 +12,7 @@ $(BIN)/facegrid: pyproject.toml
 	touch $(BIN)/facegrid
 
 install: $(BIN)/facegrid
+	./infra/install-browser.sh
 
 # The main job on the embedded default: local Ray, local folder store.
 demo: install

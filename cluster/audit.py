@@ -187,6 +187,24 @@ def _failed(verified: int, problem: Problem) -> dict[str, Any]:
     return {"ok": False, "records_verified": verified, "first_bad_record": problem.as_dict()}
 
 
+def record_at(store: ObjectStore, seq: int) -> dict[str, Any] | None:
+    """The record with this seq (segments are named by their first seq), or None."""
+    segments = sorted(i.key for i in store.list(PREFIX) if i.key.endswith(".jsonl"))
+    starts = [int(k.rsplit("/", 1)[1].split(".")[0]) for k in segments]
+    # Keys sort by date, then seq, and seqs only grow: the segment is the last one starting at or before seq.
+    holding = [k for k, start in zip(segments, starts, strict=True) if start <= seq]
+    if not holding or seq < 1:
+        return None
+    for line in store.get(holding[-1]).decode(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("seq") == seq:
+            return dict(record)
+    return None
+
+
 def read_records(
     store: ObjectStore, start: datetime | None = None, end: datetime | None = None
 ) -> list[dict[str, Any]]:

@@ -151,6 +151,14 @@ class FaceShard:
             out.update(zip(ids[found].tolist(), vectors, strict=True))
         return out
 
+    def records(self, faiss_ids: list[int]) -> dict[int, dict[str, Any]]:
+        """The records (face id, source, box) of those of these faces that this shard holds."""
+        ids = np.asarray(faiss_ids, dtype=np.int64)
+        snapshot, live = self.snapshot, self.live
+        out = snapshot.records_of(ids) if snapshot is not None else {}
+        out.update({i: live.records[i] for i in ids.tolist() if i in live.records})
+        return out
+
     def count(self) -> int:
         snapshot = self.snapshot
         return (snapshot.ntotal if snapshot is not None else 0) + self.live.ntotal

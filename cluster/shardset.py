@@ -125,6 +125,13 @@ class ShardSet:
     async def vectors(self, manifest: Manifest, face_ids: list[str]) -> dict[str, np.ndarray]:
         """The stored vectors of these faces, each asked of the one shard that holds it; faces no shard holds
         (never indexed, or erased) are absent. A shard that does not answer raises ShardsUnavailable."""
+        return await self._ask(manifest, face_ids, "vectors")
+
+    async def records(self, manifest: Manifest, face_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The records (face id, source, box) of these faces, as `vectors` finds them."""
+        return await self._ask(manifest, face_ids, "records")
+
+    async def _ask(self, manifest: Manifest, face_ids: list[str], method: str) -> dict[str, Any]:
         by_shard: dict[int, list[int]] = {}
         for face_id in face_ids:
             faiss_id = faiss_id_of(face_id)
@@ -134,7 +141,7 @@ class ShardSet:
             return {}
         handles = await self.handles(manifest)
         timeout = self.settings.serving.shard_timeout_s
-        asked = [handles[shard].vectors.remote(ids) for shard, ids in by_shard.items()]
+        asked = [getattr(handles[shard], method).remote(ids) for shard, ids in by_shard.items()]
         try:
             answers = await asyncio.wait_for(asyncio.gather(*asked), timeout)
         except (TimeoutError, ray.exceptions.RayActorError) as exc:

@@ -219,6 +219,14 @@ class ShardSnapshot:
         out = [inner.reconstruct(position[i]) for i in wanted.tolist()]
         return found, np.stack(out) if out else np.zeros((0, self.dim), np.float32)
 
+    def records_of(self, ids: np.ndarray) -> dict[int, dict[str, Any]]:
+        """The records of those of `ids` this snapshot holds."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(self.ids) == 0:
+            return {}
+        found = self.ids[np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)] == ids
+        return dict(zip(ids[found].tolist(), self._records(ids[found]), strict=True))
+
     def _rerank(self, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         out_scores = np.full((len(queries), k), -np.inf, np.float32)
         out_ids = np.full((len(queries), k), -1, np.int64)

@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-SEARCH_ACTIONS = ("search", "search-vector", "compare")
+SEARCH_ACTIONS = ("search", "search-vector", "search-face", "search-users", "compare")
 
 
 def transparency_report(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -29,6 +29,29 @@ def transparency_report(records: list[dict[str, Any]]) -> dict[str, Any]:
         "index_jobs": sum(1 for r in records if r.get("action") == "index" and r.get("outcome") == "ok"),
         "exports": sum(1 for r in records if r.get("action") == "export"),
         "key_changes": sum(1 for r in records if str(r.get("action", "")).startswith("key-")),
+        **review_counts(records, done),
+    }
+
+
+def review_counts(records: list[dict[str, Any]], searches: list[dict[str, Any]]) -> dict[str, Any]:
+    """Human review: decisions by kind, searches whose every returned face was decided, and how often reviewers
+    rejected the top candidate (the figure critics of face search ask for)."""
+    latest: dict[tuple[int, str], dict[str, Any]] = {}
+    for record in records:
+        if record.get("action") == "review" and record.get("outcome") == "ok":
+            latest[(record["search_seq"], record["face_id"])] = record
+    returned = {
+        s["seq"]: [m["face_id"] for face in s.get("results") or [] for m in face] for s in searches if s.get("results")
+    }
+    reviewed = sum(1 for seq, faces in returned.items() if faces and all((seq, f) in latest for f in faces))
+    top = [r for r in latest.values() if r.get("rank") == 1]
+    return {
+        "reviews": len(latest),
+        "decisions": dict(Counter(r["decision"] for r in latest.values()).most_common()),
+        "searches_with_candidates": sum(1 for faces in returned.values() if faces),
+        "searches_reviewed": reviewed,
+        "top_candidates_decided": len(top),
+        "top_candidates_rejected": sum(1 for r in top if r["decision"] == "not a match"),
     }
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from cluster.manifest import Manifest
 from cluster.pipeline.faces import Face
@@ -79,3 +81,14 @@ def face_record(record: dict[str, Any]) -> FaceRecord:
         quality=json.loads(quality) if isinstance(quality, str) else quality or {},
         indexed_at=None if indexed_at is None else str(indexed_at),
     )
+
+
+def image_size(blob: bytes) -> tuple[int, int] | None:
+    """(width, height) of the upright image, read from its header (None if it cannot be read)."""
+    try:
+        with Image.open(io.BytesIO(blob)) as image:
+            width, height = image.size
+            turned = image.getexif().get(0x0112) in (5, 6, 7, 8)
+    except Exception:  # the pipeline names what is wrong with an unreadable image
+        return None
+    return (height, width) if turned else (width, height)

@@ -357,6 +357,12 @@ class TransparencyReport(BaseModel):
     exports: int
     key_changes: int
     head: dict[str, Any] = Field(description="The chain's latest checkpoint: seq, hash and time of its last record")
+    reviews: int = Field(description="Faces a reviewer decided on (the latest decision per face and search)")
+    decisions: dict[str, int]
+    searches_with_candidates: int
+    searches_reviewed: int = Field(description="Searches whose every returned face was decided")
+    top_candidates_decided: int
+    top_candidates_rejected: int = Field(description="Top candidates a reviewer marked `not a match`")
 
 
 class IndexedFace(BaseModel):

@@ -17,6 +17,7 @@ from cluster.pipeline.quality import QualityFilter
 from serving.rekognition import render
 from serving.rekognition.shapes import InvalidParameter
 from serving.rekognition.similarity import cosine_for, percent
+from serving.render import image_size
 from serving.schemas import FaceDetail
 from serving.usecases import collections, faces, images, ingest, people, search
 from serving.usecases.context import Context
@@ -216,7 +217,7 @@ async def search_faces_by_image(ctx: Context, who: Who, p: dict[str, Any]) -> di
     cap = min(p.get("MaxFaces", 100), ctx.settings.serving.max_results)
     request = _request(who, _threshold(manifest, ctx, p.get("FaceMatchThreshold")), cap)
     answer = await search.search(ctx, who.caller, collection, blob, request)
-    size = render.image_size(blob)
+    size = image_size(blob)
     rates = ctx.models.rates(ctx.manifest(collection))
     return {
         "SearchedFaceBoundingBox": render.box(answer.searched_face.bbox, size),
@@ -232,7 +233,7 @@ async def compare_faces(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, 
     answer = await images.compare(
         ctx, who.caller, source, target, purpose=who.purpose, case_id=who.case_id, threshold=threshold
     )
-    rates, size_s, size_t = ctx.models.rates(answer.model_id), render.image_size(source), render.image_size(target)
+    rates, size_s, size_t = ctx.models.rates(answer.model_id), image_size(source), image_size(target)
     return {
         "SourceImageFace": {
             "BoundingBox": render.box(answer.source_face.bbox, size_s),
@@ -334,7 +335,7 @@ async def search_users_by_image(ctx: Context, who: Who, p: dict[str, Any]) -> di
     request = _request(who, _threshold(manifest, ctx, p.get("UserMatchThreshold")))
     cap = min(p.get("MaxUsers", 10), 100)
     answer = await people.search(ctx, who.caller, collection, request, image=blob, max_users=cap)
-    size = render.image_size(blob)
+    size = image_size(blob)
     searched = render.detail(answer.searched_face, size) if answer.searched_face else {}
     return {
         "UserMatches": _user_matches(answer, ctx.models.rates(ctx.manifest(collection))),

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 from datetime import datetime
 from typing import Any
-
-from PIL import Image
 
 from serving.rekognition.shapes import InvalidParameter
 from serving.schemas import FaceDetail
@@ -34,17 +31,6 @@ def image_uuid(source: str | None) -> str | None:
         return None
     digest = hashlib.sha256(source.encode()).hexdigest()
     return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
-
-
-def image_size(blob: bytes) -> tuple[int, int] | None:
-    """(width, height) of the upright image, read from its header (None if it cannot be read)."""
-    try:
-        with Image.open(io.BytesIO(blob)) as image:
-            width, height = image.size
-            turned = image.getexif().get(0x0112) in (5, 6, 7, 8)
-    except Exception:  # the pipeline names what is wrong with an unreadable image
-        return None
-    return (height, width) if turned else (width, height)
 
 
 def box(bbox: list[float], size: tuple[int, int] | None) -> dict[str, float] | None:

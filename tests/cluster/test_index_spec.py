@@ -73,6 +73,17 @@ def test_every_spec_finds_the_mates(spec: str, data: dict[str, np.ndarray], tmp_
         assert exact == 1.0
 
 
+@pytest.mark.parametrize("spec", ["Flat", "HNSW16", "IVF64,SQ8"])
+def test_a_snapshot_gives_back_the_stored_vectors(spec: str, data: dict[str, np.ndarray], tmp_path: Path) -> None:
+    """What search by face id reads: exact vectors for IVF, the index's own for Flat and HNSW."""
+    snapshot = _snapshot(tmp_path, spec, data)
+    rows = np.array([0, 17, INDEXED - 1])
+    asked = np.array([*data["ids"][rows], 1, 2**62])  # two ids no face has
+    found, vectors = snapshot.vectors(asked)
+    assert found.tolist() == [True, True, True, False, False]
+    np.testing.assert_allclose(vectors, data["vectors"][rows], atol=1e-6)
+
+
 def test_knobs_trade_recall_per_query(data: dict[str, np.ndarray], tmp_path: Path) -> None:
     snapshot = _snapshot(tmp_path, "IVF64,SQ8", data)
     default = _recall(snapshot, data)[1]

@@ -1,0 +1,198 @@
+"""The web console in a real Chromium (Debian's chromium and chromium-driver, through Selenium): sign in, search
+with a held-out lfw-dev photo, review candidates, find the decisions in the audit page, the public transparency
+page; grants and erasure hold for crops. Screenshots for the README with FACEGRID_SCREENSHOTS=1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cluster.access import Role, local_operator
+from cluster.settings import Settings
+from serving.threaded import serve_in_thread
+from serving.usecases import collections, faces
+from serving.usecases.context import Context
+from tests.factories import index
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+PEOPLE, INDEXED = 6, 3
+
+
+@pytest.fixture(scope="module")
+def world(
+    lfw_images: Path, model_dir: Path, local_ray: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    if CHROMIUM is None or DRIVER is None:
+        pytest.skip("chromium and chromedriver are not installed (make install installs Debian's packages)")
+    people = [p for p in sorted(lfw_images.iterdir()) if len(list(p.glob("*.jpg"))) >= INDEXED + 1][:PEOPLE]
+    source = tmp_path_factory.mktemp("console-source")
+    hidden = tmp_path_factory.mktemp("console-hidden")
+    held = {}
+    for person in people:
+        photos = sorted(person.glob("*.jpg"))
+        (source / person.name).mkdir()
+        for photo in photos[:INDEXED]:
+            shutil.copy(photo, source / person.name / photo.name)
+        held[person.name] = photos[INDEXED]
+    shutil.copytree(people[0], hidden / people[0].name)
+    ctx = Context(Settings(model_dir=model_dir, store=str(tmp_path_factory.mktemp("console-store"))))
+    op = local_operator()
+    for name, folder in (("cases", source), ("hidden", hidden)):
+        asyncio.run(collections.create(ctx, op, name, 2, 1e-5))
+        index(ctx, name, str(folder), max_faces=1)
+    tokens = {
+        "searcher": ctx.keys.create(Role.SEARCHER, ["cases"], label="investigator")[1],
+        "auditor": ctx.keys.create(Role.AUDITOR, label="auditor")[1],
+    }
+    with serve_in_thread(ctx) as url:
+        yield {"ctx": ctx, "url": url, "tokens": tokens, "held": held, "people": [p.name for p in people]}
+    ctx.close()
+
+
+@pytest.fixture(scope="module")
+def browser(world: Any) -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1400"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
+    driver.implicitly_wait(10)
+    yield driver
+    driver.quit()
+
+
+def _submit(browser: Any, button: Any) -> None:
+    """Click and wait for the next page (a click does not wait for the navigation it starts)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = browser.find_element(By.TAG_NAME, "html")
+    button.click()
+    WebDriverWait(browser, 60).until(expected_conditions.staleness_of(old))
+
+
+def _sign_in(browser: Any, world: Any, who: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(world["url"] + "/ui/signin")
+    browser.find_element(By.ID, "token").send_keys(world["tokens"][who])
+    _submit(browser, browser.find_element(By.ID, "signin"))
+
+
+def _shot(browser: Any, name: str) -> None:
+    if os.environ.get("FACEGRID_SCREENSHOTS"):
+        browser.save_screenshot(str(DOCS / f"console-{name}.png"))
+
+
+def _review(browser: Any, candidate: Any, decision: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    candidate.find_element(By.CSS_SELECTOR, f"input[value='{decision}']").click()
+    _submit(browser, candidate.find_element(By.CSS_SELECTOR, "form.review button"))
+
+
+def test_search_review_audit_transparency(browser: Any, world: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    _sign_in(browser, world, "searcher")
+    assert browser.current_url.endswith("/ui/search")
+    options = [o.text for o in Select(browser.find_element(By.ID, "collection")).options]
+    assert options == ["cases"]  # no grant on "hidden": not offered
+    button = browser.find_element(By.ID, "search")
+    assert not button.is_enabled()  # the case id comes first
+    Select(browser.find_element(By.ID, "purpose")).select_by_visible_text("system-test")
+    browser.find_element(By.ID, "case_id").send_keys("CASE-UI-1")
+    assert button.is_enabled()
+    person = world["people"][0]
+    browser.find_element(By.ID, "image").send_keys(str(world["held"][person].resolve()))
+    _submit(browser, button)
+
+    candidates = browser.find_elements(By.CSS_SELECTOR, "#face-1 li.candidate")
+    assert len(candidates) >= 2
+    assert candidates[0].find_element(By.CSS_SELECTOR, ".who").text.startswith(person)
+    crop = candidates[0].find_element(By.CSS_SELECTOR, "img.crop")
+    assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", crop) > 0
+    assert "unreviewed (0 of" in browser.page_source
+    _shot(browser, "search")
+    seq = int(browser.find_element(By.ID, "search-link").text.lstrip("#"))
+    _review(browser, candidates[0], "possible match")
+    assert browser.current_url.endswith(f"/ui/searches/{seq}")
+    second = browser.find_elements(By.CSS_SELECTOR, "#face-1 li.candidate")[1]
+    _review(browser, second, "not a match")
+    assert (
+        "decided: <b>possible match</b>" in browser.page_source and "decided: <b>not a match</b>" in browser.page_source
+    )
+    _shot(browser, "review")
+    _submit(browser, browser.find_element(By.ID, "signout"))
+
+    _sign_in(browser, world, "auditor")
+    browser.get(world["url"] + "/ui/audit?action=review")
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr.record")
+    assert len(rows) == 2 and all(f"search #{seq}" in r.text for r in rows)
+    assert {"possible match on rank 1", "not a match on rank 2"} == {r.text.split(": ", 1)[1] for r in rows}
+    assert "verified" in browser.find_element(By.ID, "verify").text
+    _shot(browser, "audit")
+    _submit(browser, browser.find_element(By.ID, "signout"))
+
+    browser.get(world["url"] + "/ui/transparency")  # public: no key
+    counts = browser.find_element(By.ID, "counts").text
+    assert "reviews recorded 2" in counts and "top candidates rejected by reviewers 0 of 1" in counts
+    assert "searches fully reviewed" in counts
+
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+    requested = [e["message"] for e in browser.get_log("performance") if '"Network.requestWillBeSent"' in e["message"]]
+    urls = [json.loads(m)["message"]["params"]["request"]["url"] for m in requested]
+    assert urls and all(u.startswith(world["url"]) or u.startswith("data:") for u in urls), urls
+
+
+def test_grants_and_erasure_hold_for_crops(browser: Any, world: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    ctx, url = world["ctx"], world["url"]
+    token = world["tokens"]["searcher"]
+    client = httpx.Client(base_url=url, cookies={"facegrid_console": token}, timeout=60)
+    person = world["people"][1]
+    probe = world["held"][person].read_bytes()
+    data = {"collection": "cases", "purpose": "system-test", "case_id": "CASE-UI-2"}
+    page = client.post("/ui/search", data=data, files={"image": ("p.jpg", probe)}).text
+    seq = int(page.split('id="search-link">#')[1].split("<")[0])
+    face = page.split('data-face-id="')[1].split('"')[0]
+    assert client.get(f"/ui/crops/cases/{face}", params={"search": seq}).status_code == 200
+    assert client.get(f"/ui/crops/cases/{face}", params={"search": seq}).headers["cache-control"] == "private, no-store"
+    hidden_face = ctx.collections.faces(ctx.collections.get("hidden"), ["face_id"]).column("face_id")[0].as_py()
+    assert client.get(f"/ui/crops/hidden/{hidden_face}", params={"search": seq}).status_code == 403
+    refused = client.post("/ui/search", data={**data, "collection": "hidden"}, files={"image": ("p.jpg", probe)})
+    assert refused.status_code == 403 and "FORBIDDEN" in refused.text
+    # The same refusal through the browser.
+    _sign_in(browser, world, "searcher")
+    browser.get(f"{url}/ui/crops/hidden/{hidden_face}?search={seq}")
+    assert "may not search" in browser.find_element(By.TAG_NAME, "body").text
+    browser.get(url + "/ui/collections")
+    assert "hidden" not in browser.find_element(By.ID, "collections").text
+    # An erased face has no crop, even for the search that returned it.
+    asyncio.run(faces.erase(ctx, local_operator(), "cases", [face], []))
+    assert client.get(f"/ui/crops/cases/{face}", params={"search": seq}).status_code == 404
+    views = [
+        r
+        for r in __import__("cluster.audit", fromlist=["read_records"]).read_records(ctx.store)
+        if r["action"] == "view-face"
+    ]
+    assert {r["outcome"] for r in views} >= {"ok", "refused", "error"}
