@@ -5,6 +5,7 @@ Content-Security-Policy of 'self' is sent with every page."""
 from __future__ import annotations
 
 import base64
+import binascii
 import csv
 import io
 import math
@@ -24,7 +25,7 @@ from cluster.errors import InvalidRequest
 from cluster.pipeline.quality import QualityFilter
 from serving.deps import Ctx, read_upload
 from serving.render import LEADS_NOTICE, image_size
-from serving.usecases import audit, collections, ingest, keys, review, search
+from serving.usecases import audit, collections, images, ingest, keys, people, review, search
 from serving.usecases.audited import LAST_RECORD, audited
 from serving.usecases.context import Context
 from serving.usecases.failures import failure
@@ -140,49 +141,65 @@ async def run_search(
     collection: Annotated[str, Form()],
     purpose: Annotated[str, Form()],
     case_id: Annotated[str, Form()],
-    image: Annotated[UploadFile, File()],
+    image: Annotated[UploadFile | None, File()] = None,
+    probe: Annotated[str, Form(description="The probe again, base64, after a face was picked")] = "",
+    kind: Annotated[str, Form()] = "",
     threshold: Annotated[str, Form()] = "",
+    by: Annotated[str, Form(description="faces, or people (users)")] = "faces",
+    face_index: Annotated[str, Form()] = "",
 ) -> Response:
+    """Upload, then (for a photo of several faces) pick one; only the picked face is searched. The probe is
+    never stored: the pick page carries it back in the form."""
     try:
         caller = await signed_in(ctx, request)
     except SignIn:
         return _redirect("/ui/signin")
     form = {"collections": _searchable(ctx, caller), "purposes": ctx.settings.serving.purposes}
+    limit = ctx.settings.serving.max_upload_bytes
     try:
-        blob = await read_upload(image, ctx.settings.serving.max_upload_bytes)
+        if image is not None and image.filename:
+            blob, kind = await read_upload(image, limit), (image.content_type or "image/jpeg").split(";")[0]
+        elif probe:
+            blob = base64.b64decode(probe, validate=True)
+        else:
+            raise InvalidRequest("choose a probe photo")
+        if len(blob) > limit:
+            raise InvalidRequest(f"the probe is over {limit} bytes")
         asked = float(threshold) if threshold.strip() else None
         if asked is not None and not math.isfinite(asked):
-            raise ValueError("threshold must be a number")
-        request_ = SearchRequest(purpose, case_id, asked, max_results=10, max_faces=10)
+            raise InvalidRequest("threshold must be a number")
+        fields = {"collection": collection, "purpose": purpose, "case_id": case_id, "threshold": threshold, "by": by}
+        shown = {"data": f"data:{kind or 'image/jpeg'};base64,{base64.b64encode(blob).decode()}"}
+        size = image_size(blob) or (1, 1)
+        if not face_index:
+            found = (await images.detect(ctx, caller, blob)).faces
+            if len(found) > 1:
+                boxes = [_box_percent(f.bbox, size) for f in found]
+                picked = {**fields, "probe": base64.b64encode(blob).decode(), "kind": kind}
+                return page(request, "pick.html", caller, probe={**shown, "boxes": boxes}, fields=picked)
+        chosen = int(face_index) if face_index else None
+        asked_for = SearchRequest(purpose, case_id, asked, max_results=10, face_index=chosen)
         LAST_RECORD.set(None)
-        answer = await search.search(ctx, caller, collection, blob, request_)
-    except ValueError as exc:
+        if by == "people":
+            people_answer = await people.search(ctx, caller, collection, asked_for, image=blob, max_users=10)
+        else:
+            answer = await search.search(ctx, caller, collection, blob, asked_for)
+    except (ValueError, binascii.Error) as exc:
         return problem(request, caller, InvalidRequest(str(exc)), "search.html", **form)
     except Exception as exc:
         return problem(request, caller, exc, "search.html", **form)
     seq = (LAST_RECORD.get() or {}).get("seq", 0)
-    size = image_size(blob) or (1, 1)
-    faces = [answer.searched_face, *(f.searched_face for f in answer.other_faces)]
-    boxes = [_box_percent(f.bbox, size) for f in faces]
-    groups = [{"candidates": answer.matches}, *({"candidates": f.matches} for f in answer.other_faces)]
-    kind = (image.content_type or "image/jpeg").split(";")[0]
-    probe = {"data": f"data:{kind};base64,{base64.b64encode(blob).decode()}", "boxes": boxes}
-    return page(
-        request,
-        "results.html",
-        caller,
-        collection=collection,
-        seq=seq,
-        purpose=purpose,
-        case_id=case_id,
-        threshold=answer.threshold,
-        notice=answer.notice,
-        probe=probe,
-        groups=groups,
-        decided={},
-        decisions=review.DECISIONS,
-        review_status=_status(groups, {}),
-    )
+    common = {"collection": collection, "seq": seq, "purpose": purpose, "case_id": case_id, "notice": LEADS_NOTICE,
+              "decided": {}, "decisions": review.DECISIONS}  # fmt: skip
+    if by == "people":
+        searched = people_answer.searched_face
+        probe_view = {**shown, "boxes": [_box_percent(searched.bbox, size)] if searched else []}
+        return page(request, "people.html", caller, probe=probe_view, answer=people_answer,
+                    threshold=people_answer.threshold, **common)  # fmt: skip
+    groups = [{"candidates": answer.matches}]
+    probe_view = {**shown, "boxes": [_box_percent(answer.searched_face.bbox, size)]}
+    return page(request, "results.html", caller, probe=probe_view, groups=groups, threshold=answer.threshold,
+                review_status=_status(groups, {}), **common)  # fmt: skip
 
 
 def _box_percent(bbox: list[float], size: tuple[int, int]) -> dict[str, float]:

@@ -178,11 +178,14 @@ async def search(
         state = await ctx.in_thread(ctx.people(collection).state)
         searched_face, leave_out, leave_user = None, set[str](), None
         if image is not None:
-            probe = await probe_faces(ctx, image, 1, manifest.model_id)
-            if not probe.faces or probe.faces[0].embedding is None:
-                raise NoFaceInProbe("no face was found in the probe image")
-            searched_face = render.face_detail(probe.faces[0])
-            queries = probe.faces[0].embedding[None]
+            chosen = request.face_index or 0
+            probe = await probe_faces(ctx, image, None if request.face_index is not None else 1, manifest.model_id)
+            if len(probe.faces) <= chosen or probe.faces[chosen].embedding is None:
+                raise NoFaceInProbe(f"the probe image has no usable face number {chosen + 1}")
+            face = probe.faces[chosen]
+            assert face.embedding is not None
+            searched_face = render.face_detail(face)
+            queries = face.embedding[None]
         else:
             # A user's first 100 faces at most: each is a query of its own.
             user_faces = [] if face_id is not None else ctx.people(collection).user(str(user_id), state).faces
@@ -199,7 +202,11 @@ async def search(
         ranked = rank_users(state, matches, leave_out, leave_user)[:max_users]
         entry["threshold_applied"] = limits["applied"]
         entry["partial"] = bool(missing)
-        entry["results"] = [{"user_id": u.user_id, "similarity": u.similarity} for u in ranked]
+        # Per person, the faces shown as evidence (what a reviewer may then view and decide on).
+        entry["results"] = [
+            [{"face_id": m.face_id, "similarity": m.similarity, "user_id": u.user_id} for m in u.matched_faces]
+            for u in ranked
+        ]
         return UserSearchAnswer(
             collection=collection,
             model_id=manifest.model_id,

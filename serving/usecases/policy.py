@@ -24,6 +24,9 @@ class SearchRequest:
     max_results: int = 10
     max_faces: int = 1
     knobs: SearchKnobs = field(default_factory=SearchKnobs)
+    # The probe's face to search (0: the largest; faces are numbered largest first), instead of the first
+    # `max_faces`: an investigator picks one face of a group photo.
+    face_index: int | None = None
 
     def check(self, max_results: int) -> None:
         if self.threshold is not None and not -1.0 <= self.threshold <= 1.0:  # NaN fails this too
@@ -32,6 +35,8 @@ class SearchRequest:
             raise InvalidRequest(f"max_results must be between 1 and {max_results}")
         if self.max_faces < 1:
             raise InvalidRequest("max_faces must be at least 1")
+        if self.face_index is not None and not 0 <= self.face_index < 100:
+            raise InvalidRequest("face_index must be between 0 and 99")
         for name, value in (("nprobe", self.knobs.nprobe), ("ef_search", self.knobs.ef_search)):
             if value is not None and not 1 <= value <= MAX_KNOB:
                 raise InvalidRequest(f"{name} must be between 1 and {MAX_KNOB}")
@@ -42,6 +47,7 @@ class SearchRequest:
             "case_id": clipped(self.case_id, MAX_CASE_ID),
             "probe_sha256": probe_sha256,
             "threshold_requested": as_json_number(self.threshold),
+            **({"face_index": self.face_index} if self.face_index is not None else {}),
         }
 
 

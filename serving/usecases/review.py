@@ -18,7 +18,7 @@ from serving.usecases.audited import audited, clipped
 from serving.usecases.context import Context
 
 DECISIONS = ("possible match", "not a match", "inconclusive")
-SEARCH_ACTIONS = ("search", "search-vector", "search-face")
+SEARCH_ACTIONS = ("search", "search-vector", "search-face", "search-users")
 CROP_MARGIN = 0.35  # of the box's size, on each side
 CROP_PX = 160
 MAX_NOTE = 1000

@@ -57,10 +57,17 @@ async def search(ctx: Context, caller: Caller, collection: str, blob: bytes, req
     fields = request.audit_fields(hashlib.sha256(blob).hexdigest())
     async with audited(ctx, caller, "search", collection, **fields) as entry:
         manifest, limits = prepare(ctx, caller, collection, request)
-        probe = await probe_faces(ctx, blob, request.max_faces, manifest.model_id)
+        wanted = None if request.face_index is not None else request.max_faces
+        probe = await probe_faces(ctx, blob, wanted, manifest.model_id)
         if not probe.faces:
             skipped = [render.face_detail(f).model_dump() for f in probe.skipped]
             raise NoFaceInProbe("no face was found in the probe image", skipped=skipped)
+        if request.face_index is not None:
+            if request.face_index >= len(probe.faces):
+                raise InvalidRequest(f"face_index {request.face_index}: the probe has {len(probe.faces)} usable faces")
+            chosen = probe.faces[request.face_index]
+            others = [f for f in probe.faces if f is not chosen]
+            probe.faces, probe.skipped = [chosen], [*others, *probe.skipped]
         vectors = np.stack([f.embedding for f in probe.faces if f.embedding is not None])
         matches, missing = await search_vectors(
             ctx, manifest, vectors, request.max_results, limits["applied"], request.knobs

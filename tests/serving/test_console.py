@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from cluster.access import Role, local_operator
+from cluster.audit import read_records
 from cluster.settings import Settings
 from serving.threaded import serve_in_thread
 from serving.usecases import collections, faces
@@ -54,6 +55,7 @@ def world(
     tokens = {
         "searcher": ctx.keys.create(Role.SEARCHER, ["cases"], label="investigator")[1],
         "auditor": ctx.keys.create(Role.AUDITOR, label="auditor")[1],
+        "admin": ctx.keys.create(Role.ADMIN, label="admin")[1],
     }
     with serve_in_thread(ctx) as url:
         yield {"ctx": ctx, "url": url, "tokens": tokens, "held": held, "people": [p.name for p in people]}
@@ -190,9 +192,64 @@ def test_grants_and_erasure_hold_for_crops(browser: Any, world: Any) -> None:
     # An erased face has no crop, even for the search that returned it.
     asyncio.run(faces.erase(ctx, local_operator(), "cases", [face], []))
     assert client.get(f"/ui/crops/cases/{face}", params={"search": seq}).status_code == 404
-    views = [
-        r
-        for r in __import__("cluster.audit", fromlist=["read_records"]).read_records(ctx.store)
-        if r["action"] == "view-face"
-    ]
+    views = [r for r in read_records(ctx.store) if r["action"] == "view-face"]
     assert {r["outcome"] for r in views} >= {"ok", "refused", "error"}
+
+
+def test_pick_a_face_search_people_and_add_a_photo(browser: Any, world: Any, tmp_path: Path) -> None:
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from serving.usecases import people
+
+    ctx, op = world["ctx"], local_operator()
+    person, stranger = world["people"][2], world["people"][3]
+    records = ctx.collections.faces(ctx.collections.get("cases"), ["face_id", "external_image_id"]).to_pylist()
+    mine = [f["face_id"] for f in records if f["external_image_id"].startswith(person)]
+    asyncio.run(people.create(ctx, op, "cases", "person-of-interest"))
+    asyncio.run(people.associate(ctx, op, "cases", "person-of-interest", mine))
+    canvas = Image.new("RGB", (800, 500), (128, 128, 128))
+    canvas.paste(Image.open(world["held"][stranger]).convert("RGB").resize((500, 500)), (0, 0))
+    canvas.paste(Image.open(world["held"][person]).convert("RGB").resize((250, 250)), (540, 120))
+    group = tmp_path / "group.jpg"
+    canvas.save(group, quality=92)
+
+    def search(photo: Path, by: str) -> None:
+        browser.get(world["url"] + "/ui/search")
+        Select(browser.find_element(By.ID, "purpose")).select_by_visible_text("system-test")
+        browser.find_element(By.ID, "case_id").send_keys("CASE-UI-3")
+        if by == "people":
+            browser.find_element(By.ID, "by-people").click()
+        browser.find_element(By.ID, "image").send_keys(str(photo.resolve()))
+        _submit(browser, browser.find_element(By.ID, "search"))
+
+    _sign_in(browser, world, "searcher")
+    search(group, "faces")
+    boxes = browser.find_elements(By.CSS_SELECTOR, "#pick-form input[name='face_index']")
+    assert len(boxes) == 2  # faces are numbered largest first: the person is the second
+    boxes[1].click()
+    _submit(browser, browser.find_element(By.ID, "search-face"))
+    first = browser.find_element(By.CSS_SELECTOR, "li.candidate .who").text
+    assert first.startswith(person), first
+    record = [r for r in read_records(ctx.store) if r["action"] == "search"][-1]
+    assert record["face_index"] == 1 and record["case_id"] == "CASE-UI-3"
+
+    search(world["held"][person], "people")
+    assert (
+        browser.find_elements(By.CSS_SELECTOR, "section.person")[0].get_attribute("data-user-id")
+        == "person-of-interest"
+    )
+    evidence = browser.find_elements(By.CSS_SELECTOR, "section.person img.crop")
+    assert evidence and browser.execute_script("return arguments[0].naturalWidth", evidence[0]) > 0
+    _submit(browser, browser.find_element(By.ID, "signout"))
+
+    _sign_in(browser, world, "admin")
+    browser.get(world["url"] + "/ui/collections/cases")
+    assert "people" in browser.page_source.lower() and "similarity" in browser.page_source
+    browser.find_element(By.ID, "add-image").send_keys(str(group.resolve()))
+    browser.find_element(By.ID, "external-id").send_keys("group-photo")
+    _submit(browser, browser.find_element(By.ID, "add"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#added li")) == 2  # both faces of the group photo
+    assert browser.find_element(By.ID, "unindexed").text == "none"
+    _shot(browser, "collection")

@@ -1,4 +1,4 @@
-// The console's only script: the search button waits for a case id; boxes on the probe pick a face.
+// The console's only script: the search button waits for a case id; face boxes are placed over the probe.
 "use strict";
 document.addEventListener("DOMContentLoaded", () => {
   const caseId = document.getElementById("case_id");
@@ -10,9 +10,5 @@ document.addEventListener("DOMContentLoaded", () => {
   }
   for (const box of document.querySelectorAll(".probe .box")) {
     for (const side of ["left", "top", "width", "height"]) box.style[side] = box.dataset[side] + "%";
-    box.addEventListener("click", (event) => {
-      event.preventDefault();
-      for (const face of document.querySelectorAll("section.face")) face.hidden = face.id !== "face-" + box.dataset.face;
-    });
   }
 });
