@@ -18,7 +18,9 @@ from cluster.errors import FacegridError
 from cluster.pipeline.errors import ImageError
 from cluster.settings import Settings, get_settings
 from cluster.storage import StorageError
+from serving.console import records as console_records
 from serving.console import routes as console
+from serving.console.web import static as console_static
 from serving.routes import audit, collections, faces, health, images, keys, rekognition, users
 from serving.usecases.context import Context
 from serving.usecases.failures import failure
@@ -76,10 +78,11 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
         health.router,
         rekognition.router,
         console.router,
+        console_records.router,
     )
     for router in routers:
         app.include_router(router)
-    app.mount("/ui/static", console.static, name="console-static")
+    app.mount("/ui/static", console_static, name="console-static")
 
     app.add_middleware(RequestCounter, counts=app.state.request_counts)
 

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from cluster.index_spec import SearchKnobs
 from serving.deps import CallerDep, Ctx, errors, json_response, read_upload
-from serving.schemas import (
+from serving.schemas_people import (
     AssociationChange,
     CreateUser,
     FaceIdAnswer,

@@ -12,10 +12,9 @@ from cluster.errors import FaceNotFound, InvalidRequest, NoFaceInProbe
 from cluster.people import MAX_FACES_PER_ACT, PeopleState, User, UserExists, check_face_ids, check_user_id
 from serving import render
 from serving.render import LEADS_NOTICE
-from serving.schemas import (
+from serving.schemas import Match, Threshold
+from serving.schemas_people import (
     AssociationChange,
-    Match,
-    Threshold,
     UnsuccessfulFace,
     UserDeleted,
     UserInfo,

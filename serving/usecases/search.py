@@ -13,7 +13,8 @@ from cluster.index_spec import SearchKnobs
 from cluster.manifest import Manifest
 from serving import render
 from serving.fanout import Hit
-from serving.schemas import FaceIdAnswer, Match, SearchAnswer, SearchedFace, VectorAnswer
+from serving.schemas import Match, SearchAnswer, SearchedFace, VectorAnswer
+from serving.schemas_people import FaceIdAnswer
 from serving.usecases.audited import audited, clipped
 from serving.usecases.context import Context
 from serving.usecases.images import probe_faces

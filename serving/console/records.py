@@ -1,0 +1,196 @@
+"""Console pages for collections, the audit log (auditors and admins) and the public transparency report."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import Response
+
+from cluster.access import Action, Caller, authorize
+from cluster.audit import head, read_records, verify
+from cluster.pipeline.quality import QualityFilter
+from serving.console.web import (
+    SECURITY_HEADERS,
+    SHOWN_RECORDS,
+    SignIn,
+    page,
+    problem,
+    redirect,
+    signed_in,
+)
+from serving.deps import Ctx, read_upload
+from serving.usecases import audit, collections, ingest
+from serving.usecases.audited import audited
+from serving.usecases.context import Context
+from serving.usecases.failures import failure
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+
+@router.get("/collections")
+async def collections_page(ctx: Ctx, request: Request) -> Response:
+    try:
+        caller = await signed_in(ctx, request)
+    except SignIn:
+        return redirect("/ui/signin")
+    try:
+        described = [collections.describe(ctx, caller, n) for n in collections.names(ctx, caller)]
+    except Exception as exc:
+        return problem(request, caller, exc, "collections.html", collections=[])
+    return page(request, "collections.html", caller, collections=described)
+
+
+def _jobs(ctx: Context, name: str) -> list[dict[str, Any]]:
+    jobs = [r for r in read_records(ctx.store) if r.get("action") == "index" and r.get("collection") == name][-10:]
+    for job in jobs:
+        job["summary"] = (
+            ", ".join(f"{k} {job[k]}" for k in ("objects", "faces", "errors") if k in job) or job.get("code") or ""
+        )
+    return list(reversed(jobs))
+
+
+async def _collection_page(ctx: Context, request: Request, caller: Caller, name: str, **extra: Any) -> Response:
+    try:
+        described = collections.describe(ctx, caller, name)
+    except Exception as exc:
+        return problem(request, caller, exc, "collections.html", collections=[])
+    jobs = await ctx.in_thread(_jobs, ctx, name)
+    may_add = caller.may(Action.FACES_WRITE, name)
+    return page(request, "collection.html", caller, c=described, jobs=jobs, may_add=may_add, **extra)
+
+
+@router.get("/collections/{name}")
+async def collection_page(ctx: Ctx, request: Request, name: str) -> Response:
+    try:
+        caller = await signed_in(ctx, request)
+    except SignIn:
+        return redirect("/ui/signin")
+    return await _collection_page(ctx, request, caller, name)
+
+
+@router.post("/collections/{name}/faces")
+async def add_photo(
+    ctx: Ctx,
+    request: Request,
+    name: str,
+    image: Annotated[UploadFile, File()],
+    external_image_id: Annotated[str, Form()] = "",
+) -> Response:
+    try:
+        caller = await signed_in(ctx, request)
+    except SignIn:
+        return redirect("/ui/signin")
+    try:
+        blob = await read_upload(image, ctx.settings.serving.max_upload_bytes)
+        added = await ingest.add_faces(
+            ctx, caller, name, blob, external_image_id.strip() or None, None, QualityFilter.LOW
+        )
+    except Exception as exc:
+        return await _collection_page(ctx, request, caller, name, error=_error(exc))
+    return await _collection_page(ctx, request, caller, name, added=added)
+
+
+def _error(exc: Exception) -> dict[str, str]:
+    described = failure(exc)
+    return {"code": described.code, "message": described.message}
+
+
+def _audit_query(request: Request) -> dict[str, str]:
+    keys_ = ("start", "end", "key", "purpose", "case_id", "action", "outcome")
+    return {k: request.query_params[k] for k in keys_ if request.query_params.get(k)}
+
+
+def _filtered(ctx: Context, q: dict[str, str]) -> list[dict[str, Any]]:
+    def when(text: str | None) -> datetime | None:
+        return datetime.fromisoformat(text).replace(tzinfo=UTC) if text else None
+
+    found = read_records(ctx.store, when(q.get("start")), when(q.get("end")))
+    fields = {"key": "key_id", "purpose": "purpose", "case_id": "case_id", "action": "action", "outcome": "outcome"}
+    return [r for r in found if all(str(r.get(f)) == q[k] for k, f in fields.items() if k in q)]
+
+
+@router.get("/audit")
+async def audit_page(ctx: Ctx, request: Request) -> Response:
+    try:
+        caller = await signed_in(ctx, request)
+    except SignIn:
+        return redirect("/ui/signin")
+    q = _audit_query(request)
+    context: dict[str, Any] = {"q": q, "query": urlencode(q), "shown": [], "total": 0}
+    context.update(verified={"ok": True, "records": 0}, head={"seq": 0, "hash": "", "time": None})
+    try:
+        authorize(caller, Action.AUDIT_READ)
+        matching = await ctx.in_thread(_filtered, ctx, q)
+        context.update(
+            shown=list(reversed(matching))[:SHOWN_RECORDS],
+            total=len(matching),
+            verified=await ctx.in_thread(verify, ctx.store),
+            head=await ctx.in_thread(head, ctx.store),
+        )
+    except Exception as exc:
+        return problem(request, caller, exc, "audit.html", **context)
+    return page(request, "audit.html", caller, **context)
+
+
+@router.get("/audit/export.csv")
+async def audit_export(ctx: Ctx, request: Request) -> Response:
+    """The filtered records as CSV; the export is itself audited."""
+    try:
+        caller = await signed_in(ctx, request)
+    except SignIn:
+        return Response(status_code=401, headers=SECURITY_HEADERS)
+    q = _audit_query(request)
+    try:
+        fields = {"from": q.get("start"), "to": q.get("end"), "out": "console"}
+        async with audited(ctx, caller, "export", None, **fields) as entry:
+            authorize(caller, Action.AUDIT_READ)
+            matching = await ctx.in_thread(_filtered, ctx, q)
+            entry["records"] = len(matching)
+    except Exception as exc:
+        described = failure(exc)
+        return Response(described.message, status_code=described.status, headers=SECURITY_HEADERS)
+    out = io.StringIO()
+    columns = ["seq", "time", "action", "outcome", "code", "key_id", "role", "collection", "purpose", "case_id"]
+    writer = csv.DictWriter(out, columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(matching)
+    headers = {**SECURITY_HEADERS, "Content-Disposition": "attachment; filename=audit.csv"}
+    return Response(out.getvalue(), media_type="text/csv", headers=headers)
+
+
+@router.get("/transparency")
+async def transparency_page(ctx: Ctx, request: Request) -> Response:
+    report = await audit.transparency(ctx)
+    counts = [
+        ("searches", report["searches"]),
+        ("refused searches", report["refused_searches"]),
+        ("failed searches", report["failed_searches"]),
+        ("reviews recorded", report["reviews"]),
+        ("searches fully reviewed", report["searches_reviewed"]),
+        ("top candidates decided", report["top_candidates_decided"]),
+        ("top candidates rejected by reviewers", _share(report)),
+        ("faces deleted", report["faces_deleted"]),
+        ("index jobs", report["index_jobs"]),
+    ]
+    charts = [
+        _chart("Searches by purpose", report["searches_by_purpose"]),
+        _chart("Searches by month", report["searches_by_month"]),
+        _chart("Review decisions", report["decisions"]),
+    ]
+    return page(request, "transparency.html", None, r=report, counts=counts, charts=charts)
+
+
+def _share(report: dict[str, Any]) -> str:
+    decided, rejected = report["top_candidates_decided"], report["top_candidates_rejected"]
+    return f"{rejected} of {decided}" + (f" ({100 * rejected / decided:.0f}%)" if decided else "")
+
+
+def _chart(title: str, values: dict[str, int]) -> dict[str, Any]:
+    top = max(values.values(), default=0) or 1
+    bars = [{"label": k, "value": v, "width": round(300 * v / top)} for k, v in values.items()]
+    return {"title": title, "bars": bars}
