@@ -33,6 +33,16 @@ def transparency_report(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def returned_faces(record: dict[str, Any]) -> list[str]:
+    """Face ids a search's record says were returned, in rank order (per searched face, or per person); none for
+    a comparison, whose results are the target photo's faces."""
+    out = []
+    for group in record.get("results") or []:
+        if isinstance(group, list):
+            out += [m["face_id"] for m in group if isinstance(m, dict) and "face_id" in m]
+    return out
+
+
 def review_counts(records: list[dict[str, Any]], searches: list[dict[str, Any]]) -> dict[str, Any]:
     """Human review: decisions by kind, searches whose every returned face was decided, and how often reviewers
     rejected the top candidate (the figure critics of face search ask for)."""
@@ -40,9 +50,7 @@ def review_counts(records: list[dict[str, Any]], searches: list[dict[str, Any]])
     for record in records:
         if record.get("action") == "review" and record.get("outcome") == "ok":
             latest[(record["search_seq"], record["face_id"])] = record
-    returned = {
-        s["seq"]: [m["face_id"] for face in s.get("results") or [] for m in face] for s in searches if s.get("results")
-    }
+    returned = {s["seq"]: returned_faces(s) for s in searches}
     reviewed = sum(1 for seq, faces in returned.items() if faces and all((seq, f) in latest for f in faces))
     top = [r for r in latest.values() if r.get("rank") == 1]
     return {

@@ -211,6 +211,7 @@ def search(
     max_faces: int = 1,
     max_results: int = 10,
     threshold: float | None = None,
+    face_index: Annotated[int | None, typer.Option(help="Search only this face (0: the largest).")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Search COLLECTION for the faces in IMAGE: the same code path as the HTTP API."""
@@ -218,7 +219,7 @@ def search(
     from serving.usecases.policy import SearchRequest
 
     blob = image.read_bytes()
-    request = SearchRequest(purpose, case_id, threshold, max_results, max_faces)
+    request = SearchRequest(purpose, case_id, threshold, max_results, max_faces, face_index=face_index)
     result = call(lambda s, c: searching.search(s, c, collection, blob, request))
     if as_json:
         print(result.model_dump_json())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import math
 from typing import Annotated, Any
 
@@ -32,6 +33,7 @@ from serving.usecases.context import Context
 from serving.usecases.failures import failure
 from serving.usecases.policy import SearchRequest
 
+log = logging.getLogger("facegrid.console")
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 
@@ -182,16 +184,7 @@ async def past_search(ctx: Ctx, request: Request, seq: int) -> Response:
         manifest = ctx.manifest(record["collection"])
     except Exception as exc:
         return problem(request, caller, exc, "search.html", collections=_searchable(ctx, caller), purposes=[])
-    rates = ctx.models.rates(manifest)
-    groups = []
-    for face in record.get("results") or []:
-        rows = []
-        for m in face:
-            rate, bound = rates.at(m["similarity"])
-            rows.append({**m, "estimated_false_match_rate": float(rate), "false_match_rate_is_bound": bool(bound),
-                         "expected_false_matches_in_collection": float(rate) * manifest.face_count,
-                         "external_image_id": None, "source": None})  # fmt: skip
-        groups.append({"candidates": rows})
+    groups = await _past_candidates(ctx, manifest, record)
     floor = ctx.models.floor_similarity(manifest)
     threshold = {"applied": record.get("threshold_applied") or floor, "floor": floor,
                  "max_false_match_rate": manifest.max_false_match_rate}  # fmt: skip
@@ -211,6 +204,36 @@ async def past_search(ctx: Ctx, request: Request, seq: int) -> Response:
         decisions=review.DECISIONS,
         review_status=_status(groups, decided),
     )
+
+
+async def _past_candidates(ctx: Context, manifest: Any, record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A past search's candidates from its audit record, with what their face records say now (an erased face
+    has none) and their rates on the collection's calibration."""
+    rates = ctx.models.rates(manifest)
+    returned = review.returned_faces(record)
+    try:
+        held = await ctx.shards(manifest.name).records(manifest, returned) if returned else {}
+    except Exception:
+        log.warning("shards of %s did not give the records of search %s", manifest.name, record["seq"], exc_info=True)
+        held = {}  # the page still shows the face ids, similarities and decisions the audit holds
+    groups = []
+    for face in record.get("results") or []:
+        rows = []
+        for match in face:
+            rate, bound = rates.at(match["similarity"])
+            known = held.get(match["face_id"], {})
+            rows.append(
+                {
+                    **match,
+                    "estimated_false_match_rate": float(rate),
+                    "false_match_rate_is_bound": bool(bound),
+                    "expected_false_matches_in_collection": float(rate) * manifest.face_count,
+                    "external_image_id": known.get("external_image_id"),
+                    "source": known.get("source_key"),
+                }
+            )
+        groups.append({"candidates": rows})
+    return groups
 
 
 @router.post("/review")

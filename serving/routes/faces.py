@@ -47,10 +47,11 @@ async def search_by_image(
     max_faces: Annotated[int, Form(description="1: the largest face; N: up to N faces of the probe")] = 1,
     nprobe: Annotated[int | None, Form(description="IVF lists to visit (IVF collections)")] = None,
     ef_search: Annotated[int | None, Form(description="HNSW search breadth (HNSW collections)")] = None,
+    face_index: Annotated[int | None, Form(description="Search only this face (0: the largest), not max_faces")] = None,
 ) -> Response:
     blob = await read_upload(image, ctx.settings.serving.max_upload_bytes)
     knobs = SearchKnobs(nprobe, ef_search)
-    request = SearchRequest(purpose, case_id, threshold, max_results, max_faces, knobs)
+    request = SearchRequest(purpose, case_id, threshold, max_results, max_faces, knobs, face_index)
     return json_response(await search.search(ctx, caller, collection, blob, request))
 
 

@@ -14,6 +14,7 @@ from cluster.access import Action, Caller, Forbidden, authorize
 from cluster.audit import record_at
 from cluster.errors import FaceNotFound, InvalidRequest
 from cluster.storage import LocalStore, ObjectNotFound, open_store
+from cluster.transparency import returned_faces
 from serving.usecases.audited import audited, clipped
 from serving.usecases.context import Context
 
@@ -22,11 +23,6 @@ SEARCH_ACTIONS = ("search", "search-vector", "search-face", "search-users")
 CROP_MARGIN = 0.35  # of the box's size, on each side
 CROP_PX = 160
 MAX_NOTE = 1000
-
-
-def returned_faces(record: dict[str, Any]) -> list[str]:
-    """Face ids a search record says were returned, in rank order (the first searched face's first)."""
-    return [m["face_id"] for face in record.get("results") or [] for m in face]
 
 
 def search_record(ctx: Context, caller: Caller, seq: int) -> dict[str, Any]:
