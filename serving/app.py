@@ -20,6 +20,7 @@ from cluster.settings import Settings, get_settings
 from cluster.storage import StorageError
 from serving.console import records as console_records
 from serving.console import routes as console
+from serving.console.web import SignIn, to_sign_in
 from serving.console.web import static as console_static
 from serving.routes import audit, collections, faces, health, images, keys, rekognition, users
 from serving.usecases.context import Context
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     for router in routers:
         app.include_router(router)
     app.mount("/ui/static", console_static, name="console-static")
+    app.add_exception_handler(SignIn, to_sign_in)
 
     app.add_middleware(RequestCounter, counts=app.state.request_counts)
 

@@ -17,11 +17,9 @@ from cluster.pipeline.quality import QualityFilter
 from serving.console.web import (
     SECURITY_HEADERS,
     SHOWN_RECORDS,
-    SignIn,
+    ConsoleCaller,
     page,
     problem,
-    redirect,
-    signed_in,
 )
 from serving.deps import Ctx, read_upload
 from serving.usecases import audit, collections, ingest
@@ -33,11 +31,7 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 
 
 @router.get("/collections")
-async def collections_page(ctx: Ctx, request: Request) -> Response:
-    try:
-        caller = await signed_in(ctx, request)
-    except SignIn:
-        return redirect("/ui/signin")
+async def collections_page(ctx: Ctx, caller: ConsoleCaller, request: Request) -> Response:
     try:
         described = [collections.describe(ctx, caller, n) for n in collections.names(ctx, caller)]
     except Exception as exc:
@@ -65,26 +59,19 @@ async def _collection_page(ctx: Context, request: Request, caller: Caller, name:
 
 
 @router.get("/collections/{name}")
-async def collection_page(ctx: Ctx, request: Request, name: str) -> Response:
-    try:
-        caller = await signed_in(ctx, request)
-    except SignIn:
-        return redirect("/ui/signin")
+async def collection_page(ctx: Ctx, caller: ConsoleCaller, request: Request, name: str) -> Response:
     return await _collection_page(ctx, request, caller, name)
 
 
 @router.post("/collections/{name}/faces")
 async def add_photo(
     ctx: Ctx,
+    caller: ConsoleCaller,
     request: Request,
     name: str,
     image: Annotated[UploadFile, File()],
     external_image_id: Annotated[str, Form()] = "",
 ) -> Response:
-    try:
-        caller = await signed_in(ctx, request)
-    except SignIn:
-        return redirect("/ui/signin")
     try:
         blob = await read_upload(image, ctx.settings.serving.max_upload_bytes)
         added = await ingest.add_faces(
@@ -115,11 +102,7 @@ def _filtered(ctx: Context, q: dict[str, str]) -> list[dict[str, Any]]:
 
 
 @router.get("/audit")
-async def audit_page(ctx: Ctx, request: Request) -> Response:
-    try:
-        caller = await signed_in(ctx, request)
-    except SignIn:
-        return redirect("/ui/signin")
+async def audit_page(ctx: Ctx, caller: ConsoleCaller, request: Request) -> Response:
     q = _audit_query(request)
     context: dict[str, Any] = {"q": q, "query": urlencode(q), "shown": [], "total": 0}
     context.update(verified={"ok": True, "records": 0}, head={"seq": 0, "hash": "", "time": None})
@@ -138,12 +121,8 @@ async def audit_page(ctx: Ctx, request: Request) -> Response:
 
 
 @router.get("/audit/export.csv")
-async def audit_export(ctx: Ctx, request: Request) -> Response:
+async def audit_export(ctx: Ctx, caller: ConsoleCaller, request: Request) -> Response:
     """The filtered records as CSV; the export is itself audited."""
-    try:
-        caller = await signed_in(ctx, request)
-    except SignIn:
-        return Response(status_code=401, headers=SECURITY_HEADERS)
     q = _audit_query(request)
     try:
         fields = {"from": q.get("start"), "to": q.get("end"), "out": "console"}

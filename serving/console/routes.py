@@ -19,11 +19,10 @@ from cluster.errors import InvalidRequest
 from serving.console.web import (
     COOKIE,
     SECURITY_HEADERS,
-    SignIn,
+    ConsoleCaller,
     page,
     problem,
     redirect,
-    signed_in,
 )
 from serving.deps import Ctx, read_upload
 from serving.render import LEADS_NOTICE, image_size
@@ -38,11 +37,7 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 
 
 @router.get("")
-async def home(ctx: Ctx, request: Request) -> Response:
-    try:
-        caller = await signed_in(ctx, request)
-    except SignIn:
-        return redirect("/ui/signin")
+async def home(ctx: Ctx, caller: ConsoleCaller, request: Request) -> Response:
     return redirect("/ui/search" if caller.may(Action.SEARCH) else "/ui/collections")
 
 
@@ -76,11 +71,7 @@ def _searchable(ctx: Context, caller: Caller) -> list[str]:
 
 
 @router.get("/search")
-async def search_page(ctx: Ctx, request: Request) -> Response:
-    try:
-        caller = await signed_in(ctx, request)
-    except SignIn:
-        return redirect("/ui/signin")
+async def search_page(ctx: Ctx, caller: ConsoleCaller, request: Request) -> Response:
     return page(
         request, "search.html", caller, collections=_searchable(ctx, caller), purposes=ctx.settings.serving.purposes
     )
@@ -89,6 +80,7 @@ async def search_page(ctx: Ctx, request: Request) -> Response:
 @router.post("/search")
 async def run_search(
     ctx: Ctx,
+    caller: ConsoleCaller,
     request: Request,
     collection: Annotated[str, Form()],
     purpose: Annotated[str, Form()],
@@ -102,10 +94,6 @@ async def run_search(
 ) -> Response:
     """Upload, then (for a photo of several faces) pick one; only the picked face is searched. The probe is
     never stored: the pick page carries it back in the form."""
-    try:
-        caller = await signed_in(ctx, request)
-    except SignIn:
-        return redirect("/ui/signin")
     form = {"collections": _searchable(ctx, caller), "purposes": ctx.settings.serving.purposes}
     limit = ctx.settings.serving.max_upload_bytes
     try:
@@ -173,11 +161,7 @@ def _face_id(match: Any) -> str:
 
 
 @router.get("/searches/{seq}")
-async def past_search(ctx: Ctx, request: Request, seq: int) -> Response:
-    try:
-        caller = await signed_in(ctx, request)
-    except SignIn:
-        return redirect("/ui/signin")
+async def past_search(ctx: Ctx, caller: ConsoleCaller, request: Request, seq: int) -> Response:
     try:
         record = await ctx.in_thread(review.search_record, ctx, caller, seq)
         decided = review.decisions(seq, await ctx.in_thread(read_records, ctx.store))
@@ -239,16 +223,13 @@ async def _past_candidates(ctx: Context, manifest: Any, record: dict[str, Any]) 
 @router.post("/review")
 async def record_review(
     ctx: Ctx,
+    caller: ConsoleCaller,
     request: Request,
     seq: Annotated[int, Form()],
     face_id: Annotated[str, Form()],
     decision: Annotated[str, Form()],
     note: Annotated[str, Form()] = "",
 ) -> Response:
-    try:
-        caller = await signed_in(ctx, request)
-    except SignIn:
-        return redirect("/ui/signin")
     try:
         await review.decide(ctx, caller, seq, face_id, decision, note.strip() or None)
     except Exception as exc:
@@ -257,13 +238,10 @@ async def record_review(
 
 
 @router.get("/crops/{collection}/{face_id}")
-async def face_crop(ctx: Ctx, request: Request, collection: str, face_id: str, search: int) -> Response:
+async def face_crop(ctx: Ctx, caller: ConsoleCaller, collection: str, face_id: str, search: int) -> Response:
     """A returned face's crop, for the caller it was returned to; never kept by a shared cache."""
     try:
-        caller = await signed_in(ctx, request)
         jpeg = await review.crop(ctx, caller, collection, face_id, search)
-    except SignIn:
-        return Response(status_code=401, headers=SECURITY_HEADERS)
     except Exception as exc:
         described = failure(exc)
         return Response(described.message, status_code=described.status, headers=SECURITY_HEADERS)

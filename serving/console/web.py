@@ -4,16 +4,16 @@ cookie, and errors shown on the page with their stable code."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from cluster.access import Caller
+from serving.deps import Ctx
 from serving.usecases import keys
-from serving.usecases.context import Context
 from serving.usecases.failures import failure
 
 HERE = Path(__file__).parent
@@ -52,7 +52,8 @@ def problem(request: Request, caller: Caller | None, exc: Exception, name: str, 
     return page(request, name, caller, http_status=described.status, error=error, **context)
 
 
-async def signed_in(ctx: Context, request: Request) -> Caller:
+async def signed_in(request: Request, ctx: Ctx) -> Caller:
+    """The caller behind this browser session's key; SignIn (a redirect to the sign-in page) without one."""
     token = request.cookies.get(COOKIE)
     if not token:
         raise SignIn()
@@ -67,3 +68,11 @@ def redirect(to: str) -> RedirectResponse:
     response = RedirectResponse(to, status_code=303)
     response.headers.update(SECURITY_HEADERS)
     return response
+
+
+ConsoleCaller = Annotated[Caller, Depends(signed_in)]
+
+
+async def to_sign_in(_: Request, __: Exception) -> RedirectResponse:
+    """The app's handler of SignIn."""
+    return redirect("/ui/signin")

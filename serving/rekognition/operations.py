@@ -284,24 +284,26 @@ def _unsuccessful(changes: Any, by_ours: dict[str, str]) -> list[dict[str, Any]]
     ]
 
 
-async def associate_faces(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, Any]:
+async def _association(
+    ctx: Context, who: Who, p: dict[str, Any], change: Any, done: str, failed: str
+) -> dict[str, Any]:
+    """AssociateFaces and DisassociateFaces: our ids in, theirs out, and the refused faces with reasons."""
     by_ours = {render.face_id_of(f) or f: f for f in p["FaceIds"]}
-    changed = await people.associate(ctx, who.caller, p["CollectionId"], p["UserId"], list(by_ours))
+    changed = await change(ctx, who.caller, p["CollectionId"], p["UserId"], list(by_ours))
     return {
-        "AssociatedFaces": [{"FaceId": by_ours[f]} for f in changed.changed_faces],
-        "UnsuccessfulFaceAssociations": _unsuccessful(changed, by_ours),
+        done: [{"FaceId": by_ours[f]} for f in changed.changed_faces],
+        failed: _unsuccessful(changed, by_ours),
         "UserStatus": "ACTIVE",
     }
+
+
+async def associate_faces(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, Any]:
+    return await _association(ctx, who, p, people.associate, "AssociatedFaces", "UnsuccessfulFaceAssociations")
 
 
 async def disassociate_faces(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, Any]:
-    by_ours = {render.face_id_of(f) or f: f for f in p["FaceIds"]}
-    changed = await people.disassociate(ctx, who.caller, p["CollectionId"], p["UserId"], list(by_ours))
-    return {
-        "DisassociatedFaces": [{"FaceId": by_ours[f]} for f in changed.changed_faces],
-        "UnsuccessfulFaceDisassociations": _unsuccessful(changed, by_ours),
-        "UserStatus": "ACTIVE",
-    }
+    done, failed = "DisassociatedFaces", "UnsuccessfulFaceDisassociations"
+    return await _association(ctx, who, p, people.disassociate, done, failed)
 
 
 def _user_matches(answer: Any, rates: Any) -> list[dict[str, Any]]:

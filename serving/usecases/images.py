@@ -9,7 +9,7 @@ from concurrent.futures import Executor
 import numpy as np
 
 from cluster.access import Action, Caller, authorize
-from cluster.errors import NoFaceInProbe
+from cluster.errors import InvalidRequest, NoFaceInProbe
 from cluster.models.registry import DEFAULT_EMBEDDER
 from cluster.pipeline.errors import ImageError, Reason
 from cluster.pipeline.faces import ImageFaces
@@ -40,6 +40,15 @@ async def probe_faces(
     if isinstance(result, ImageError):
         raise result
     return result
+
+
+def pick(probe: ImageFaces, index: int) -> ImageFaces:
+    """The probe with only its face number `index` (0: the largest) to search; the others listed as skipped."""
+    if not 0 <= index < len(probe.faces):
+        raise InvalidRequest(f"face_index {index}: the probe has {len(probe.faces)} usable faces")
+    chosen = probe.faces[index]
+    others = [f for f in probe.faces if f is not chosen]
+    return ImageFaces(width=probe.width, height=probe.height, faces=[chosen], skipped=[*others, *probe.skipped])
 
 
 MAX_COMPARED_FACES = 100

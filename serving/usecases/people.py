@@ -25,7 +25,7 @@ from serving.schemas_people import (
 from serving.usecases import faces
 from serving.usecases.audited import audited, clipped
 from serving.usecases.context import Context
-from serving.usecases.images import probe_faces
+from serving.usecases.images import pick, probe_faces
 from serving.usecases.policy import SearchRequest
 from serving.usecases.search import face_vectors, prepare, search_vectors
 
@@ -177,11 +177,10 @@ async def search(
         state = await ctx.in_thread(ctx.people(collection).state)
         searched_face, leave_out, leave_user = None, set[str](), None
         if image is not None:
-            chosen = request.face_index or 0
             probe = await probe_faces(ctx, image, None if request.face_index is not None else 1, manifest.model_id)
-            if len(probe.faces) <= chosen or probe.faces[chosen].embedding is None:
-                raise NoFaceInProbe(f"the probe image has no usable face number {chosen + 1}")
-            face = probe.faces[chosen]
+            if not probe.faces:
+                raise NoFaceInProbe("no face was found in the probe image")
+            face = pick(probe, request.face_index or 0).faces[0]
             assert face.embedding is not None
             searched_face = render.face_detail(face)
             queries = face.embedding[None]
@@ -194,6 +193,8 @@ async def search(
             found = await face_vectors(ctx, manifest, wanted)
             if face_id is not None and face_id not in found:
                 raise FaceNotFound(f"face {clipped(face_id, 64)!r} is not in collection {collection!r}")
+            if not found:
+                raise InvalidRequest(f"none of user {user_id!r}'s faces is in the collection any more")
             queries = np.stack([found[f] for f in wanted if f in found])
             leave_out, leave_user = {*wanted, *user_faces}, user_id
         k = ctx.settings.serving.max_results

@@ -17,7 +17,7 @@ from serving.schemas import Match, SearchAnswer, SearchedFace, VectorAnswer
 from serving.schemas_people import FaceIdAnswer
 from serving.usecases.audited import audited, clipped
 from serving.usecases.context import Context
-from serving.usecases.images import probe_faces
+from serving.usecases.images import pick, probe_faces
 from serving.usecases.policy import SearchRequest, check_purpose
 
 
@@ -64,11 +64,7 @@ async def search(ctx: Context, caller: Caller, collection: str, blob: bytes, req
             skipped = [render.face_detail(f).model_dump() for f in probe.skipped]
             raise NoFaceInProbe("no face was found in the probe image", skipped=skipped)
         if request.face_index is not None:
-            if request.face_index >= len(probe.faces):
-                raise InvalidRequest(f"face_index {request.face_index}: the probe has {len(probe.faces)} usable faces")
-            chosen = probe.faces[request.face_index]
-            others = [f for f in probe.faces if f is not chosen]
-            probe.faces, probe.skipped = [chosen], [*others, *probe.skipped]
+            probe = pick(probe, request.face_index)
         vectors = np.stack([f.embedding for f in probe.faces if f.embedding is not None])
         matches, missing = await search_vectors(
             ctx, manifest, vectors, request.max_results, limits["applied"], request.knobs
