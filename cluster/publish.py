@@ -79,8 +79,14 @@ class Publisher:
         new.extended_from = manifest.version if extend else None
         # A folder of its own: a concurrent publish of the same version never writes into this one.
         folder = f"{new.version:08d}-{secrets.token_hex(4)}"
-        with index_spec.all_cores():
-            self._build_shards(new, folder, spec, retrain, manifest if extend else None, added)
+        try:
+            with index_spec.all_cores():
+                self._build_shards(new, folder, spec, retrain, manifest if extend else None, added)
+        except ObjectNotFound:
+            # A file this build read (a previous snapshot, a record file) went with a publish that landed
+            # meanwhile: a lost race like the one below (retried on top of the winner), unless nothing moved.
+            if self.collections.get(new.name).version == manifest.version:
+                raise
         new.updated_at = now()
         current = self.collections.get(new.name)
         if current.version != manifest.version:

@@ -139,3 +139,22 @@ def test_a_changed_object_replaces_its_faces(tmp_path: Path) -> None:
     snapshots = _snapshots(collections, manifest, tmp_path / "cache")
     held = {int(i) for s in snapshots for i in s.ids}
     assert held == ids and sum(s.ntotal for s in snapshots) == 200
+
+
+def test_a_publish_whose_previous_snapshots_went_meanwhile_lost_a_race(tmp_path: Path) -> None:
+    """Two publishes landed while this one extended the snapshots they since dropped: a lost race (retried on top
+    of the winner), not a storage error."""
+    collections = Collections(LocalStore(tmp_path / "store"))
+    publisher = Publisher(collections)
+    manifest = collections.create(Manifest(name="gone", model_id="dlib-resnet-v1", model_sha256="s", shard_count=1))
+    vectors, _ = clustered_vectors(300, 128, seed=9)
+    for name, start in (("a", 0), ("b", 100), ("c", 200)):
+        collections.store.put_parquet(
+            f"collections/gone/faces/{name}.parquet", records(vectors[start : start + 100], start)
+        )
+    first = publisher.publish(manifest, ["collections/gone/faces/a.parquet"])
+    second = publisher.publish(first, ["collections/gone/faces/b.parquet"])
+    publisher.publish(second, ["collections/gone/faces/c.parquet"])  # drops the first version's snapshots
+    with pytest.raises(CollectionChanged):
+        publisher.publish(first, ["collections/gone/faces/c.parquet"])
+    assert publisher.publish_latest("gone").face_count == 300
