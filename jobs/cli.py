@@ -173,13 +173,18 @@ def index(
     if address.startswith("http"):
         from jobs.submit import submit_index
 
-        emit(submit_index(address, settings(), request, wait), as_json)
+        submitted = submit_index(address, settings(), request, wait)
+        emit(submitted, as_json)
+        if wait and submitted.get("status") != "SUCCEEDED":
+            console.print(f"[red]error[/red]: job {submitted['submission_id']} ended {submitted.get('status')}")
+            raise typer.Exit(1)
         return
     emit(run_index(request), as_json)
 
 
-def run_index(request: Any, using: Any = None) -> dict[str, Any]:
-    """The index use case as the local operator, with a progress bar (the CLI's and a submitted job's path)."""
+def run_index(request: Any, using: Any = None, submitted_by: str | None = None) -> dict[str, Any]:
+    """The index use case as the local operator, with a progress bar (the CLI's and a submitted job's path; a
+    job's audit record names who submitted it)."""
     from serving.usecases import indexing
 
     totals = {"images": 0, "faces": 0, "errors": 0}
@@ -198,7 +203,12 @@ def run_index(request: Any, using: Any = None) -> dict[str, Any]:
             extra = f"faces {totals['faces']}  errors {totals['errors']}  {rate:.1f} img/s"
             bar.update(task, advance=result.images, extra=extra)
 
-        summary: dict[str, Any] = call(lambda s, c: indexing.index(s, c, request, planned, advance), using)
+        def index(ctx: Any, caller: Any) -> Any:
+            if submitted_by is not None:
+                caller = caller.model_copy(update={"client": f"ray-job submitted by {submitted_by}"})
+            return indexing.index(ctx, caller, request, planned, advance)
+
+        summary: dict[str, Any] = call(index, using)
     return summary
 
 

@@ -317,5 +317,5 @@ def jobs_run_index(as_json: JsonFlag = False) -> None:
     from jobs.cli import run_index
     from jobs.submit import received
 
-    sent, request = received()
-    emit(run_index(request, sent), as_json)
+    sent, request, submitter = received()
+    emit(run_index(request, sent, submitted_by=submitter), as_json)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cluster.access import local_operator
 from cluster.embedder import IndexRequest
 from cluster.settings import Settings
 
@@ -14,7 +15,9 @@ from cluster.settings import Settings
 # serving) as JSON in its environment: secrets travel there, never in the job's command line.
 REQUEST_ENV = "FACEGRID_JOB_REQUEST"
 SETTINGS_ENV = "FACEGRID_JOB_SETTINGS"
-ENTRYPOINT = "facegrid jobs run-index --json"
+SUBMITTER_ENV = "FACEGRID_JOB_SUBMITTER"
+# Our own module through the cluster's Python: no assumption that a `facegrid` script is on the cluster's PATH.
+ENTRYPOINT = "python -m jobs.cli jobs run-index --json"
 
 
 def job_client(address: str) -> Any:
@@ -25,23 +28,29 @@ def job_client(address: str) -> Any:
     return JobSubmissionClient(address)
 
 
-def job_environment(settings: Settings, request: IndexRequest) -> dict[str, str]:
-    return {REQUEST_ENV: request.model_dump_json(), SETTINGS_ENV: settings.model_dump_json()}
+def job_environment(settings: Settings, request: IndexRequest, submitter: str) -> dict[str, str]:
+    return {
+        REQUEST_ENV: request.model_dump_json(),
+        SETTINGS_ENV: settings.model_dump_json(),
+        SUBMITTER_ENV: submitter,
+    }
 
 
-def received() -> tuple[Settings, IndexRequest]:
-    """Inside a submitted job: the settings and request the submitter sent."""
+def received() -> tuple[Settings, IndexRequest, str]:
+    """Inside a submitted job: the settings and request the submitter sent, and who submitted it."""
     settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
-    return settings, IndexRequest.model_validate_json(os.environ[REQUEST_ENV])
+    request = IndexRequest.model_validate_json(os.environ[REQUEST_ENV])
+    return settings, request, os.environ.get(SUBMITTER_ENV, "unknown")
 
 
 def submit_index(address: str, settings: Settings, request: IndexRequest, wait: bool) -> dict[str, Any]:
     client = job_client(address)
+    submitter = local_operator().key_id
     # Inside the job Ray sets RAY_ADDRESS to the cluster, so the job's driver joins the cluster it runs on.
     job_id = client.submit_job(
         entrypoint=ENTRYPOINT,
-        runtime_env={"env_vars": job_environment(settings, request)},
-        metadata={"facegrid": "index", "collection": request.collection},
+        runtime_env={"env_vars": job_environment(settings, request, submitter)},
+        metadata={"facegrid": "index", "collection": request.collection, "submitted_by": submitter},
     )
     result: dict[str, Any] = {"submission_id": job_id, "address": address}
     if wait:

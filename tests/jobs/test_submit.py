@@ -64,3 +64,22 @@ def test_a_submitted_job_gets_the_whole_request(
     result = submit_index(dashboard, strict, other, wait=True)
     summary = json.loads(result["logs_tail"].strip().splitlines()[-1])
     assert summary["faces"] == 0 and summary["errors_by_reason"] == {"IMAGE_TOO_LARGE": 3}, summary
+
+
+def test_the_job_names_its_submitter_and_a_failed_job_fails_the_command(
+    dashboard: str, model_dir: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from cluster.access import local_operator
+    from cluster.audit import read_records
+    from jobs.cli import app
+
+    store = tmp_path / "store"
+    env = {"RAY_ADDRESS": dashboard, "FACEGRID_STORE": str(store), "FACEGRID_MODEL_DIR": str(model_dir)}
+    failed = CliRunner().invoke(app, ["index", "nowhere", str(tmp_path / "no-such-folder"), "--json"], env=env)
+    assert failed.exit_code == 1, failed.output
+    assert "ended FAILED" in " ".join(failed.output.split())
+    records = [r for r in read_records(LocalStore(store)) if r["action"] == "index"]
+    assert records and records[-1]["outcome"] == "error"
+    assert records[-1]["client"] == f"ray-job submitted by {local_operator().key_id}"
