@@ -43,7 +43,7 @@ def _jobs(ctx: Context, name: str) -> list[dict[str, Any]]:
     jobs = [r for r in read_records(ctx.store) if r.get("action") == "index" and r.get("collection") == name][-10:]
     for job in jobs:
         job["summary"] = (
-            ", ".join(f"{k} {job[k]}" for k in ("objects", "faces", "errors") if k in job) or job.get("code") or ""
+            ", ".join(f"{k} {job[k]}" for k in ("images", "faces", "errors") if k in job) or job.get("code") or ""
         )
     return list(reversed(jobs))
 

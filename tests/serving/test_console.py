@@ -247,6 +247,7 @@ def test_pick_a_face_search_people_and_add_a_photo(browser: Any, world: Any, tmp
     _sign_in(browser, world, "admin")
     browser.get(world["url"] + "/ui/collections/cases")
     assert "people" in browser.page_source.lower() and "similarity" in browser.page_source
+    assert "images 18" in browser.find_element(By.ID, "jobs").text  # the fixture's index job: 6 people x 3
     browser.find_element(By.ID, "add-image").send_keys(str(group.resolve()))
     browser.find_element(By.ID, "external-id").send_keys("group-photo")
     _submit(browser, browser.find_element(By.ID, "add"))
