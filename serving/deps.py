@@ -11,10 +11,12 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile as StarletteUpload
 
 from cluster.access import Caller, Role
+from cluster.index_spec import SearchKnobs
 from cluster.pipeline.errors import ImageError, Reason
-from serving.schemas import ErrorEnvelope
+from serving.schemas import ErrorEnvelope, SearchOptions
 from serving.usecases import keys
 from serving.usecases.context import Context
+from serving.usecases.policy import SearchRequest
 
 
 def get_context(request: Request) -> Context:
@@ -73,6 +75,12 @@ def errors(*extra: int, public: bool = False) -> dict[int | str, dict[str, Any]]
     route (no key) cannot answer 401 or 403."""
     statuses = {*COMMON, *extra} - ({401, 403} if public else set())
     return {s: {"model": ErrorEnvelope, "description": ERROR_MEANINGS[s]} for s in sorted(statuses)}
+
+
+def search_request(body: SearchOptions) -> SearchRequest:
+    """The search a JSON body states (vector and face-id searches alike)."""
+    knobs = SearchKnobs(body.nprobe, body.ef_search)
+    return SearchRequest(body.purpose, body.case_id, body.threshold, body.max_results, knobs=knobs)
 
 
 def json_response(model: BaseModel, status_code: int = 200) -> Response:

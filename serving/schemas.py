@@ -209,17 +209,22 @@ class RebuildCollection(BaseModel):
     retrain: bool = False
 
 
-class VectorSearch(BaseModel):
-    vector: list[float]
-    model_id: str | None = Field(
-        default=None, description="The model that made the vector; refused unless the collection's"
-    )
+class SearchOptions(BaseModel):
+    """What a JSON search states besides its probe (a vector, or an indexed face)."""
+
     purpose: str | None = None
     case_id: str | None = None
     threshold: float | None = None
     max_results: int = 10
     nprobe: int | None = None
     ef_search: int | None = None
+
+
+class VectorSearch(SearchOptions):
+    vector: list[float]
+    model_id: str | None = Field(
+        default=None, description="The model that made the vector; refused unless the collection's"
+    )
 
 
 class DeleteFaces(BaseModel):

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from serving.schemas import RATE, FaceDetail, Match, Threshold, VectorAnswer
+from serving.schemas import RATE, FaceDetail, Match, SearchOptions, Threshold, VectorAnswer
 
 
-class FaceSearch(BaseModel):
-    purpose: str | None = None
-    case_id: str | None = None
-    threshold: float | None = None
-    max_results: int = 10
-    nprobe: int | None = None
-    ef_search: int | None = None
+class FaceSearch(SearchOptions):
+    """Search by an indexed face (the face id is in the route)."""
 
 
 class FaceIdAnswer(VectorAnswer):

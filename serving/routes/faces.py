@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile as StarletteUpload
 from cluster.errors import InvalidRequest
 from cluster.index_spec import SearchKnobs
 from cluster.pipeline.quality import QualityFilter
-from serving.deps import CallerDep, Ctx, errors, json_response, read_upload
+from serving.deps import CallerDep, Ctx, errors, json_response, read_upload, search_request
 from serving.schemas import (
     AddFaces,
     AddFacesFromObject,
@@ -57,8 +57,7 @@ async def search_by_image(
 
 @router.post("/search-vector", response_model=VectorAnswer, responses=errors(404, 409))
 async def search_by_vector(collection: str, body: VectorSearch, ctx: Ctx, caller: CallerDep) -> Response:
-    knobs = SearchKnobs(body.nprobe, body.ef_search)
-    request = SearchRequest(body.purpose, body.case_id, body.threshold, body.max_results, knobs=knobs)
+    request = search_request(body)
     return json_response(await search.search_vector(ctx, caller, collection, body.vector, request, body.model_id))
 
 

@@ -7,8 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response
 
-from cluster.index_spec import SearchKnobs
-from serving.deps import CallerDep, Ctx, errors, json_response, read_upload
+from serving.deps import CallerDep, Ctx, errors, json_response, read_upload, search_request
 from serving.schemas_people import (
     AssociationChange,
     CreateUser,
@@ -29,8 +28,7 @@ router = APIRouter(prefix="/v1/collections/{collection}", tags=["people"])
 @router.post("/faces/{face_id}/search", response_model=FaceIdAnswer, responses=errors(404, 409))
 async def search_by_face(collection: str, face_id: str, body: FaceSearch, ctx: Ctx, caller: CallerDep) -> Response:
     """Rekognition's SearchFaces: faces like an indexed one (the face itself left out), audited as any search."""
-    knobs = SearchKnobs(body.nprobe, body.ef_search)
-    request = SearchRequest(body.purpose, body.case_id, body.threshold, body.max_results, knobs=knobs)
+    request = search_request(body)
     return json_response(await search.search_face(ctx, caller, collection, face_id, request))
 
 
