@@ -18,8 +18,10 @@ from cluster.storage import LocalStore, ObjectNotFound, ObjectStore
 PREFIX = "audit/"
 HEAD = "audit/HEAD.json"
 GENESIS = "0" * 64
-# Records per segment: on S3 a segment is rewritten whole on every append (no appends there), so it stays small.
+# Records per segment in a local folder (appended to in place).
 SEGMENT_RECORDS = 256
+# On an object store a segment is rewritten whole on every group commit (no appends there), so it stays small.
+SMALL_SEGMENT_RECORDS = 64
 
 
 def record_hash(record: dict[str, Any]) -> str:
@@ -35,10 +37,17 @@ def _segment_key(at: datetime, seq: int) -> str:
 
 class AuditLog:
     """Appends to the chain. Each append re-reads the head pointer under a lock, so several processes sharing a
-    local folder extend one chain; on S3 the cluster runs one writer (a named Ray actor) for the same reason."""
+    local folder extend one chain; on S3 the cluster runs one writer (a named Ray actor) for the same reason, and
+    that writer (`single_writer`) keeps the head and the current segment in memory instead of reading them back.
 
-    def __init__(self, store: ObjectStore) -> None:
+    Appends come in groups (`append_many`, one group commit): on an object store, which cannot append, a group
+    costs one write of the current segment (kept under SMALL_SEGMENT_RECORDS) and one of HEAD, however many
+    records it holds; it used to be a rewrite of a 256-record segment per record."""
+
+    def __init__(self, store: ObjectStore, single_writer: bool = False) -> None:
         self.store = store
+        self.single_writer = single_writer
+        self._held: tuple[dict[str, Any], bytes] | None = None  # a single writer's head and current segment
 
     def _head(self) -> dict[str, Any]:
         """Where the chain ends. HEAD.json holds the last record's seq and hash (rewritten on every append, after
@@ -60,22 +69,46 @@ class AuditLog:
         return {"seq": seq, "hash": digest, "segment": segment, "segment_records": max(0, seq - first_seq + 1)}
 
     def append(self, entry: dict[str, Any]) -> dict[str, Any]:
+        return self.append_many([entry])[0]
+
+    def append_many(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Chain these records on in order and write them together; each one's seq and hash."""
         with _lock(self.store):
-            head = self._head()
-            now = datetime.now(UTC)
-            record = {"seq": head["seq"] + 1, "time": now.isoformat(timespec="microseconds"), **entry}
-            record["prev_hash"] = head["hash"]
-            record["hash"] = record_hash(record)
-            line = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
-            key, count = head["segment"], head["segment_records"]
-            if key is None or count >= SEGMENT_RECORDS or f"/{now:%Y/%m/%d}/" not in key:
-                key = _segment_key(now, record["seq"])
-                self.store.put(key, line.encode())
-            else:
-                self.store.append(key, line.encode())
-            pointer = {"segment": key, "seq": record["seq"], "hash": record["hash"], "time": record["time"]}
-            self.store.put(HEAD, json.dumps(pointer).encode())
-        return {"seq": record["seq"], "hash": record["hash"]}
+            try:
+                return self._append(entries)
+            except BaseException:
+                self._held = None  # what was written is unknown: read the store again next time
+                raise
+
+    def _append(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        head = self._held[0] if self._held else self._head()
+        now = datetime.now(UTC)
+        at = now.isoformat(timespec="microseconds")
+        records, previous = [], head["hash"]
+        for n, entry in enumerate(entries, head["seq"] + 1):
+            record = {"seq": n, "time": at, **entry, "prev_hash": previous}
+            record["hash"] = previous = record_hash(record)
+            records.append(record)
+        lines = "".join(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n" for r in records).encode()
+        appendable = isinstance(self.store, LocalStore)
+        key, count = head["segment"], head["segment_records"]
+        limit = SEGMENT_RECORDS if appendable else SMALL_SEGMENT_RECORDS
+        if key is None or count >= limit or f"/{now:%Y/%m/%d}/" not in key:
+            key, count, body = _segment_key(now, records[0]["seq"]), 0, lines
+            self.store.put(key, body)
+        elif appendable:
+            self.store.append(key, lines)
+            body = b""
+        else:
+            body = (self._held[1] if self._held else self.store.get(key)) + lines
+            self.store.put(key, body)
+        last = records[-1]
+        pointer = {"segment": key, "seq": last["seq"], "hash": last["hash"], "time": last["time"]}
+        self.store.put(HEAD, json.dumps(pointer).encode())
+        if self.single_writer:
+            held = {"seq": last["seq"], "hash": last["hash"], "segment": key, "segment_records": count + len(records)}
+            self._held = (held, body)
+        return [{"seq": r["seq"], "hash": r["hash"]} for r in records]
 
 
 def head(store: ObjectStore) -> dict[str, Any]:
@@ -187,21 +220,33 @@ def _failed(verified: int, problem: Problem) -> dict[str, Any]:
     return {"ok": False, "records_verified": verified, "first_bad_record": problem.as_dict()}
 
 
-def record_at(store: ObjectStore, seq: int) -> dict[str, Any] | None:
-    """The record with this seq (segments are named by their first seq), or None."""
+def _segments_from(store: ObjectStore, seq: int) -> list[str]:
+    """The segments that may hold records from `seq` on: keys sort by date, then first seq, and seqs only grow,
+    so they are the last one starting at or before seq and every one after it."""
     segments = sorted(i.key for i in store.list(PREFIX) if i.key.endswith(".jsonl"))
     starts = [int(k.rsplit("/", 1)[1].split(".")[0]) for k in segments]
-    # Keys sort by date, then seq, and seqs only grow: the segment is the last one starting at or before seq.
-    holding = [k for k, start in zip(segments, starts, strict=True) if start <= seq]
-    if not holding or seq < 1:
+    before = [n for n, start in enumerate(starts) if start <= seq]
+    return segments[before[-1] if before else 0 :]
+
+
+def records_from(store: ObjectStore, seq: int) -> Iterator[dict[str, Any]]:
+    """Records with seq at least `seq`, in chain order, reading only the segments that hold them."""
+    for key in _segments_from(store, seq):
+        for line in store.get(key).decode(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record.get("seq"), int) and record["seq"] >= seq:
+                yield record
+
+
+def record_at(store: ObjectStore, seq: int) -> dict[str, Any] | None:
+    """The record with this seq (segments are named by their first seq), or None."""
+    if seq < 1:
         return None
-    for line in store.get(holding[-1]).decode(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("seq") == seq:
-            return dict(record)
+    for record in records_from(store, seq):
+        return dict(record) if record["seq"] == seq else None
     return None
 
 

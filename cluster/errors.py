@@ -80,8 +80,18 @@ REFUSAL_CODES = frozenset(
         "UNRECOGNIZED_CLIENT",
         "EXPIRED_TOKEN",
         "INVALID_SIGNATURE",
+        # Input the system would not act on (a NaN threshold, a string over its cap) and a full work queue.
+        "INVALID_REQUEST",
+        "TOO_MANY_REQUESTS",
     }
 )
+
+
+class Busy(FacegridError):
+    """The server's bounded work queue is full: retry after `retry_after_s` (also the Retry-After header)."""
+
+    code = "TOO_MANY_REQUESTS"
+    status = 429
 
 
 class ShardsUnavailable(FacegridError):

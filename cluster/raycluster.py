@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -15,6 +16,8 @@ from cluster.storage import LocalStore, ObjectStore, open_store
 NAMESPACE = "facegrid"
 # Without a GPU an embedder is CPU-bound: half a core as a reservation, one ONNX Runtime thread each.
 EMBEDDER_CPUS = 0.5
+# Records one group commit of the audit writer holds at most (a segment write stays small).
+MAX_GROUP = 64
 
 
 def ensure_ray(address: str | None = None) -> None:
@@ -54,20 +57,21 @@ def audit_actor(settings: Settings) -> Any:
 
     No task retries: an append whose answer was lost could be written twice; the caller fails closed instead.
     """
-    remote = ray.remote(AuditWriter).options(
-        name="audit", namespace=NAMESPACE, get_if_exists=True, num_cpus=0, max_restarts=-1, max_task_retries=0
-    )
-    return remote.remote(settings)
+    if "audit" not in _handles:
+        ensure_ray()
+        remote = ray.remote(AuditWriter).options(
+            name="audit", namespace=NAMESPACE, get_if_exists=True, num_cpus=0, max_restarts=-1, max_task_retries=0
+        )
+        _handles["audit"] = remote.remote(settings)
+    return _handles["audit"]
 
 
 def append_audit(settings: Settings, store: ObjectStore, record: dict[str, Any]) -> dict[str, Any]:
-    """Append to the chain: in-process on a local folder (its lock serialises processes), else via the actor."""
+    """Append to the chain: in-process on a local folder (its lock serialises processes), else via the actor.
+    Blocking; an event loop awaits `audit_actor(settings).append.remote(record)` instead."""
     if isinstance(store, LocalStore):
         return AuditLog(store).append(record)
-    ensure_ray()
-    if "audit" not in _handles:
-        _handles["audit"] = audit_actor(settings)
-    result: dict[str, Any] = ray.get(_handles["audit"].append.remote(record))
+    result: dict[str, Any] = ray.get(audit_actor(settings).append.remote(record))
     return result
 
 
@@ -75,10 +79,34 @@ _handles: dict[str, Any] = {}
 
 
 class AuditWriter:
-    """Ray wrapper of AuditLog over the settings' store: a restart resumes from the stored head."""
+    """Ray actor over AuditLog on the settings' store, committing appends in groups: while one group is being
+    written, the appends that arrive wait and go out together in the next (one write of the segment and one of
+    HEAD for all of them). Each caller's answer comes after its record is stored. A restart resumes from the
+    stored head."""
 
     def __init__(self, settings: Settings) -> None:
-        self.log = AuditLog(open_store(settings.store, settings))
+        self.log = AuditLog(open_store(settings.store, settings), single_writer=True)
+        self.waiting: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+        self.committing: asyncio.Task[None] | None = None
 
-    def append(self, entry: dict[str, Any]) -> dict[str, Any]:
-        return self.log.append(entry)
+    async def append(self, entry: dict[str, Any]) -> dict[str, Any]:
+        done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.waiting.append((entry, done))
+        if self.committing is None:
+            self.committing = asyncio.create_task(self._commit())
+        return await done
+
+    async def _commit(self) -> None:
+        try:
+            while self.waiting:
+                group, self.waiting = self.waiting[:MAX_GROUP], self.waiting[MAX_GROUP:]
+                try:
+                    written = await asyncio.to_thread(self.log.append_many, [entry for entry, _ in group])
+                except Exception as exc:  # nothing of the group is acknowledged: each caller fails closed
+                    for _, done in group:
+                        done.set_exception(exc)
+                    continue
+                for (_, done), result in zip(group, written, strict=True):
+                    done.set_result(result)
+        finally:
+            self.committing = None

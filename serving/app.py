@@ -22,12 +22,34 @@ from serving.console import records as console_records
 from serving.console import routes as console
 from serving.console.web import SignIn, to_sign_in
 from serving.console.web import static as console_static
+from serving.limits import BodyLimit, PublicRateLimit
 from serving.routes import audit, collections, faces, health, images, keys, rekognition, users
+from serving.usecases.audited import clipped, record
 from serving.usecases.context import Context
 from serving.usecases.failures import failure
 
 log = logging.getLogger("facegrid.api")
-HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE"}
+BODY_SLACK_BYTES = 1_000_000
+VALUE_RULES = frozenset(
+    {
+        "finite_number",
+        "string_too_long",
+        "too_long",
+        "greater_than",
+        "greater_than_equal",
+        "less_than",
+        "less_than_equal",
+    }
+)
+# Routes whose refusals count as refused searches in the transparency report, by the action they audit.
+AUDITED_ROUTES = {
+    "/v1/collections/{collection}/search": "search",
+    "/v1/collections/{collection}/search-vector": "search-vector",
+    "/v1/collections/{collection}/faces/{face_id}/search": "search-face",
+    "/v1/collections/{collection}/users/search": "search-users",
+    "/v1/compare": "compare",
+}
+HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE", 429: "TOO_MANY_REQUESTS"}
 
 
 class RequestCounter:
@@ -86,13 +108,20 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     app.mount("/ui/static", console_static, name="console-static")
     app.add_exception_handler(SignIn, to_sign_in)
 
+    serving = (context.settings if context else settings or get_settings()).serving
+    app.add_middleware(PublicRateLimit, rate=serving.public_rate_per_s, burst=serving.public_burst)
+    # A multipart body holds up to two uploads (compare) and its form fields.
+    app.add_middleware(BodyLimit, limit=2 * serving.max_upload_bytes + BODY_SLACK_BYTES)
     app.add_middleware(RequestCounter, counts=app.state.request_counts)
 
     async def any_error(_: Request, exc: Exception) -> JSONResponse:
         described = failure(exc)
         if described.code == "INTERNAL_ERROR":
             log.error("unexpected error", exc_info=exc)
-        return envelope(described.status, described.code, described.message, **described.details)
+        response = envelope(described.status, described.code, described.message, **described.details)
+        if described.status == 429:
+            response.headers["Retry-After"] = str(max(1, round(float(str(described.details["retry_after_s"])))))
+        return response
 
     # The errors a request can cause or meet, each by name (so that Starlette answers them without treating them
     # as crashes), and anything else last, as a 500 in the same envelope.
@@ -106,8 +135,23 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
         return envelope(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         fields = [".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in exc.errors()]
-        return envelope(422, "INVALID_REQUEST", "; ".join(fields))
+        message = clipped("; ".join(fields), 1000) or ""
+        caller = getattr(request.state, "caller", None)
+        if caller is not None:  # an authenticated request whose fields failed: refused, and audited as such
+            route = getattr(request.scope.get("route"), "path", request.url.path)
+            entry = {
+                "action": AUDITED_ROUTES.get(route, "invalid-request"),
+                "collection": request.path_params.get("collection"),
+                "method": request.method,
+                "route": route,
+                "problem": message,
+            }
+            await record(request.app.state.context, caller, entry, "refused", "INVALID_REQUEST")
+        # A value the rules refuse (not finite, out of range, too long) is a 400 like our own checks'; a body of
+        # the wrong shape (a field missing, a type wrong) stays FastAPI's 422.
+        status = 400 if all(e["type"] in VALUE_RULES for e in exc.errors()) else 422
+        return envelope(status, "INVALID_REQUEST", message)
 
     return app

@@ -40,7 +40,9 @@ async def get_caller(
     if token is None and authorization and authorization.lower().startswith("bearer "):
         token = authorization[7:].strip()
     route = getattr(request.scope.get("route"), "path", request.url.path)
-    return await keys.authenticate(ctx, token, client, request.method, route)
+    caller = await keys.authenticate(ctx, token, client, request.method, route)
+    request.state.caller = caller  # for the audit of a request whose fields then fail validation (app.py)
+    return caller
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

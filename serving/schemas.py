@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from serving.usecases.audited import MAX_CASE_ID, MAX_PURPOSE
 
 RATE = (
     "Per comparison, from the collection's pinned calibration, with the floor's safety margin (twice the rate "
@@ -14,6 +16,13 @@ BOUND = (
     "True where fewer than 50 of the calibration's impostor comparisons scored this high: the rate is then at most "
     "estimated_false_match_rate, which is the smallest the calibration can tell apart, not an estimate"
 )
+
+
+class Body(BaseModel):
+    """A request body: no NaN or infinity in any number (they passed range checks and reached the audit as
+    tokens strict JSON parsers reject), no string longer than a kilobyte."""
+
+    model_config = ConfigDict(allow_inf_nan=False, str_max_length=1024)
 
 
 class ErrorBody(BaseModel):
@@ -195,7 +204,7 @@ class AuditPage(BaseModel):
     truncated: bool
 
 
-class CreateCollection(BaseModel):
+class CreateCollection(Body):
     name: str
     shards: int = Field(default=4, ge=1, le=1024)
     max_false_match_rate: float = Field(default=1e-5, gt=0, lt=1)
@@ -203,17 +212,17 @@ class CreateCollection(BaseModel):
     model: str | None = Field(default=None, description="Embedding model: sface-2021dec (default) or dlib-resnet-v1")
 
 
-class RebuildCollection(BaseModel):
+class RebuildCollection(Body):
     shards: int | None = Field(default=None, ge=1, le=1024)
     index_spec: str | None = None
     retrain: bool = False
 
 
-class SearchOptions(BaseModel):
+class SearchOptions(Body):
     """What a JSON search states besides its probe (a vector, or an indexed face)."""
 
-    purpose: str | None = None
-    case_id: str | None = None
+    purpose: str | None = Field(default=None, max_length=MAX_PURPOSE)
+    case_id: str | None = Field(default=None, max_length=MAX_CASE_ID)
     threshold: float | None = None
     max_results: int = 10
     nprobe: int | None = None
@@ -221,13 +230,13 @@ class SearchOptions(BaseModel):
 
 
 class VectorSearch(SearchOptions):
-    vector: list[float]
+    vector: list[float] = Field(max_length=4096)
     model_id: str | None = Field(
         default=None, description="The model that made the vector; refused unless the collection's"
     )
 
 
-class DeleteFaces(BaseModel):
+class DeleteFaces(Body):
     face_ids: list[str] = []
     external_image_ids: list[str] = []
 
@@ -251,7 +260,7 @@ class KeyList(BaseModel):
     keys: list[KeyInfo]
 
 
-class CreateKey(BaseModel):
+class CreateKey(Body):
     role: str = Field(description="admin, indexer, searcher or auditor")
     collections: list[str] | None = Field(default=None, description="Grant only these collections (default: all)")
     label: str = ""
@@ -314,12 +323,12 @@ class Readmitted(BaseModel):
     readmitted: list[dict[str, Any]] = Field(description="The lifted erasures: face id, source, etag, when, by whom")
 
 
-class Readmit(BaseModel):
+class Readmit(Body):
     face_ids: list[str] = []
     sources: list[str] = Field(default=[], description="Source objects (as face records name them): all their faces")
 
 
-class AddFaces(BaseModel):
+class AddFaces(Body):
     external_image_id: str | None = Field(default=None, description="Your id for the photo (default: its sha256)")
     max_faces: int | None = Field(default=None, description="Index at most N faces, largest first (1-100)")
     quality_filter: Literal["NONE", "LOW", "MEDIUM", "HIGH"] = "LOW"

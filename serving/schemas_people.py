@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from serving.schemas import RATE, FaceDetail, Match, SearchOptions, Threshold, VectorAnswer
+from serving.schemas import RATE, Body, FaceDetail, Match, SearchOptions, Threshold, VectorAnswer
 
 
 class FaceSearch(SearchOptions):
@@ -15,7 +15,7 @@ class FaceIdAnswer(VectorAnswer):
     searched_face_id: str = Field(description="The indexed face searched with; left out of its own matches")
 
 
-class CreateUser(BaseModel):
+class CreateUser(Body):
     user_id: str = Field(description="1-128 letters, digits, '_', '.', '-' or ':'")
 
 
@@ -36,7 +36,7 @@ class UserPage(BaseModel):
     next_offset: int | None
 
 
-class FaceIds(BaseModel):
+class FaceIds(Body):
     face_ids: list[str] = Field(description="1-100 face ids")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,6 @@ from typing import Any
 from cluster.access import Action, Caller, authorize
 from cluster.audit import head, read_records, verify
 from cluster.audit_export import export_records
-from cluster.transparency import transparency_report
 from serving.schemas import AuditPage
 from serving.usecases.audited import audited
 from serving.usecases.context import Context
@@ -54,7 +54,12 @@ async def report(ctx: Context, caller: Caller) -> dict[str, Any]:
 
 
 async def transparency(ctx: Context) -> dict[str, Any]:
-    """Public: counts only, never case ids or faces."""
-    report = transparency_report(await ctx.in_thread(read_records, ctx.store))
-    report["head"] = await ctx.in_thread(head, ctx.store)
-    return report
+    """Public: counts only, never case ids or faces. One refresh at a time, on a thread of its own, folding only
+    the records appended since the last: callers that arrive during one share its answer, so however many ask,
+    searches and audit appends never wait behind them."""
+    reporting = ctx.reporting
+    if reporting.pending is None:
+        loop = asyncio.get_running_loop()
+        reporting.pending = loop.run_in_executor(reporting.thread, reporting.report.refresh)
+        reporting.pending.add_done_callback(lambda _: setattr(reporting, "pending", None))
+    return await asyncio.shield(reporting.pending)

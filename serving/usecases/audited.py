@@ -10,7 +10,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from cluster.access import Caller
-from cluster.raycluster import append_audit
+from cluster.raycluster import append_audit, audit_actor
 from cluster.storage import LocalStore
 from serving.usecases.failures import failure
 
@@ -50,8 +50,9 @@ async def record(ctx: Context, caller: Caller | None, entry: dict[str, Any], out
         # A local append takes about 0.3 ms, less than handing it to a thread would.
         LAST_RECORD.set(append_audit(ctx.settings, ctx.store, full))
         return
-    loop = asyncio.get_running_loop()
-    LAST_RECORD.set(await loop.run_in_executor(ctx.executor, append_audit, ctx.settings, ctx.store, full))
+    # Awaited on the event loop, never on a worker thread: appends from many requests reach the writer at once
+    # and are committed together (two threads used to serialise them).
+    LAST_RECORD.set(await audit_actor(ctx.settings).append.remote(full))
 
 
 @asynccontextmanager

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -26,9 +27,11 @@ from cluster.raycluster import ensure_ray
 from cluster.settings import Settings
 from cluster.shardset import MANIFEST_TTL_S, ShardSet
 from cluster.storage import open_store
+from cluster.transparency import FollowedReport
 from serving.batcher import MicroBatcher
 from serving.fanout import FanOutResult, fan_out
 from serving.models import EmbeddingModels
+from serving.pools import BoundedPool
 from serving.usecases.failures import unwrap
 
 T = TypeVar("T")
@@ -45,6 +48,17 @@ def _background_thread() -> None:
 
 def _in_task(settings: Settings, work: Callable[[Publisher], Any]) -> Any:
     return work(Publisher(Collections(open_store(settings.store, settings))))
+
+
+@dataclass
+class Reporting:
+    """The public transparency report, followed incrementally on a thread of its own (usecases.audit)."""
+
+    report: FollowedReport
+    thread: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="facegrid-report")
+    )
+    pending: asyncio.Future[dict[str, Any]] | None = None
 
 
 class Context:
@@ -67,15 +81,19 @@ class Context:
         if runtime.intra_op_threads is None:
             runtime = runtime.model_copy(update={"intra_op_threads": 1})
         self.models = EmbeddingModels(settings.model_copy(update={"runtime": runtime}), self.registry)
-        # Model inference releases the GIL; two threads keep the event loop free on a two-core machine.
+        # Short blocking work (a store read, a people state): two threads keep the event loop free.
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="facegrid-work")
+        # Probe photos (searches, compares, detection) on two threads, a few more waiting at most: past that a
+        # caller is told to retry (429) rather than queue behind minutes of other photos' detection.
+        serving = settings.serving
+        self.probes = BoundedPool(2, serving.max_waiting_photos, "facegrid-probe")
         # Added photos are embedded on threads of their own, at a lower OS priority: a stream of ingests never
         # queues a search's probe behind it, and takes what CPU searches leave.
-        self.ingest_executor = ThreadPoolExecutor(
-            max_workers=os.cpu_count() or 2, thread_name_prefix="facegrid-ingest", initializer=_background_thread
-        )
+        cores = os.cpu_count() or 2
+        self.ingests = BoundedPool(cores, 4 * cores, "facegrid-ingest", initializer=_background_thread)
         # Fan-outs only wait on shards: many may be in flight, and none should queue behind a probe's embedding.
         self.fanout_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="facegrid-fanout")
+        self.reporting = Reporting(FollowedReport(self.store))
         self._manifests: dict[str, tuple[float, Manifest]] = {}
         self._shard_sets: dict[str, ShardSet] = {}
         self._people: dict[str, People] = {}
@@ -90,8 +108,10 @@ class Context:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False)
-        self.ingest_executor.shutdown(wait=False)
+        self.probes.shutdown()
+        self.ingests.shutdown()
         self.fanout_executor.shutdown(wait=False)
+        self.reporting.thread.shutdown(wait=False)
 
     def manifest(self, name: str, fresh: bool = False) -> Manifest:
         """The collection's manifest, at most MANIFEST_TTL_S old unless `fresh`."""
@@ -139,7 +159,7 @@ class Context:
         return held[1]
 
     async def in_thread(self, work: Callable[..., T], *args: Any) -> T:
-        """Short blocking work (decode, embed, an audit read) on the service's own threads."""
+        """Short blocking work (a store read) on the service's own threads."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, work, *args)
 
     async def in_own_thread(self, work: Callable[..., T], *args: Any) -> T:

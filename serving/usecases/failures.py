@@ -34,6 +34,13 @@ def unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
+def plain(exc: BaseException, limit: int = 300) -> str:
+    """An error's first line, capped: what a client may read, never a traceback from a worker process."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else type(exc).__name__
+    return first if len(first) <= limit else first[:limit] + "..."
+
+
 def failure(exc: BaseException) -> Failure:
     exc = unwrap(exc)
     if isinstance(exc, FacegridError):
@@ -41,9 +48,9 @@ def failure(exc: BaseException) -> Failure:
     if isinstance(exc, ImageError):
         return Failure(IMAGE_STATUS.get(exc.reason, 422), str(exc.reason), exc.message)
     if isinstance(exc, StorageAuthError):
-        return Failure(502, "STORAGE_AUTH_FAILED", str(exc))
+        return Failure(502, "STORAGE_AUTH_FAILED", plain(exc))
     if isinstance(exc, StorageError):
-        return Failure(502, "STORAGE_ERROR", str(exc))
+        return Failure(502, "STORAGE_ERROR", plain(exc))
     if isinstance(exc, RayError):
         return Failure(503, "CLUSTER_UNAVAILABLE", f"the Ray cluster failed this request: {type(exc).__name__}")
     if isinstance(exc, asyncio.CancelledError):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from concurrent.futures import Executor
 
 import numpy as np
 
@@ -15,6 +14,7 @@ from cluster.pipeline.errors import ImageError, Reason
 from cluster.pipeline.faces import ImageFaces
 from cluster.pipeline.quality import QualityFilter
 from serving import render
+from serving.pools import BoundedPool
 from serving.render import LEADS_NOTICE
 from serving.schemas import CompareAnswer, ComparedFace, DetectAnswer, Threshold
 from serving.usecases.audited import audited
@@ -28,15 +28,14 @@ async def probe_faces(
     max_faces: int | None,
     model_id: str = DEFAULT_EMBEDDER,
     quality_filter: QualityFilter = QualityFilter.NONE,
-    executor: Executor | None = None,
+    pool: BoundedPool | None = None,
 ) -> ImageFaces:
-    """The faces of an uploaded photo through the model's pipeline (on `executor`, else the service's threads);
-    a photo that cannot be read raises."""
+    """The faces of an uploaded photo through the model's pipeline (on `pool`, else the probe pool, which may
+    answer Busy); a photo that cannot be read raises."""
     if len(blob) > ctx.settings.serving.max_upload_bytes:
         raise ImageError(Reason.IMAGE_TOO_LARGE, f"upload over {ctx.settings.serving.max_upload_bytes} bytes")
     pipeline = ctx.models.pipeline(model_id)
-    loop = asyncio.get_running_loop()
-    result = (await loop.run_in_executor(executor or ctx.executor, pipeline, [blob], max_faces, quality_filter))[0]
+    result = (await (pool or ctx.probes).run(pipeline, [blob], max_faces, quality_filter))[0]
     if isinstance(result, ImageError):
         raise result
     return result
@@ -124,9 +123,5 @@ async def compare(
 
 async def detect(ctx: Context, caller: Caller, blob: bytes) -> DetectAnswer:
     authorize(caller, Action.DETECT)
-    if len(blob) > ctx.settings.serving.max_upload_bytes:
-        raise ImageError(Reason.IMAGE_TOO_LARGE, f"upload over {ctx.settings.serving.max_upload_bytes} bytes")
-    result = (await ctx.in_thread(ctx.models.pipeline(), [blob], None, QualityFilter.NONE))[0]
-    if isinstance(result, ImageError):
-        raise result
+    result = await probe_faces(ctx, blob, None)
     return DetectAnswer(width=result.width, height=result.height, faces=[render.face_detail(f) for f in result.faces])

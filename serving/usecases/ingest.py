@@ -66,7 +66,7 @@ async def add_faces(
         if max_faces is not None and not 1 <= max_faces <= 100:
             raise InvalidRequest("max_faces must be between 1 and 100")
         manifest = ctx.manifest(collection)
-        image = await probe_faces(ctx, photo, max_faces, manifest.model_id, quality_filter, ctx.ingest_executor)
+        image = await probe_faces(ctx, photo, max_faces, manifest.model_id, quality_filter, ctx.ingests)
         rows = face_rows(collection, key, etag, location, external, image.faces, f"ingest-{caller.key_id}")
         erased = await ctx.in_thread(ErasureRegister(ctx.store, collection).erased_ids)
         kept = [(r, f) for r, f in zip(rows, image.faces, strict=True) if r["face_id"] not in erased]

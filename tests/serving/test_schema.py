@@ -54,7 +54,7 @@ CORPUS: list[tuple[str, str | None, str, dict[str, Any], str, int]] = [
         422,
     ),
     ("POST", "/v1/collections", "/v1/collections", {"json": {}}, "admin", 422),
-    ("POST", "/v1/collections", "/v1/collections", {"json": {"name": "x", "shards": 0}}, "admin", 422),
+    ("POST", "/v1/collections", "/v1/collections", {"json": {"name": "x", "shards": 0}}, "admin", 400),
     ("POST", "/v1/collections", "/v1/collections", {"json": {"name": "../x"}}, "admin", 400),
     ("POST", "/v1/collections", "/v1/collections", {"json": {"name": "x", "index_spec": "IVF0,SQ8"}}, "admin", 400),
     ("POST", "/v1/collections", "/v1/collections", {"json": {"name": "x", "model": "nope"}}, "admin", 400),
@@ -107,9 +107,17 @@ CORPUS: list[tuple[str, str | None, str, dict[str, Any], str, int]] = [
         "POST",
         "/v1/collections/{collection}/search",
         "/v1/collections/dlib/search",
-        {"files": {"image": ("p.jpg", b"x")}, "data": {**SEARCH, "purpose": "p" * 2_000_000}},
+        {"files": {"image": ("p.jpg", b"x")}, "data": {**SEARCH, "purpose": "p" * 20_000}},
         "admin",
         400,
+    ),
+    (
+        "POST",
+        "/v1/collections/{collection}/search",
+        "/v1/collections/dlib/search",
+        {"files": {"image": ("p.jpg", b"x")}, "data": {**SEARCH, "purpose": "p" * 2_000_000}},
+        "admin",
+        413,  # over twice the upload limit: refused before the body is parsed
     ),
     (
         "POST",
@@ -201,7 +209,7 @@ CORPUS: list[tuple[str, str | None, str, dict[str, Any], str, int]] = [
     ("POST", "/v1/keys", "/v1/keys", {"json": {"role": "emperor"}}, "admin", 400),
     ("POST", "/v1/keys", "/v1/keys", {"json": {"role": "admin"}}, "searcher", 403),
     ("DELETE", "/v1/keys/{key_id}", "/v1/keys/absent", {}, "admin", 404),
-    ("GET", "/v1/audit", "/v1/audit", {"params": {"limit": 0}}, "admin", 422),
+    ("GET", "/v1/audit", "/v1/audit", {"params": {"limit": 0}}, "admin", 400),
     ("GET", "/v1/audit", "/v1/audit", {"params": {"from": "yesterday"}}, "admin", 422),
     ("GET", "/v1/audit", "/v1/audit", {}, "searcher", 403),
 ]
