@@ -38,6 +38,9 @@ class Manifest(BaseModel):
     # The version that set the shard count: shard actors are named by it, so a 4 -> 6 -> 4 reshard starts a
     # new set of four rather than reusing names whose actors were retired.
     shard_set: int = 0
+    # Actors per shard, each on a different node where the cluster has enough: a query asks one of them, and
+    # another if that one fails or is late, so losing a node loses no answer.
+    replicas: int = 1
     max_false_match_rate: float = DEFAULT_MAX_FALSE_MATCH_RATE
     # The calibration the floor and every per-match rate come from, copied in when the collection is created and
     # changed only by `collections calibrate` (audited). None: made before calibrations were pinned; such a
@@ -63,6 +66,15 @@ class Manifest(BaseModel):
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+MAX_REPLICAS = 8
+
+
+def check_replicas(replicas: int) -> int:
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise InvalidRequest(f"replicas must be between 1 and {MAX_REPLICAS}")
+    return replicas
 
 
 def check_shard_count(shard_count: int) -> int:

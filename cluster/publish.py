@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import faiss
@@ -148,10 +148,19 @@ class Publisher:
 
     def recalibrate(self, name: str, calibration: dict[str, Any], sha256: str) -> tuple[Manifest, Manifest]:
         """Pin another calibration (a new version, the same snapshots): (the manifest before, the one after)."""
+
+        def pin(manifest: Manifest) -> None:
+            manifest.calibration, manifest.calibration_sha256 = calibration, sha256
+
+        return self.amend(name, pin)
+
+    def amend(self, name: str, change: Callable[[Manifest], None]) -> tuple[Manifest, Manifest]:
+        """A new version that changes only what `change` sets (a calibration, the replica count), keeping every
+        snapshot, race-checked like a publish: (the manifest before, the one after)."""
         for attempt in range(PUBLISH_ATTEMPTS):
             old = self.collections.get(name)
             new = old.model_copy(deep=True)
-            new.calibration, new.calibration_sha256 = calibration, sha256
+            change(new)
             new.version, new.updated_at, new.folded = old.version + 1, now(), []
             if self.collections.get(name).version == old.version:
                 self.collections.write(new)

@@ -39,8 +39,9 @@ def cluster_gpus() -> int:
 
 
 def embedder_options(gpus: int) -> dict[str, Any]:
-    """One GPU per embedder where the cluster has GPUs; a fraction of a CPU otherwise."""
-    common: dict[str, Any] = {"max_restarts": 3, "max_task_retries": 2}
+    """One GPU per embedder where the cluster has GPUs; a fraction of a CPU otherwise. Spread over the nodes: a
+    lost node takes few of them, and Ray restarts those elsewhere and retries their partitions."""
+    common: dict[str, Any] = {"max_restarts": 3, "max_task_retries": 2, "scheduling_strategy": "SPREAD"}
     if gpus > 0:
         return {**common, "num_gpus": 1, "num_cpus": 1}
     return {**common, "num_cpus": EMBEDDER_CPUS}

@@ -10,6 +10,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+import ray
 
 from cluster.errors import CollectionNotFound
 from cluster.index_spec import SearchKnobs
@@ -177,4 +178,5 @@ class FaceShard:
             "device": snapshot.device if snapshot else None,
             "retired": self.retired,
             "resident_bytes": resident_bytes(),
+            "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
         }

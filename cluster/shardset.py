@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.errors import ShardsUnavailable
-from cluster.manifest import Manifest
+from cluster.manifest import MAX_REPLICAS, Manifest
 from cluster.raycluster import NAMESPACE, cluster_gpus, ensure_ray
 from cluster.records import faiss_id_of, shard_of
 from cluster.settings import Settings
@@ -31,10 +32,23 @@ SHARD_STARTUP_TIMEOUT_S = 600.0
 MANIFEST_TTL_S = 1.0
 
 
-def shard_name(collection: str, shard: int, manifest: Manifest) -> str:
+def shard_name(collection: str, shard: int, manifest: Manifest, replica: int = 0) -> str:
     # Named by the shard set (the version that set the count): after a reshard the old set answers until the new
     # one has loaded, and a later reshard back to the same count never meets the retired set's names.
-    return f"shard:{collection}:{shard}/{manifest.shard_count}@{manifest.shard_set}"
+    name = f"shard:{collection}:{shard}/{manifest.shard_count}@{manifest.shard_set}"
+    return name if replica == 0 else f"{name}#{replica}"
+
+
+def replica_nodes(shard: int, replicas: int, nodes: list[str]) -> list[str | None]:
+    """The node each replica of a shard is placed on: different ones while the cluster has enough, shards
+    rotated over the nodes. Soft: Ray restarts a replica whose node is lost on another one."""
+    if not nodes:
+        return [None] * replicas
+    return [nodes[(shard + replica) % len(nodes)] for replica in range(replicas)]
+
+
+def alive_nodes() -> list[str]:
+    return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
 
 
 def shard_options(gpus: int, shard_count: int) -> dict[str, Any]:
@@ -55,10 +69,11 @@ class ShardSet:
     def __init__(self, settings: Settings, collection: str) -> None:
         self.settings = settings
         self.collection = collection
-        self._handles: dict[tuple[int, int], dict[int, Any]] = {}
+        self._handles: dict[tuple[int, int], dict[int, list[Any]]] = {}
 
-    def _create(self, manifest: Manifest) -> dict[int, Any]:
-        """The named shard actors, created where missing; Ray restarts one from the published snapshot if it dies."""
+    def _create(self, manifest: Manifest) -> dict[int, list[Any]]:
+        """The named shard actors, every replica of every shard, created where missing; Ray restarts one from the
+        published snapshot if it dies (on another node if its node is gone)."""
         ensure_ray()
         options: dict[str, Any] = {
             "namespace": NAMESPACE,
@@ -71,34 +86,59 @@ class ShardSet:
             **shard_options(cluster_gpus(), manifest.shard_count),
         }
         remote = ray.remote(FaceShard)
-        return {
-            i: remote.options(name=shard_name(self.collection, i, manifest), **options).remote(
-                self.settings, self.collection, i, manifest.shard_count, manifest.shard_set
-            )
-            for i in range(manifest.shard_count)
-        }
+        nodes = alive_nodes()
+        held: dict[int, list[Any]] = {}
+        for i in range(manifest.shard_count):
+            held[i] = []
+            for replica, node in enumerate(replica_nodes(i, manifest.replicas, nodes)):
+                placed = dict(options)
+                if node is not None:
+                    placed["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
+                name = shard_name(self.collection, i, manifest, replica)
+                held[i].append(
+                    remote.options(name=name, **placed).remote(
+                        self.settings, self.collection, i, manifest.shard_count, manifest.shard_set
+                    )
+                )
+        return held
 
-    async def handles(self, manifest: Manifest) -> dict[int, Any]:
-        """The handles of the set the manifest names; the first call waits until they have loaded."""
+    async def handles(self, manifest: Manifest) -> dict[int, list[Any]]:
+        """Every replica's handle, by shard, of the set the manifest names; the first call waits until they have
+        loaded. A change of the replica count starts the new replicas (and retires surplus ones) first."""
         key = _key(manifest)
         held = self._handles.get(key)
-        if held is None:
+        if held is None or len(held[0]) != manifest.replicas:
+            before = held
             held = self._create(manifest)
-            await asyncio.wait_for(asyncio.gather(*(h.reload.remote() for h in held.values())), SHARD_STARTUP_TIMEOUT_S)
+            every = [h for replicas in held.values() for h in replicas]
+            await asyncio.wait_for(asyncio.gather(*(h.reload.remote() for h in every)), SHARD_STARTUP_TIMEOUT_S)
+            if before is not None:
+                self._retire_replicas(manifest, len(before[0]))
             # Only the manifest's current set is kept: handles of a set retired elsewhere would be dead ones.
             self._handles = {key: held}
         return held
 
-    def live(self, manifest: Manifest) -> list[Any]:
-        """The set's actors that exist in the cluster (none are created)."""
+    def live(self, manifest: Manifest, replicas: int | None = None) -> list[Any]:
+        """The set's actors that exist in the cluster, every replica (none are created)."""
         ensure_ray()
         found = []
         for shard in range(manifest.shard_count):
-            try:
-                found.append(ray.get_actor(shard_name(self.collection, shard, manifest), namespace=NAMESPACE))
-            except ValueError:
-                continue
+            for replica in range(replicas or manifest.replicas):
+                try:
+                    name = shard_name(self.collection, shard, manifest, replica)
+                    found.append(ray.get_actor(name, namespace=NAMESPACE))
+                except ValueError:
+                    continue
         return found
+
+    def _retire_replicas(self, manifest: Manifest, held: int) -> None:
+        """Replicas past the manifest's count, of a set that stays current."""
+        for shard in range(manifest.shard_count):
+            for replica in range(manifest.replicas, held):
+                try:
+                    ray.kill(ray.get_actor(shard_name(self.collection, shard, manifest, replica), namespace=NAMESPACE))
+                except ValueError:
+                    continue
 
     async def sync(self, old: Manifest, new: Manifest, ready: Callable[[Manifest], Any] | None = None) -> None:
         """Make a publish visible, then call `ready` (the caller starts routing to it): the same set reloads; a
@@ -106,6 +146,8 @@ class ShardSet:
         are at most MANIFEST_TTL_S old). A replaced set never becomes current again: every reshard names a new one."""
         if _key(old) == _key(new):
             await asyncio.gather(*(s.reload.remote() for s in self.live(new)))
+            if old.replicas != new.replicas:
+                await self.handles(new)
         else:
             await self.handles(new)
         if ready is not None:
@@ -120,7 +162,7 @@ class ShardSet:
         handles = self._handles.get(_key(manifest))
         if handles is None:
             return  # no search has started this server's shards yet: they read the log when they start
-        await asyncio.gather(*(handles[s].add_segment.remote(key, etag) for s in shards if s in handles))
+        await asyncio.gather(*(h.add_segment.remote(key, etag) for s in shards if s in handles for h in handles[s]))
 
     async def vectors(self, manifest: Manifest, face_ids: list[str]) -> dict[str, np.ndarray]:
         """The stored vectors of these faces, each asked of the one shard that holds it; faces no shard holds
@@ -141,14 +183,24 @@ class ShardSet:
             return {}
         handles = await self.handles(manifest)
         timeout = self.settings.serving.shard_timeout_s
-        asked = [getattr(handles[shard], method).remote(ids) for shard, ids in by_shard.items()]
-        try:
-            answers = await asyncio.wait_for(asyncio.gather(*asked), timeout)
-        except (TimeoutError, ray.exceptions.RayActorError) as exc:
-            raise ShardsUnavailable(
-                f"a shard of {self.collection!r} holding these faces did not answer; try again"
-            ) from exc
+        answers = await asyncio.gather(
+            *(self._any_replica(handles[s], method, ids, timeout) for s, ids in by_shard.items())
+        )
         return {f"{faiss_id:016x}": vector for answer in answers for faiss_id, vector in answer.items()}
+
+    async def _any_replica(self, replicas: list[Any], method: str, ids: list[int], timeout: float) -> dict[int, Any]:
+        """The first replica that answers, tried in turn within the timeout."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        for replica in replicas:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            try:
+                answer: dict[int, Any] = await asyncio.wait_for(getattr(replica, method).remote(ids), left)
+                return answer
+            except (TimeoutError, ray.exceptions.RayActorError) as exc:
+                log.warning("a replica of %s did not answer %s: %r", self.collection, method, exc)
+        raise ShardsUnavailable(f"a shard of {self.collection!r} holding these faces did not answer; try again")
 
     def sync_blocking(self, new: Manifest) -> None:
         """For jobs (no event loop, any machine of the cluster): reload the live actors of the published set."""
@@ -156,7 +208,7 @@ class ShardSet:
             ray.get([s.reload.remote() for s in self.live(new)])
 
     def retire(self, manifest: Manifest) -> None:
-        for handle in self.live(manifest):
+        for handle in self.live(manifest, MAX_REPLICAS):
             ray.kill(handle)
         self._handles.pop(_key(manifest), None)
         log.info("retired shard set %s of %s", _key(manifest), self.collection)
@@ -164,5 +216,5 @@ class ShardSet:
     async def drop(self) -> None:
         """The collection was deleted: live actors unload (they find no manifest) and the handles go."""
         for held in self._handles.values():
-            await asyncio.gather(*(h.reload.remote() for h in held.values()))
+            await asyncio.gather(*(h.reload.remote() for replicas in held.values() for h in replicas))
         self._handles.clear()

@@ -48,13 +48,23 @@ def collections_create(
     max_false_match_rate: Annotated[float, typer.Option(help="The floor: most false matches per comparison.")] = 1e-5,
     index: Annotated[str, typer.Option(help="auto, Flat, HNSW<M>, IVF<n>,SQ8 or IVF<n>,PQ<m> (per shard)")] = "auto",
     model: ModelOption = None,
+    replicas: Annotated[int, typer.Option(help="Actors per shard, on different nodes where there are enough.")] = 1,
     as_json: JsonFlag = False,
 ) -> None:
     """Create an empty collection pinned to one embedding model (and that model's file, by sha256)."""
     from serving.usecases import collections
 
-    created = call(lambda s, c: collections.create(s, c, name, shards, max_false_match_rate, index, model))
+    created = call(lambda s, c: collections.create(s, c, name, shards, max_false_match_rate, index, model, replicas))
     emit(created.model_dump(exclude={"shards"}), as_json)
+
+
+@collections_app.command("replicas")
+def collections_replicas(name: str, replicas: int, as_json: JsonFlag = False) -> None:
+    """Run this many actors of every shard (on different nodes where the cluster has enough): a query asks one
+    and fails over to another, so losing a node loses no answer."""
+    from serving.usecases import collections
+
+    emit(call(lambda s, c: collections.set_replicas(s, c, name, replicas)).model_dump(exclude={"shards"}), as_json)
 
 
 @collections_app.command("list")

@@ -1,10 +1,15 @@
-"""Fan a query out to every shard actor concurrently, with a per-shard timeout, and merge the top-k with a heap."""
+"""Fan a query out to one replica of every shard concurrently, with fail-over and a per-shard timeout, and merge the
+top-k with a heap."""
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 import logging
+import threading
+import time
+from collections import Counter
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -38,25 +43,93 @@ class FanOutResult:
 ShardAnswer = tuple[np.ndarray, np.ndarray, list[list[dict[str, Any]]]]
 
 
+class Replicas:
+    """Which replica of a shard a query goes to: the one with the fewest calls in flight from this process (the
+    first of them in turn), never one already tried for that query."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight: Counter[int] = Counter()
+        self._turn = itertools.count()
+
+    def pick(self, replicas: list[Any], tried: set[int]) -> Any | None:
+        with self._lock:
+            left = [r for r in replicas if id(r) not in tried]
+            if not left:
+                return None
+            start = next(self._turn) % len(left)
+            rotated = left[start:] + left[:start]
+            chosen = min(rotated, key=lambda r: self._in_flight[id(r)])
+            self._in_flight[id(chosen)] += 1
+            return chosen
+
+    def done(self, replica: Any) -> None:
+        with self._lock:
+            self._in_flight[id(replica)] -= 1
+            if self._in_flight[id(replica)] <= 0:
+                del self._in_flight[id(replica)]
+
+
+REPLICAS = Replicas()
+
+
 def _collect(
-    handles: dict[int, Any], queries: np.ndarray, k: int, timeout: float, knobs: SearchKnobs
+    handles: dict[int, list[Any]], queries: np.ndarray, k: int, timeout: float, knobs: SearchKnobs, hedge: float
 ) -> dict[int, Any]:
-    """Ask every shard at once and wait at most `timeout` for all; a shard that is late or fails is left out.
+    """Ask one replica of every shard at once and wait at most `timeout` for all. A replica that fails is
+    replaced at once by another of its shard, one that has not answered after `hedge` seconds is joined by
+    another (the first answer wins); a shard none of whose replicas answered in time is left out.
 
     Blocking ray.wait/ray.get from a worker thread: on a loaded two-core machine it answers 4 shards in about
     7 ms where awaiting each ObjectRef on the event loop took about 9 ms.
     """
-    refs = {handle.search.remote(queries, k, knobs): shard for shard, handle in handles.items()}
-    ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
-    for ref in late:
-        log.warning("shard %d did not answer within %.1f s", refs[ref], timeout)
-    answers = {}
-    for ref in ready:
-        try:
-            answers[refs[ref]] = ray.get(ref)
-        except Exception as exc:
-            # A dead shard is reported by number in the answer, never silently dropped.
-            log.warning("shard %d failed: %r", refs[ref], exc)
+    began = time.monotonic()
+    deadline = began + timeout
+    asked: dict[Any, tuple[int, Any]] = {}  # ref -> (shard, replica)
+    tried: dict[int, set[int]] = {shard: set() for shard in handles}
+    last_ask: dict[int, float] = {}
+
+    def ask(shard: int) -> bool:
+        replica = REPLICAS.pick(handles[shard], tried[shard])
+        if replica is None:
+            return False
+        tried[shard].add(id(replica))
+        asked[replica.search.remote(queries, k, knobs)] = (shard, replica)
+        last_ask[shard] = time.monotonic()
+        return True
+
+    for shard in handles:
+        ask(shard)
+    answers: dict[int, Any] = {}
+    try:
+        while asked and len(answers) < len(handles):
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            waiting = [last_ask[s] + hedge for s in handles if s not in answers and len(tried[s]) < len(handles[s])]
+            wake = min([deadline, *waiting])
+            ready, _ = ray.wait(list(asked), num_returns=1, timeout=max(0.0, wake - now))
+            for ref in ready:
+                shard, replica = asked.pop(ref)
+                REPLICAS.done(replica)
+                if shard in answers:
+                    continue
+                try:
+                    answers[shard] = ray.get(ref)
+                except Exception as exc:
+                    log.warning("a replica of shard %d failed: %r", shard, exc)
+                    if not any(s == shard for s, _ in asked.values()):
+                        ask(shard)
+            now = time.monotonic()
+            for shard in handles:
+                if shard not in answers and now >= last_ask.get(shard, now) + hedge:
+                    ask(shard)  # late: another replica joins in, where there is one
+    finally:
+        for _, replica in asked.values():
+            REPLICAS.done(replica)
+    for shard in sorted(set(handles) - set(answers)):
+        # A shard no replica answered is reported by number in the answer, never silently dropped.
+        log.warning("shard %d did not answer within %.1f s", shard, timeout)
     return answers
 
 
@@ -74,14 +147,20 @@ def merge(per_shard: dict[int, ShardAnswer], n_queries: int, k: int) -> list[lis
 
 
 async def fan_out(
-    handles: dict[int, Any],
+    handles: dict[int, list[Any]],
     queries: np.ndarray,
     k: int,
     timeout: float,
     executor: Executor | None = None,
     knobs: SearchKnobs | None = None,
+    hedge: float | None = None,
 ) -> FanOutResult:
+    """`handles`: every replica of every shard. `hedge`: seconds before a late replica is joined by another
+    (default: a quarter of the timeout)."""
     loop = asyncio.get_running_loop()
-    per_shard = await loop.run_in_executor(executor, _collect, handles, queries, k, timeout, knobs or SearchKnobs())
+    hedge = timeout / 4 if hedge is None else hedge
+    per_shard = await loop.run_in_executor(
+        executor, _collect, handles, queries, k, timeout, knobs or SearchKnobs(), hedge
+    )
     missing = sorted(set(handles) - set(per_shard))
     return FanOutResult(merge(per_shard, len(queries), k), missing)

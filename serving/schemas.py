@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cluster.manifest import MAX_REPLICAS
 from serving.usecases.audited import MAX_CASE_ID, MAX_PURPOSE
 
 RATE = (
@@ -129,6 +130,7 @@ class CollectionInfo(BaseModel):
     built_spec: str | None
     shard_count: int
     shard_set: int
+    replicas: int
     max_false_match_rate: float
     calibration_sha256: str | None = Field(description="The pinned calibration; null: the model's, not pinned")
     version: int
@@ -210,6 +212,11 @@ class CreateCollection(Body):
     max_false_match_rate: float = Field(default=1e-5, gt=0, lt=1)
     index_spec: str = "auto"
     model: str | None = Field(default=None, description="Embedding model: sface-2021dec (default) or dlib-resnet-v1")
+    replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS, description="Actors per shard, on different nodes")
+
+
+class Replicas(Body):
+    replicas: int = Field(ge=1, le=MAX_REPLICAS, description="Actors per shard, on different nodes")
 
 
 class RebuildCollection(Body):

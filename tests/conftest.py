@@ -9,9 +9,6 @@ from pathlib import Path
 import pytest
 import ray
 
-# Before anything imports Ray: the tests' local clusters bind 127.0.0.1 only.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
 from cluster.models.registry import ModelRegistry
 from cluster.settings import Settings
 
@@ -28,8 +25,9 @@ def lfw_images() -> Path:
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    """One local Ray per test module (127.0.0.1 only), in the namespace our actors use."""
+    """One local Ray per test module (127.0.0.1 only: tests/__init__.py), in the namespace our actors use."""
     ray.init(num_cpus=2, include_dashboard=False, namespace="facegrid", log_to_driver=False)
+    assert ray.util.get_node_ip_address() == "127.0.0.1", "Ray would listen beyond this machine"
     try:
         yield
     finally:

@@ -182,7 +182,7 @@ def test_list_compare_detect(world: dict[str, Any]) -> None:
 def test_shard_actor_restarts_from_snapshot(world: dict[str, Any]) -> None:
     service: Context = world["service"]
     manifest = service.collections.get(COLLECTION)
-    handle = asyncio.run(service.shards(COLLECTION).handles(manifest))[0]
+    handle = asyncio.run(service.shards(COLLECTION).handles(manifest))[0][0]
     count = ray.get(handle.count.remote())
     ray.kill(handle, no_restart=False)
     deadline = time.monotonic() + 60

@@ -15,6 +15,7 @@ from serving.schemas import (
     CollectionList,
     CreateCollection,
     RebuildCollection,
+    Replicas,
 )
 from serving.usecases import collections
 
@@ -24,8 +25,15 @@ router = APIRouter(prefix="/v1/collections", tags=["collections"])
 @router.post("", status_code=201, responses=errors(409))
 async def create(body: CreateCollection, ctx: Ctx, caller: CallerDep) -> CollectionInfo:
     return await collections.create(
-        ctx, caller, body.name, body.shards, body.max_false_match_rate, body.index_spec, body.model
+        ctx, caller, body.name, body.shards, body.max_false_match_rate, body.index_spec, body.model, body.replicas
     )
+
+
+@router.put("/{collection}/replicas", responses=errors(404, 409))
+async def set_replicas(collection: str, body: Replicas, ctx: Ctx, caller: CallerDep) -> CollectionInfo:
+    """Run this many actors of every shard, on different nodes where the cluster has enough; a query asks one
+    and fails over to another. The new replicas have loaded before this answers. Admin only; audited."""
+    return await collections.set_replicas(ctx, caller, collection, body.replicas)
 
 
 @router.post("/{collection}/rebuild", responses=errors(404, 409))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from cluster.access import Action, Caller, authorize
 from cluster.calibration import Rates, calibration_sha256, check_calibration
 from cluster.index_spec import AUTO
 from cluster.live import live_segments
-from cluster.manifest import Manifest
+from cluster.manifest import Manifest, check_replicas
 from cluster.models.registry import DEFAULT_EMBEDDER
 from cluster.publish import Publisher
 from cluster.storage import ObjectNotFound
@@ -29,11 +30,13 @@ async def create(
     max_false_match_rate: float,
     index: str = AUTO,
     model: str | None = None,
+    replicas: int = 1,
 ) -> CollectionInfo:
     model_id = model or DEFAULT_EMBEDDER
     fields = {"max_false_match_rate": max_false_match_rate, "model_id": model_id, "shards": shards, "index_spec": index}
-    async with audited(ctx, caller, "create-collection", name, **fields) as entry:
+    async with audited(ctx, caller, "create-collection", name, **fields, replicas=replicas) as entry:
         authorize(caller, Action.COLLECTIONS_WRITE)
+        check_replicas(replicas)
         pinned = ctx.registry.pin(model_id)
         calibration = ctx.models.calibration(model_id)
         floor = ctx.models.floor_similarity(model_id, max_false_match_rate)  # refuses rates it cannot support
@@ -41,6 +44,7 @@ async def create(
             name=name,
             **pinned,
             shard_count=shards,
+            replicas=replicas,
             max_false_match_rate=max_false_match_rate,
             index_spec=index,
             calibration=calibration,
@@ -85,6 +89,25 @@ async def rebuild(
         await ctx.shards(name).sync(old, new, ready=ctx.remember)
         entry.update(version=new.version, built_spec=new.built_spec, faces=new.face_count)
     return info(new)
+
+
+async def set_replicas(ctx: Context, caller: Caller, name: str, replicas: int) -> CollectionInfo:
+    """Run this many actors of every shard, on different nodes where there are enough: new replicas have loaded
+    before this answers, surplus ones are stopped. No snapshot is rebuilt."""
+    async with audited(ctx, caller, "set-replicas", name, replicas=replicas) as entry:
+        authorize(caller, Action.COLLECTIONS_WRITE, name)
+        check_replicas(replicas)
+        old, new = await ctx.in_thread(lambda: Publisher(ctx.collections).amend(name, _replicas(replicas)))
+        await ctx.shards(name).sync(old, new, ready=ctx.remember)
+        entry.update(version=new.version, old_replicas=old.replicas)
+    return info(new)
+
+
+def _replicas(count: int) -> Callable[[Manifest], None]:
+    def change(manifest: Manifest) -> None:
+        manifest.replicas = count
+
+    return change
 
 
 async def calibrate(ctx: Context, caller: Caller, name: str, calibration: dict[str, Any]) -> CalibrationChange:

@@ -143,7 +143,7 @@ class Context:
             self._shard_sets[name] = ShardSet(self.settings, name)
         return self._shard_sets[name]
 
-    def batcher(self, name: str, handles: dict[int, Any]) -> MicroBatcher:
+    def batcher(self, name: str, handles: dict[int, list[Any]]) -> MicroBatcher:
         """The collection's micro-batcher over these shard handles (a new one after a reshard)."""
         held = self._batchers.get(name)
         if held is None or held[0] is not handles:

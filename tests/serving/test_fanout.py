@@ -68,7 +68,7 @@ def test_slow_shard_is_reported_missing(local_ray: None) -> None:
         for s, index in enumerate(_shard_indexes(vectors, 4))
     }
     ray.get([h.search.remote(queries[:1], 1) for s, h in handles.items() if s != 2])  # started
-    result = asyncio.run(fan_out(handles, queries, 10, timeout=1.0))
+    result = asyncio.run(fan_out({s: [h] for s, h in handles.items()}, queries, 10, timeout=1.0))
     assert result.partial and result.missing_shards == [2]
     kept = np.arange(len(vectors))[np.arange(len(vectors)) % 4 != 2]
     exact = faiss.IndexFlatIP(DIM)

@@ -141,7 +141,7 @@ def test_a_search_failing_inside_the_fan_out_is_recorded(world: dict[str, Any]) 
     asyncio.run(collections.create(ctx, local_operator(), "broken", 2, 1e-5))
     manifest = ctx.collections.get("broken")
     broken = ray.remote(BrokenShard)
-    ctx.shards("broken")._handles = {_key(manifest): {0: broken.remote(), 1: broken.remote()}}
+    ctx.shards("broken")._handles = {_key(manifest): {0: [broken.remote()], 1: [broken.remote()]}}
     body = {"vector": [1.0] + [0.0] * 127, **SEARCH}
     answer = http.post("/v1/collections/broken/search-vector", json=body)
     assert answer.status_code == 503 and answer.json()["error"]["code"] == "SHARDS_UNAVAILABLE"
