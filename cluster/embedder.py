@@ -23,6 +23,10 @@ from cluster.storage import ObjectInfo, StorageAuthError, StorageError, open_sto
 PARTITION_SIZE = 64
 # Images decoded and embedded together: big enough to batch the ResNet, small enough to bound memory per actor.
 READ_BATCH = 16
+# Reads in a row that failed after the store's own retries (seconds each), past which an embedder stops asking
+# the source for a while: a long outage ends the job in seconds with every object not read recorded as such.
+SOURCE_DOWN_AFTER = 3
+SOURCE_DOWN_FOR_S = 30.0
 
 
 class IndexRequest(BaseModel):
@@ -92,6 +96,8 @@ class IndexPartition:
         self.store = open_store(spec.store_uri, settings)
         # Erased faces stay erased: a photo indexed again by this job does not bring them back.
         self.erased = ErasureRegister(self.store, spec.request.collection).erased_ids()
+        self.unanswered = 0  # reads in a row the source failed
+        self.source_down_until = 0.0
 
     def location(self, key: str) -> str:
         return source_location(self.source.uri, key)
@@ -107,14 +113,22 @@ class IndexPartition:
             readable: list[ObjectInfo] = []
             began = time.perf_counter()
             for obj in batch:
+                if time.monotonic() < self.source_down_until:
+                    # The source stopped answering: objects are not worth each one's retries for a while.
+                    errors.append(self._error(obj, Reason.READ_FAILED, "not tried: the source stopped answering"))
+                    continue
                 try:
                     blobs.append(self.source.get(obj.key))
                     readable.append(obj)
+                    self.unanswered = 0
                 except StorageAuthError:
                     raise  # not this object's fault: the whole job must stop, and resumes once fixed
                 except StorageError as exc:
-                    # Recorded and counted, and retried by the next run of the job (see jobs/index.py).
+                    # Recorded and counted, and read by the next run of the job (cluster/indexing.py).
                     errors.append(self._error(obj, Reason.READ_FAILED, str(exc)))
+                    self.unanswered += 1
+                    if self.unanswered >= SOURCE_DOWN_AFTER:
+                        self.source_down_until = time.monotonic() + SOURCE_DOWN_FOR_S
             read_s += time.perf_counter() - began
             outputs = self.pipeline(blobs, self.spec.request.max_faces, self.spec.request.quality_filter)
             for obj, out in zip(readable, outputs, strict=True):

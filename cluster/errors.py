@@ -94,6 +94,13 @@ class Busy(FacegridError):
     status = 429
 
 
+class IndexIncomplete(FacegridError):
+    """An index job ended with objects it could not read: what it read is published, the rest needs a re-run."""
+
+    code = "INDEX_INCOMPLETE"
+    status = 503
+
+
 class ShardsUnavailable(FacegridError):
     """No shard of the collection answered: an empty answer would look like "no match", so none is given."""
 

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
@@ -36,10 +37,11 @@ def job_id_for(collection: str, source_uri: str, version: int) -> str:
     return f"idx-{digest}-v{version}"
 
 
-def iter_partitions(objects: Iterable[ObjectInfo], size: int) -> Iterator[Partition]:
-    """Consecutive runs of the listing, which both stores give in a stable order: the same source, the same parts."""
+def iter_partitions(objects: Iterable[ObjectInfo], size: int, first: int = 0) -> Iterator[Partition]:
+    """Consecutive runs of the listing, which both stores give in a stable order: the same source, the same parts.
+    Numbered from `first`: a resumed job numbers past its checkpoint's parts, whose files it keeps."""
     batch: list[ObjectInfo] = []
-    part = 0
+    part = first
     for obj in objects:
         batch.append(obj)
         if len(batch) == size:
@@ -57,8 +59,29 @@ def indexed_objects(collections: Collections, manifest: Manifest) -> set[tuple[s
     done: set[tuple[str, str]] = set()
     faces = all_faces(collections, manifest, ["face_id", "source_key", "source_etag"])  # the live log's too
     for table in (faces, errors):
-        done.update(zip(table.column("source_key").to_pylist(), table.column("source_etag").to_pylist(), strict=True))
+        done.update(sources(table))
     return done
+
+
+def objects_in(store: ObjectStore, results: Iterable[PartitionResult]) -> set[tuple[str, str]]:
+    """(location, etag) of the objects these partitions read, from their own files: a checkpoint names files, not
+    keys, and a listing that changed since (a photo added that sorts first) cannot shift what counts as done.
+    Objects that could not be read are left out (tried again)."""
+    done: set[tuple[str, str]] = set()
+    for result in results:
+        for key, errors in ((result.face_file, False), (result.error_file, True)):
+            if key is None:
+                continue
+            table = store.get_parquet(key, ["source_key", "source_etag", *(["reason"] if errors else [])])
+            if errors:
+                table = table.filter(pc.not_equal(table.column("reason"), str(Reason.READ_FAILED)))
+            done.update(sources(table))
+    return done
+
+
+def sources(table: pa.Table) -> list[tuple[str, str]]:
+    """(location, etag) of each row of a face or error table."""
+    return list(zip(table.column("source_key").to_pylist(), table.column("source_etag").to_pylist(), strict=True))
 
 
 def pending_objects(source: ObjectStore, done: set[tuple[str, str]]) -> Iterator[ObjectInfo]:
@@ -133,8 +156,8 @@ def run_index_job(
     for result in results:
         if on_partition:
             on_partition(result)
-    pending = pending_objects(source, done_objects)
-    todo = (p for p in iter_partitions(pending, request.partition_size) if p.part not in done)
+    pending = pending_objects(source, done_objects | objects_in(store, results))
+    todo = iter_partitions(pending, request.partition_size, first=max(done, default=-1) + 1)
     spec = IndexJobSpec(
         request=request, job_id=job_id, store_uri=store.uri, source_uri=source.uri, model_id=manifest.model_id
     )
@@ -157,10 +180,25 @@ def run_index_job(
     error_files = [r.error_file for r in results if r.error_file]
     published = manifest
     if face_files or error_files:
+        # Objects an earlier run could not read and this one did: their READ_FAILED records go.
+        clear_read_failures(store, collections.get(request.collection).error_files, objects_in(store, results))
         published = Publisher(collections).publish_latest(request.collection, face_files, error_files)
         ShardSet(settings, request.collection).sync_blocking(published)
     store.delete(_checkpoint_key(job_id))
     return summarize(job_id, published, results, time.perf_counter() - started)
+
+
+def clear_read_failures(store: ObjectStore, error_files: list[str], read: set[tuple[str, str]]) -> int:
+    """Rewrite error files without the READ_FAILED records of objects that have since been read; how many went."""
+    cleared = 0
+    for key in error_files:
+        table = store.get_parquet(key)
+        failed = pc.equal(table.column("reason"), str(Reason.READ_FAILED)).to_pylist()
+        keep = [not (bad and pair in read) for pair, bad in zip(sources(table), failed, strict=True)]
+        if not all(keep):
+            cleared += keep.count(False)
+            store.put_parquet(key, table.filter(pa.array(keep)))
+    return cleared
 
 
 def summarize(job_id: str, manifest: Manifest, results: list[PartitionResult], seconds: float) -> dict[str, Any]:
@@ -180,6 +218,8 @@ def summarize(job_id: str, manifest: Manifest, results: list[PartitionResult], s
         "skipped_faces": sum(r.skipped_faces for r in results),
         "errors": sum(r.errors for r in results),
         "errors_by_reason": dict(sorted(reasons.items())),
+        # Objects the source did not give (after the store's retries): a later run of the same job reads them.
+        "unread_objects": reasons.get(str(Reason.READ_FAILED), 0),
         "collection_faces": manifest.face_count,
         "seconds": round(seconds, 2),
         "images_per_s": round(images / seconds, 2) if seconds else 0.0,

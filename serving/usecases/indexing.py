@@ -6,7 +6,7 @@ from typing import Any
 
 from cluster.access import Action, Caller, authorize
 from cluster.embedder import IndexRequest
-from cluster.errors import CollectionNotFound
+from cluster.errors import CollectionNotFound, IndexIncomplete
 from cluster.indexing import Progress, run_index_job
 from cluster.manifest import DEFAULT_MAX_FALSE_MATCH_RATE
 from cluster.raycluster import ensure_ray
@@ -14,7 +14,7 @@ from serving.usecases import collections
 from serving.usecases.audited import audited
 from serving.usecases.context import Context
 
-SUMMARY_FIELDS = ("job_id", "images", "faces", "errors", "version")
+SUMMARY_FIELDS = ("job_id", "images", "faces", "errors", "unread_objects", "version")
 
 
 async def index(
@@ -37,4 +37,11 @@ async def index(
         # Minutes of work driving actors: on a thread of its own, not the service's pool.
         summary = await ctx.in_own_thread(run_index_job, ctx.settings, request, on_plan, on_partition)
         entry.update({k: summary[k] for k in SUMMARY_FIELDS})
+        if summary["unread_objects"]:
+            raise IndexIncomplete(
+                f"{summary['unread_objects']} of {summary['images']} objects could not be read from {request.source}"
+                f"; the {summary['faces']} faces read are published. Run the same command again when the source"
+                f" answers (`facegrid index {request.collection} {request.source}`): it reads only what is missing",
+                summary=summary,
+            )
     return summary
