@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from platformdirs import user_cache_dir, user_data_dir
 from pydantic import BaseModel, Field
@@ -92,6 +94,19 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
 
 
+# Where a deployment keeps secrets as files named after their settings (facegrid_s3_secret_key, ...): a mounted
+# Kubernetes Secret, or a folder only the cluster's user can read. Read before the environment's values.
+SECRETS_DIR_ENV = "FACEGRID_SECRETS_DIR"
+# Settings that are secrets: they never travel with a submitted job (jobs/submit.py); the cluster has its own.
+SECRET_FIELDS: dict[str, Any] = {"s3_access_key": True, "s3_secret_key": True, "serving": {"credential_key": True}}
+
+
+def load_settings() -> Settings:
+    """This process's settings: the environment (FACEGRID_...), and secret files where SECRETS_DIR_ENV names them."""
+    secrets = os.environ.get(SECRETS_DIR_ENV)
+    return Settings(_secrets_dir=secrets) if secrets else Settings()  # type: ignore[call-arg]
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -9,10 +10,11 @@ from typing import Any
 
 from cluster.access import local_operator
 from cluster.embedder import IndexRequest
-from cluster.settings import Settings
+from cluster.settings import SECRET_FIELDS, Settings, load_settings
 
-# The job driver receives the whole request and the submitter's settings (store, credentials, detector, runtime,
-# serving) as JSON in its environment: secrets travel there, never in the job's command line.
+# The job driver receives the whole request and the submitter's settings (store, detector, runtime, serving) as
+# JSON in its environment, which the dashboard shows to anyone who can read it: no secret travels there. The job
+# reads its secrets where the cluster keeps them (its environment, or FACEGRID_SECRETS_DIR on its nodes).
 REQUEST_ENV = "FACEGRID_JOB_REQUEST"
 SETTINGS_ENV = "FACEGRID_JOB_SETTINGS"
 SUBMITTER_ENV = "FACEGRID_JOB_SUBMITTER"
@@ -31,14 +33,19 @@ def job_client(address: str) -> Any:
 def job_environment(settings: Settings, request: IndexRequest, submitter: str) -> dict[str, str]:
     return {
         REQUEST_ENV: request.model_dump_json(),
-        SETTINGS_ENV: settings.model_dump_json(),
+        SETTINGS_ENV: settings.model_dump_json(exclude=SECRET_FIELDS),
         SUBMITTER_ENV: submitter,
     }
 
 
 def received() -> tuple[Settings, IndexRequest, str]:
-    """Inside a submitted job: the settings and request the submitter sent, and who submitted it."""
-    settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
+    """Inside a submitted job: the settings the submitter sent with the cluster's own secrets, the request, and
+    who submitted it."""
+    cluster = load_settings()
+    sent = json.loads(os.environ[SETTINGS_ENV])
+    secrets = {"s3_access_key": cluster.s3_access_key, "s3_secret_key": cluster.s3_secret_key}
+    sent.setdefault("serving", {})["credential_key"] = cluster.serving.credential_key
+    settings = Settings.model_validate({**sent, **secrets})
     request = IndexRequest.model_validate_json(os.environ[REQUEST_ENV])
     return settings, request, os.environ.get(SUBMITTER_ENV, "unknown")
 

@@ -15,20 +15,26 @@ from ray.cluster_utils import Cluster
 
 from cluster.embedder import IndexRequest
 from cluster.manifest import Collections
-from cluster.settings import Settings
+from cluster.settings import SECRETS_DIR_ENV, Settings
 from cluster.storage import LocalStore
-from jobs.submit import submit_index
+from jobs.submit import job_client, submit_index
 from tests.conftest import lfw_photos
 from tests.factories import free_port
+from tests.s3server import ACCESS_KEY, SECRET_KEY
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def dashboard() -> Iterator[str]:
-    """A Ray head with its dashboard (the Job Submission API) on 127.0.0.1; its jobs find our `facegrid`."""
+def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Ray head with its dashboard (the Job Submission API) on 127.0.0.1; its jobs find our `facegrid`, and
+    the cluster's S3 credentials in a secrets folder of its own (as a mounted Kubernetes Secret would be)."""
     saved = dict(os.environ)
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    secrets = tmp_path_factory.mktemp("cluster-secrets")
+    (secrets / "facegrid_s3_access_key").write_text(ACCESS_KEY)
+    (secrets / "facegrid_s3_secret_key").write_text(SECRET_KEY)
+    os.environ[SECRETS_DIR_ENV] = str(secrets)
     port = free_port()
     head = {"num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port}
     cluster = Cluster(initialize_head=True, head_node_args=head)
@@ -83,3 +89,33 @@ def test_the_job_names_its_submitter_and_a_failed_job_fails_the_command(
     records = [r for r in read_records(LocalStore(store)) if r["action"] == "index"]
     assert records and records[-1]["outcome"] == "error"
     assert records[-1]["client"] == f"ray-job submitted by {local_operator().key_id}"
+
+
+def test_secrets_stay_out_of_the_job_record(
+    dashboard: str, model_dir: Path, lfw_images: Path, tmp_path: Path, s3_endpoint: str
+) -> None:
+    """The submitter's S3 secret is not in the job's runtime environment, metadata or logs; the job reads its
+    S3 source with the cluster's own credentials."""
+    from cluster.storage import open_store
+
+    settings = Settings(
+        model_dir=model_dir,
+        store=str(tmp_path / "store"),
+        s3_endpoint=s3_endpoint,
+        s3_access_key=ACCESS_KEY,
+        s3_secret_key=SECRET_KEY,
+    )
+    photos = open_store("s3://submitted-photos", settings)
+    photos.ensure_bucket()  # type: ignore[attr-defined]
+    for photo in lfw_photos(lfw_images, people=2):
+        photos.put(f"{photo.parent.name}/{photo.name}", photo.read_bytes())
+    request = IndexRequest(collection="from-s3", source="s3://submitted-photos", shards=1)
+    result = submit_index(dashboard, settings, request, wait=True)
+    assert result["status"] == "SUCCEEDED", result["logs_tail"]
+    assert json.loads(result["logs_tail"].strip().splitlines()[-1])["images"] == 2
+    client = job_client(dashboard)
+    info = client.get_job_info(result["submission_id"])
+    shown = json.dumps({"runtime_env": info.runtime_env, "metadata": info.metadata, "entrypoint": info.entrypoint})
+    logs = client.get_job_logs(result["submission_id"])
+    assert SECRET_KEY not in shown and SECRET_KEY not in logs
+    assert s3_endpoint in shown  # what is not secret still travels
