@@ -11,6 +11,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
+from cluster import metrics
 from cluster.erasures import ErasureRegister
 from cluster.pipeline.errors import ImageError, Reason
 from cluster.pipeline.faces import FacePipeline, ImageFaces
@@ -156,6 +157,9 @@ class IndexPartition:
             self.store.put_parquet(result.error_file, pa.Table.from_pylist(errors, ERROR_SCHEMA))
         result.seconds = {"read": read_s, **dict(self.pipeline.times.seconds), "write": time.perf_counter() - began}
         self.pipeline.times.seconds.clear()
+        metrics.partition_done(
+            self.spec.request.collection, result.images, result.faces, result.reasons, result.seconds
+        )
         return result
 
     def _faces(self, obj: ObjectInfo, out: ImageFaces) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ import faiss
 import numpy as np
 import ray
 
+from cluster import metrics
 from cluster.errors import CollectionNotFound
 from cluster.index_spec import SearchKnobs
 from cluster.live import LIVE_POLL_S, LiveFaces, combine
@@ -50,6 +51,8 @@ class FaceShard:
         self.manifest: Manifest | None = None
         self._manifest_raw = b""
         self._reloading = threading.Lock()
+        self._calls = 0  # searches running in this actor's threads (its queue depth, exported)
+        self._calls_lock = threading.Lock()
         faiss.omp_set_num_threads(settings.serving.shard_threads)
         self.reload()
         # Every shard follows the published state itself, wherever a change was made (another server, the CLI
@@ -134,10 +137,19 @@ class FaceShard:
         self, queries: np.ndarray, k: int, knobs: SearchKnobs | None = None
     ) -> tuple[np.ndarray, np.ndarray, list[list[dict[str, Any]]]]:
         """Top-k per query: similarities, ids, and each hit's record."""
-        snapshot, live = self.snapshot, self.live
-        if snapshot is None:
-            return live.search(queries, k)
-        return combine(snapshot.search(queries, k, knobs), live.search(queries, k), k)
+        began = time.perf_counter()
+        with self._calls_lock:
+            self._calls += 1
+            metrics.shard_queue(self.collection, self.shard, self._calls)
+        try:
+            snapshot, live = self.snapshot, self.live
+            if snapshot is None:
+                return live.search(queries, k)
+            return combine(snapshot.search(queries, k, knobs), live.search(queries, k), k)
+        finally:
+            with self._calls_lock:
+                self._calls -= 1
+            metrics.shard_searched(self.collection, self.shard, len(queries), time.perf_counter() - began, self.count())
 
     def vectors(self, faiss_ids: list[int]) -> dict[int, np.ndarray]:
         """The vectors of those of these faces that this shard holds (the live log's copy of a face re-added

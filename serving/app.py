@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,7 +11,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray.exceptions import RayError
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cluster.errors import FacegridError
 from cluster.pipeline.errors import ImageError
@@ -23,6 +21,7 @@ from serving.console import routes as console
 from serving.console.web import SignIn, to_sign_in
 from serving.console.web import static as console_static
 from serving.limits import BodyLimit, PublicRateLimit
+from serving.metrics import RequestMetrics
 from serving.routes import audit, collections, faces, health, images, keys, rekognition, users
 from serving.usecases.audited import clipped, record
 from serving.usecases.context import Context
@@ -52,32 +51,6 @@ AUDITED_ROUTES = {
 HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE", 429: "TOO_MANY_REQUESTS"}
 
 
-class RequestCounter:
-    """Counts requests by method, route and status for /metrics; plain ASGI, which costs less per request than
-    Starlette's BaseHTTPMiddleware."""
-
-    def __init__(self, app: ASGIApp, counts: Counter[tuple[str, str, int]]) -> None:
-        self.app = app
-        self.counts = counts
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = [500]
-
-        async def capture(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, capture)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.counts[(scope["method"], route, status[0])] += 1
-
-
 def envelope(status: int, code: str, message: str, **details: object) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, **details}}, status_code=status)
 
@@ -90,7 +63,6 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
         app.state.context.close()
 
     app = FastAPI(title="facegrid", version="0.2.0", lifespan=lifespan)
-    app.state.request_counts = Counter()
     routers = (
         collections.router,
         faces.router,
@@ -112,7 +84,7 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     app.add_middleware(PublicRateLimit, rate=serving.public_rate_per_s, burst=serving.public_burst)
     # A multipart body holds up to two uploads (compare) and its form fields.
     app.add_middleware(BodyLimit, limit=2 * serving.max_upload_bytes + BODY_SLACK_BYTES)
-    app.add_middleware(RequestCounter, counts=app.state.request_counts)
+    app.add_middleware(RequestMetrics)
 
     async def any_error(_: Request, exc: Exception) -> JSONResponse:
         described = failure(exc)

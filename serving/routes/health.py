@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from serving.deps import Ctx, errors
+from serving.metrics import exposition
 
 router = APIRouter(tags=["health"])
 
@@ -23,9 +25,6 @@ def readyz(ctx: Ctx) -> dict[str, Any]:
 
 
 @router.get("/metrics")
-def metrics(request: Request) -> Response:
-    counts: dict[tuple[str, str, int], int] = request.app.state.request_counts
-    lines = ["# TYPE facegrid_requests_total counter"]
-    for (method, route, status), n in sorted(counts.items()):
-        lines.append(f'facegrid_requests_total{{method="{method}",route="{route}",status="{status}"}} {n}')
-    return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+def metrics() -> Response:
+    """Prometheus exposition of this API process (the cluster's actors export theirs through Ray's agents)."""
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)

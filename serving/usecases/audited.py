@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from cluster.access import Caller
 from cluster.raycluster import append_audit, audit_actor
 from cluster.storage import LocalStore
+from serving.metrics import AUDIT_APPEND, REFUSALS
 from serving.usecases.failures import failure
 
 if TYPE_CHECKING:
@@ -46,13 +48,18 @@ async def record(ctx: Context, caller: Caller | None, entry: dict[str, Any], out
     if caller is not None:
         who = {"key_id": caller.key_id, "role": str(caller.role), "client": caller.client}
     full = {**who, **entry, "outcome": outcome, "code": code}
+    if outcome == "refused":
+        REFUSALS.labels(str(code)).inc()
+    began = time.perf_counter()
     if isinstance(ctx.store, LocalStore):
         # A local append takes about 0.3 ms, less than handing it to a thread would.
         LAST_RECORD.set(append_audit(ctx.settings, ctx.store, full))
+        AUDIT_APPEND.observe(time.perf_counter() - began)
         return
     # Awaited on the event loop, never on a worker thread: appends from many requests reach the writer at once
     # and are committed together (two threads used to serialise them).
     LAST_RECORD.set(await audit_actor(ctx.settings).append.remote(full))
+    AUDIT_APPEND.observe(time.perf_counter() - began)
 
 
 @asynccontextmanager

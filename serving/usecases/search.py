@@ -11,7 +11,7 @@ from cluster.access import Action, Caller, authorize
 from cluster.errors import FaceNotFound, InvalidRequest, ModelMismatch, NoFaceInProbe, ShardsUnavailable
 from cluster.index_spec import SearchKnobs
 from cluster.manifest import Manifest
-from serving import render
+from serving import metrics, render
 from serving.fanout import Hit
 from serving.schemas import Match, SearchAnswer, SearchedFace, VectorAnswer
 from serving.schemas_people import FaceIdAnswer
@@ -42,6 +42,7 @@ async def search_vectors(
     """Fan the vectors out over the collection's shards; matches above `threshold` per vector, missing shards."""
     handles = await ctx.shards(manifest.name).handles(manifest)
     result = await ctx.batcher(manifest.name, handles).search(vectors, k, knobs)
+    metrics.shards_seen(manifest.name, handles, result.missing_shards)
     if handles and len(result.missing_shards) == len(handles):
         raise ShardsUnavailable(f"none of the {len(handles)} shards of {manifest.name!r} answered; try again")
     return [_matches(ctx, hits, manifest, threshold) for hits in result.hits], result.missing_shards
