@@ -47,6 +47,9 @@ class ServingSettings(BaseModel):
         "system-test",
     ]
     shard_timeout_s: float = 2.0
+    # Actors per shard for collections created without a count: 2 or more on a cluster of several nodes, so that
+    # losing one loses no answer (a collection's own count: `collections replicas`).
+    replicas: int = 1
     # FAISS threads per shard actor. One is right for latency (a shard answers small batches, and shards share
     # the cores); raise it for throughput on a node with cores to spare. Index builds use every core.
     shard_threads: int = 1

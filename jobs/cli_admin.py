@@ -48,7 +48,9 @@ def collections_create(
     max_false_match_rate: Annotated[float, typer.Option(help="The floor: most false matches per comparison.")] = 1e-5,
     index: Annotated[str, typer.Option(help="auto, Flat, HNSW<M>, IVF<n>,SQ8 or IVF<n>,PQ<m> (per shard)")] = "auto",
     model: ModelOption = None,
-    replicas: Annotated[int, typer.Option(help="Actors per shard, on different nodes where there are enough.")] = 1,
+    replicas: Annotated[
+        int | None, typer.Option(help="Actors per shard, on different nodes where there are enough (default 1).")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Create an empty collection pinned to one embedding model (and that model's file, by sha256)."""

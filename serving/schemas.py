@@ -212,7 +212,9 @@ class CreateCollection(Body):
     max_false_match_rate: float = Field(default=1e-5, gt=0, lt=1)
     index_spec: str = "auto"
     model: str | None = Field(default=None, description="Embedding model: sface-2021dec (default) or dlib-resnet-v1")
-    replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS, description="Actors per shard, on different nodes")
+    replicas: int | None = Field(
+        default=None, ge=1, le=MAX_REPLICAS, description="Actors per shard, on different nodes (default: the server's)"
+    )
 
 
 class Replicas(Body):

@@ -30,9 +30,10 @@ async def create(
     max_false_match_rate: float,
     index: str = AUTO,
     model: str | None = None,
-    replicas: int = 1,
+    replicas: int | None = None,
 ) -> CollectionInfo:
     model_id = model or DEFAULT_EMBEDDER
+    replicas = replicas or ctx.settings.serving.replicas
     fields = {"max_false_match_rate": max_false_match_rate, "model_id": model_id, "shards": shards, "index_spec": index}
     async with audited(ctx, caller, "create-collection", name, **fields, replicas=replicas) as entry:
         authorize(caller, Action.COLLECTIONS_WRITE)
