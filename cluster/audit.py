@@ -21,7 +21,7 @@ GENESIS = "0" * 64
 # Records per segment in a local folder (appended to in place).
 SEGMENT_RECORDS = 256
 # On an object store a segment is rewritten whole on every group commit (no appends there), so it stays small.
-SMALL_SEGMENT_RECORDS = 64
+SMALL_SEGMENT_RECORDS = 16
 
 
 def record_hash(record: dict[str, Any]) -> str:

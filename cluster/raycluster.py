@@ -9,6 +9,7 @@ from typing import Any
 import ray
 
 from cluster.audit import AuditLog
+from cluster.groupcommit import GroupCommit
 from cluster.raycluster_env import prepare_ray_environment
 from cluster.settings import Settings
 from cluster.storage import LocalStore, ObjectStore, open_store
@@ -81,33 +82,39 @@ _handles: dict[str, Any] = {}
 
 class AuditWriter:
     """Ray actor over AuditLog on the settings' store, committing appends in groups: while one group is being
-    written, the appends that arrive wait and go out together in the next (one write of the segment and one of
-    HEAD for all of them). Each caller's answer comes after its record is stored. A restart resumes from the
-    stored head."""
+    written, the appends that arrive (from every server) wait and go out together in the next, one write of the
+    segment and one of HEAD for all of them. Each caller's answer comes after its records are stored. A restart
+    resumes from the stored head."""
 
     def __init__(self, settings: Settings) -> None:
         self.log = AuditLog(open_store(settings.store, settings), single_writer=True)
-        self.waiting: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
-        self.committing: asyncio.Task[None] | None = None
+        self.group: GroupCommit[dict[str, Any], dict[str, Any]] = GroupCommit(self._write, MAX_GROUP)
+
+    async def _write(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.log.append_many, entries)
 
     async def append(self, entry: dict[str, Any]) -> dict[str, Any]:
-        done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.waiting.append((entry, done))
-        if self.committing is None:
-            self.committing = asyncio.create_task(self._commit())
-        return await done
+        return await self.group.add(entry)
 
-    async def _commit(self) -> None:
-        try:
-            while self.waiting:
-                group, self.waiting = self.waiting[:MAX_GROUP], self.waiting[MAX_GROUP:]
-                try:
-                    written = await asyncio.to_thread(self.log.append_many, [entry for entry, _ in group])
-                except Exception as exc:  # nothing of the group is acknowledged: each caller fails closed
-                    for _, done in group:
-                        done.set_exception(exc)
-                    continue
-                for (_, done), result in zip(group, written, strict=True):
-                    done.set_result(result)
-        finally:
-            self.committing = None
+    async def append_many(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A server's own group, in order, joined with whatever else is waiting."""
+        return list(await asyncio.gather(*(self.group.add(entry) for entry in entries)))
+
+
+class AuditClient:
+    """A server's side of the audit writer: its requests' appends go to the actor in groups too (one Ray call
+    per group instead of one per search: under 16 clients on S3 the calls themselves were the cost)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._groups: dict[int, GroupCommit[dict[str, Any], dict[str, Any]]] = {}
+
+    async def append(self, entry: dict[str, Any]) -> dict[str, Any]:
+        loop = id(asyncio.get_running_loop())
+        if loop not in self._groups:  # futures belong to one loop; a CLI may run several in turn
+            self._groups = {loop: GroupCommit(self._send, MAX_GROUP)}
+        return await self._groups[loop].add(entry)
+
+    async def _send(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        written: list[dict[str, Any]] = await audit_actor(self.settings).append_many.remote(entries)
+        return written

@@ -167,7 +167,13 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
 
 
 def _load(
-    url: str, headers: dict[str, str], body: dict[str, Any], probes: list[list[float]], clients: int, seconds: float
+    url: str,
+    headers: dict[str, str],
+    body: dict[str, Any],
+    probes: list[list[float]],
+    clients: int,
+    seconds: float,
+    collection: str = "bench",
 ) -> dict[str, Any]:
     """C clients on kept-alive connections, each sending its next search as soon as the last is answered.
 
@@ -180,7 +186,7 @@ def _load(
     for probe in probes:
         payload = json.dumps({**body, "vector": probe}).encode()
         head = (
-            f"POST /v1/collections/bench/search-vector HTTP/1.1\r\nHost: {host}\r\n{extra}"
+            f"POST /v1/collections/{collection}/search-vector HTTP/1.1\r\nHost: {host}\r\n{extra}"
             f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
         )
         requests.append(head.encode() + payload)
@@ -213,11 +219,12 @@ def _load(
 
 
 def concurrent_load(
-    url: str, headers: dict[str, str], body: dict[str, Any], probes: np.ndarray, clients: int
+    url: str, headers: dict[str, str], body: dict[str, Any], probes: np.ndarray, clients: int, collection: str = "bench"
 ) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        result: dict[str, Any] = pool.apply(_load, (url, headers, body, probes.tolist(), clients, LOAD_SECONDS))
+        asked = (url, headers, body, probes.tolist(), clients, LOAD_SECONDS, collection)
+        result: dict[str, Any] = pool.apply(_load, asked)
     return result
 
 

@@ -73,6 +73,36 @@ def bench_search(
     emit({"model_id": model_id} | result | statistics.check(numpy.random.default_rng(1)), as_json)
 
 
+@bench_app.command("stores")
+def bench_stores(
+    faces: int = 20_000,
+    shards: int = 4,
+    clients: Annotated[int, typer.Option(help="Concurrent searching clients.")] = 16,
+    as_json: JsonFlag = False,
+) -> None:
+    """The same searches with auth and audit on a local folder and on a real S3 server (rclone on 127.0.0.1):
+    qps side by side (the audit's group commit on object stores)."""
+    from jobs.bench_load import run_store_benchmark
+
+    say = lambda line: console.print(f"[dim]{line}[/dim]")  # noqa: E731
+    emit(run_store_benchmark(settings(), faces, shards, clients, say), as_json)
+
+
+@bench_app.command("transparency")
+def bench_transparency(
+    records: Annotated[int, typer.Option(help="Audit records in the log before the run.")] = 7444,
+    clients: Annotated[int, typer.Option(help="Anonymous clients asking for the report as fast as they can.")] = 8,
+    searches: int = 300,
+    as_json: JsonFlag = False,
+) -> None:
+    """One searcher's p50 idle and while clients hammer GET /v1/transparency, with the public rate limit on and
+    off."""
+    from jobs.bench_load import run_transparency_benchmark
+
+    say = lambda line: console.print(f"[dim]{line}[/dim]")  # noqa: E731
+    emit(run_transparency_benchmark(settings(), records, clients, searches, say), as_json)
+
+
 @bench_app.command("ingest")
 def bench_ingest(
     images: Annotated[Path, typer.Option(exists=True, file_okay=False)] = Path("../shared/lfw-dev/images"),

@@ -11,7 +11,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from cluster.access import Caller
-from cluster.raycluster import append_audit, audit_actor
+from cluster.raycluster import append_audit
 from cluster.storage import LocalStore
 from serving.metrics import AUDIT_APPEND, REFUSALS
 from serving.usecases.failures import failure
@@ -58,7 +58,7 @@ async def record(ctx: Context, caller: Caller | None, entry: dict[str, Any], out
         return
     # Awaited on the event loop, never on a worker thread: appends from many requests reach the writer at once
     # and are committed together (two threads used to serialise them).
-    LAST_RECORD.set(await audit_actor(ctx.settings).append.remote(full))
+    LAST_RECORD.set(await ctx.audit.append(full))
     AUDIT_APPEND.observe(time.perf_counter() - began)
 
 

@@ -23,7 +23,7 @@ from cluster.manifest import Collections, Manifest
 from cluster.models.registry import ModelRegistry
 from cluster.people import People
 from cluster.publish import Publisher
-from cluster.raycluster import ensure_ray
+from cluster.raycluster import AuditClient, ensure_ray
 from cluster.settings import Settings
 from cluster.shardset import MANIFEST_TTL_S, ShardSet
 from cluster.storage import open_store
@@ -94,6 +94,7 @@ class Context:
         # Fan-outs only wait on shards: many may be in flight, and none should queue behind a probe's embedding.
         self.fanout_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="facegrid-fanout")
         self.reporting = Reporting(FollowedReport(self.store))
+        self.audit = AuditClient(self.settings)  # appends through the cluster's writer (object stores)
         self._manifests: dict[str, tuple[float, Manifest]] = {}
         self._shard_sets: dict[str, ShardSet] = {}
         self._people: dict[str, People] = {}
