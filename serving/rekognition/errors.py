@@ -36,6 +36,8 @@ BY_CODE = {
     "CLUSTER_UNAVAILABLE": "ThrottlingException",
     "COLLECTION_CHANGED": "ThrottlingException",
     "TIMEOUT": "ThrottlingException",
+    "TOO_MANY_REQUESTS": "ThrottlingException",
+    "INDEX_INCOMPLETE": "ThrottlingException",
     "STORAGE_ERROR": "InternalServerError",
     "STORAGE_AUTH_FAILED": "InternalServerError",
     "INTERNAL_ERROR": "InternalServerError",
