@@ -34,6 +34,7 @@ from cluster.raycluster import ensure_ray
 from cluster.settings import Settings
 from cluster.shardset import ShardSet
 from cluster.storage import LocalStore
+from jobs.bench_stages import same_recipe_baseline, start_recording, stop_recording
 from jobs.synthetic import FaceStatistics, face_records
 from serving.threaded import serve_in_thread
 from serving.usecases.context import Context
@@ -288,10 +289,15 @@ def run_search_benchmark(
             )
             load_s = time.perf_counter() - started
             say(f"{len(gallery.probes)} single searches")
+            if not compare_accountability:  # the breakdown is of the accountable server alone
+                start_recording(settings, manifest)
             times, answers = sequential([client for _, client in served], gallery.probes, body)
+            breakdown = {} if compare_accountability else stop_recording(settings, manifest)
             say(f"{clients} clients for {LOAD_SECONDS:.0f} s")
             load = concurrent_load(served[0][0], variants[0][1], body, gallery.probes, clients)
         resident = shard_memory(settings, manifest)
+        say("the same recipe in one in-process index")
+        baseline = same_recipe_baseline(collections, manifest, gallery.probes[:BASELINE_TIMED], TOP, knobs or {})
         p50, p99 = _percentiles(times[0])
         baseline_p50, baseline_p99 = _percentiles(gallery.baseline_times)
         result: dict[str, Any] = {
@@ -319,6 +325,9 @@ def run_search_benchmark(
             "baseline_p50_ms": baseline_p50,
             "baseline_p99_ms": baseline_p99,
             "baseline_mate_recall_at_10": mate_recall(gallery.exact_ids.tolist(), gallery.probe_identity),
+            **baseline,
+            "overhead_p50_ms": round(p50 - baseline["baseline_same_recipe_p50_ms"], 3),
+            **breakdown,
             "audit_records_verified": verify(LocalStore(root)).get("records"),
         }
         if compare_accountability:

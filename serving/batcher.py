@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,6 +22,7 @@ class _Waiting:
     k: int
     knobs: SearchKnobs
     future: asyncio.Future[FanOutResult]
+    since: float = field(default_factory=time.perf_counter)  # when it started waiting
 
 
 class MicroBatcher:
@@ -84,6 +86,7 @@ class MicroBatcher:
                 return
             self.batches += 1
             self.queries += len(batch)
+            began = time.perf_counter()
             queries = np.concatenate([w.queries for w in batch])
             try:
                 result = await self.run(queries, max(w.k for w in batch), batch[0].knobs)
@@ -97,7 +100,8 @@ class MicroBatcher:
                 hits = [h[: item.k] for h in result.hits[start : start + len(item.queries)]]
                 start += len(item.queries)
                 if not item.future.done():
-                    item.future.set_result(FanOutResult(hits, list(result.missing_shards)))
+                    seconds = {**result.seconds, "queued": began - item.since}
+                    item.future.set_result(FanOutResult(hits, list(result.missing_shards), seconds))
         finally:
             self.running -= 1
             self._dispatch(after_batch=True)

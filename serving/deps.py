@@ -13,6 +13,7 @@ from starlette.datastructures import UploadFile as StarletteUpload
 from cluster.access import Caller, Role
 from cluster.index_spec import SearchKnobs
 from cluster.pipeline.errors import ImageError, Reason
+from serving import stages
 from serving.schemas import ErrorEnvelope, SearchOptions
 from serving.usecases import keys
 from serving.usecases.context import Context
@@ -33,6 +34,7 @@ async def get_caller(
     authorization: Annotated[str | None, Header()] = None,
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> Caller:
+    stages.mark("http_in")  # the request read and parsed, up to its caller
     client = request.client.host if request.client else ""
     if not ctx.accountable:
         return Caller(key_id="accountability-off", role=Role.ADMIN, client=client)
@@ -41,6 +43,7 @@ async def get_caller(
         token = authorization[7:].strip()
     route = getattr(request.scope.get("route"), "path", request.url.path)
     caller = await keys.authenticate(ctx, token, client, request.method, route)
+    stages.mark("auth")
     request.state.caller = caller  # for the audit of a request whose fields then fail validation (app.py)
     return caller
 
@@ -87,4 +90,6 @@ def search_request(body: SearchOptions) -> SearchRequest:
 
 def json_response(model: BaseModel, status_code: int = 200) -> Response:
     """A response model serialised by pydantic directly: FastAPI's encoder walk cost 0.4 ms a search."""
-    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
+    body = model.model_dump_json()
+    stages.mark("serialize")
+    return Response(body, status_code=status_code, media_type="application/json")

@@ -10,9 +10,10 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 import ray
@@ -20,6 +21,7 @@ import ray
 from cluster.index_spec import SearchKnobs
 
 log = logging.getLogger("facegrid.fanout")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class Hit:
 class FanOutResult:
     hits: list[list[Hit]]  # per query, best first
     missing_shards: list[int]
+    # Parts of the fan-out's time, for the stage breakdown: Ray (submit to last answer), the merge, and (set by
+    # the batcher) the wait for a batch.
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def partial(self) -> bool:
@@ -161,8 +166,15 @@ async def fan_out(
     (default: a quarter of the timeout)."""
     loop = asyncio.get_running_loop()
     hedge = timeout / 4 if hedge is None else hedge
-    per_shard = await loop.run_in_executor(
-        executor, _collect, handles, queries, k, timeout, knobs or SearchKnobs(), hedge
+    per_shard, ray_s = await loop.run_in_executor(
+        executor, _timed, _collect, handles, queries, k, timeout, knobs or SearchKnobs(), hedge
     )
     missing = sorted(set(handles) - set(per_shard))
-    return FanOutResult(merge(per_shard, len(queries), k), missing)
+    began = time.perf_counter()
+    merged = merge(per_shard, len(queries), k)
+    return FanOutResult(merged, missing, {"ray": ray_s, "merge": time.perf_counter() - began})
+
+
+def _timed(work: Callable[..., T], *args: Any) -> tuple[T, float]:
+    began = time.perf_counter()
+    return work(*args), time.perf_counter() - began

@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving import stages
+
 # A registry of our own: the process-wide default would also collect whatever other libraries register there.
 REGISTRY = CollectorRegistry()
 REQUESTS = Counter(
@@ -65,6 +67,7 @@ class RequestMetrics:
             return
         status = [500]
         began = time.perf_counter()
+        stages.begin()
 
         async def capture(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -79,3 +82,4 @@ class RequestMetrics:
             LATENCY.labels(scope["method"], route).observe(time.perf_counter() - began)
             if status[0] == 429:
                 REFUSALS.labels("TOO_MANY_REQUESTS").inc()
+            stages.finish("http_out")

@@ -11,7 +11,7 @@ from cluster.access import Action, Caller, authorize
 from cluster.errors import FaceNotFound, InvalidRequest, ModelMismatch, NoFaceInProbe, ShardsUnavailable
 from cluster.index_spec import SearchKnobs
 from cluster.manifest import Manifest
-from serving import metrics, render
+from serving import metrics, render, stages
 from serving.fanout import Hit
 from serving.schemas import Match, SearchAnswer, SearchedFace, VectorAnswer
 from serving.schemas_people import FaceIdAnswer
@@ -41,11 +41,17 @@ async def search_vectors(
 ) -> tuple[list[list[Match]], list[int]]:
     """Fan the vectors out over the collection's shards; matches above `threshold` per vector, missing shards."""
     handles = await ctx.shards(manifest.name).handles(manifest)
+    stages.mark("policy")  # checks, manifest, threshold, the shard set's handles
     result = await ctx.batcher(manifest.name, handles).search(vectors, k, knobs)
+    stages.mark("fan_out")
+    for part, seconds in result.seconds.items():  # what the batcher and the fan-out measured inside
+        stages.split("fan_out", seconds, part)
     metrics.shards_seen(manifest.name, handles, result.missing_shards)
     if handles and len(result.missing_shards) == len(handles):
         raise ShardsUnavailable(f"none of the {len(handles)} shards of {manifest.name!r} answered; try again")
-    return [_matches(ctx, hits, manifest, threshold) for hits in result.hits], result.missing_shards
+    matches = [_matches(ctx, hits, manifest, threshold) for hits in result.hits]
+    stages.mark("matches")
+    return matches, result.missing_shards
 
 
 def _record_results(entry: dict[str, Any], answer: VectorAnswer, searched: list[list[Match]]) -> None:
@@ -111,6 +117,7 @@ async def search_vector(
         )
         result = render.answer(manifest, limits, matches[0], missing, request.purpose, request.case_id)
         _record_results(entry, result, matches)
+        stages.mark("render")
     return result
 
 
