@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -30,6 +31,7 @@ from cluster.shardset import ShardSet
 from cluster.storage import ObjectInfo, ObjectStore, open_store
 
 Progress = Callable[[PartitionResult], None]
+log = logging.getLogger("facegrid.indexing")
 
 
 def job_id_for(collection: str, source_uri: str, version: int) -> str:
@@ -91,18 +93,34 @@ def pending_objects(source: ObjectStore, done: set[tuple[str, str]]) -> Iterator
 
 def run_partitions(actors: list[Any], partitions: Iterator[Partition]) -> Iterator[PartitionResult]:
     """One partition in flight per actor: memory stays bounded however long the listing (ActorPool would queue
-    every partition up front). A failed partition is retried by Ray on a restarted actor, then fails the job."""
+    every partition up front). An actor that dies (its node lost, its process killed) leaves the pool and its
+    partition goes to another, under the same result names; a restart could wait for resources the cluster no
+    longer has, and the job with it. The job fails only when no actor is left."""
     idle = list(actors)
-    running: dict[Any, Any] = {}
+    running: dict[Any, tuple[Any, Partition]] = {}
+    again: list[Partition] = []
     while True:
-        while idle and (part := next(partitions, None)) is not None:
+        while idle and (part := again.pop() if again else next(partitions, None)) is not None:
             actor = idle.pop()
-            running[actor.__call__.remote(part)] = actor
+            running[actor.__call__.remote(part)] = (actor, part)
         if not running:
             return
         [ready], _ = ray.wait(list(running), num_returns=1)
-        idle.append(running.pop(ready))
-        yield ray.get(ready)
+        actor, part = running.pop(ready)
+        try:
+            result: PartitionResult = ray.get(ready)
+        except ray.exceptions.RayActorError:
+            log.warning(
+                "an embedder died with partition %d; %d left, the partition goes to another",
+                part.part,
+                len(idle) + len(running),
+            )
+            if not idle and not running:
+                raise
+            again.append(part)
+            continue
+        idle.append(actor)
+        yield result
 
 
 def check_model(manifest: Manifest, registry: ModelRegistry, model_id: str | None) -> None:

@@ -41,8 +41,9 @@ def cluster_gpus() -> int:
 
 def embedder_options(gpus: int) -> dict[str, Any]:
     """One GPU per embedder where the cluster has GPUs; a fraction of a CPU otherwise. Spread over the nodes: a
-    lost node takes few of them, and Ray restarts those elsewhere and retries their partitions."""
-    common: dict[str, Any] = {"max_restarts": 3, "max_task_retries": 2, "scheduling_strategy": "SPREAD"}
+    lost node takes few of them. Not restarted: the index job gives a dead one's partition to another
+    (cluster/indexing.run_partitions); a restart after a node loss can wait for resources that are gone."""
+    common: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0, "scheduling_strategy": "SPREAD"}
     if gpus > 0:
         return {**common, "num_gpus": 1, "num_cpus": 1}
     return {**common, "num_cpus": EMBEDDER_CPUS}

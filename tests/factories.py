@@ -6,9 +6,11 @@ import asyncio
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,18 @@ def clustered_vectors(count: int, dim: int, seed: int = 0, noise: float = 0.27) 
 def records(vectors: np.ndarray, start: int = 0) -> pa.Table:
     """Face records for these vectors, faiss ids start + 1 onwards."""
     return face_records(vectors, start, PER_IDENTITY)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height, with a tiny (bogus) data chunk: a decompression bomb's shape."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def free_port() -> int:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import struct
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,22 +25,11 @@ from serving.threaded import serve_in_thread
 from serving.usecases import collections
 from serving.usecases.context import Context
 from tests.conftest import lfw_photos
+from tests.factories import png_header_only
 
 SEARCH = {"purpose": "system-test", "case_id": "HOSTILE-1"}
 MEGABYTE = "x" * 1_000_000
 UNIT = [1.0] + [0.0] * 127
-
-
-def _png_header(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height, with one tiny compressed row: a decompression bomb's shape."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-    )
 
 
 def _large_photo(face: bytes, side: int) -> bytes:
@@ -117,9 +104,9 @@ def _cases(photo: bytes) -> list[tuple[str, str, dict[str, Any]]]:
         (
             "decompression bomb",
             f"POST {search}",
-            {"files": {"image": ("b.png", _png_header(60_000, 60_000))}, "data": SEARCH},
+            {"files": {"image": ("b.png", png_header_only(60_000, 60_000))}, "data": SEARCH},
         ),
-        ("bomb to detect", "POST /v1/detect", {"files": {"image": ("b.png", _png_header(30_000, 30_000))}}),
+        ("bomb to detect", "POST /v1/detect", {"files": {"image": ("b.png", png_header_only(30_000, 30_000))}}),
         ("truncated JPEG", f"POST {search}", {"files": {"image": ("t.jpg", photo[: len(photo) // 3])}, "data": SEARCH}),
         ("not an image", f"POST {search}", {"files": {"image": ("x.jpg", b"%PDF-1.4 hello")}, "data": SEARCH}),
         ("empty image", f"POST {search}", {"files": {"image": ("x.jpg", b"")}, "data": SEARCH}),

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ from PIL import Image
 from cluster.pipeline.decode import DecodeImages, decode_image
 from cluster.pipeline.errors import ImageError, Reason
 from tests.conftest import lfw_photos
+from tests.factories import png_header_only
 
 LIMIT = 40_000_000
 
@@ -22,18 +21,6 @@ def _encode(image: Image.Image, fmt: str, **options: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **options)
     return buffer.getvalue()
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height, with a tiny (bogus) data chunk."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-    )
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +34,7 @@ def face_jpeg(lfw_images: Path) -> bytes:
         (b"", Reason.EMPTY_OBJECT),
         (b"name,age\nada,36\n", Reason.UNSUPPORTED_FORMAT),
         (_encode(Image.new("RGB", (1, 1)), "PNG"), Reason.IMAGE_TOO_SMALL),
-        (_png_header_only(30_000, 30_000), Reason.IMAGE_TOO_LARGE),
+        (png_header_only(30_000, 30_000), Reason.IMAGE_TOO_LARGE),
         (_encode(Image.new("RGB", (64, 64)), "GIF"), Reason.UNSUPPORTED_FORMAT),
     ],
     ids=["zero-bytes", "text-file", "1x1", "png-30000x30000", "gif"],
