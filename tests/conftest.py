@@ -89,6 +89,15 @@ def lfw_photos(images: Path, people: int, per_person: int = 1) -> list[Path]:
     return found
 
 
+def lfw_folder(images: Path, target: Path, people: int, per_person: int = 1) -> Path:
+    """Those photos (`lfw_photos`) copied into `target`, a folder per person, as a source to index."""
+    for photo in lfw_photos(images, people, per_person):
+        path = target / photo.parent.name / photo.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(photo.read_bytes())
+    return target
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that read lfw-dev are marked `lfw` (select or deselect them with -m)."""
     for item in items:

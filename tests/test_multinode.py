@@ -28,7 +28,7 @@ from jobs.bench_search import BENCH_MAX_FALSE_MATCH_RATE
 from serving.threaded import serve_in_thread
 from serving.usecases import collections as collection_cases
 from serving.usecases.context import Context
-from tests.conftest import lfw_photos
+from tests.conftest import lfw_folder
 from tests.factories import clustered_vectors, records
 
 pytestmark = pytest.mark.slow
@@ -124,14 +124,6 @@ def test_two_replicas_answer_every_search_through_a_node_loss(cluster: Cluster, 
     cluster.wait_for_nodes()
 
 
-def _photos(images: Path, target: Path) -> Path:
-    for photo in lfw_photos(images, people=16, per_person=2):
-        path = target / photo.parent.name / photo.name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(photo.read_bytes())
-    return target
-
-
 def _lose_a_node(cluster: Cluster, removed: list[str], faulty: bool) -> Any:
     """After the first partition, a worker node (with the embedders on it) dies."""
 
@@ -145,7 +137,7 @@ def _lose_a_node(cluster: Cluster, removed: list[str], faulty: bool) -> Any:
 
 
 def test_an_index_job_survives_a_node_loss(cluster: Cluster, lfw_images: Path, model_dir: Path, tmp_path: Path) -> None:
-    source = _photos(lfw_images, tmp_path / "photos")
+    source = lfw_folder(lfw_images, tmp_path / "photos", people=16, per_person=2)
     ran: dict[str, dict[str, Any]] = {}
     for run in ("clean", "faulty"):
         settings = Settings(model_dir=model_dir, store=str(tmp_path / run))

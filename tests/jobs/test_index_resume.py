@@ -20,7 +20,7 @@ from cluster.settings import Settings
 from cluster.storage import LocalStore
 from serving.usecases import indexing
 from serving.usecases.context import Context
-from tests.conftest import lfw_photos
+from tests.conftest import lfw_folder, lfw_photos
 from tests.factories import index, stop_process
 
 
@@ -29,11 +29,7 @@ class DriverCrash(Exception):
 
 
 def _source(images: Path, target: Path) -> Path:
-    for photo in lfw_photos(images, people=12, per_person=2):
-        path = target / photo.parent.name / photo.name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(photo.read_bytes())
-    return target
+    return lfw_folder(images, target, people=12, per_person=2)
 
 
 def test_resume_after_crash(local_ray: None, lfw_images: Path, model_dir: Path, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from cluster.manifest import Collections
 from cluster.settings import SECRETS_DIR_ENV, Settings
 from cluster.storage import LocalStore
 from jobs.submit import job_client, submit_index
-from tests.conftest import lfw_photos
+from tests.conftest import lfw_folder, lfw_photos
 from tests.factories import free_port
 from tests.s3server import ACCESS_KEY, SECRET_KEY
 
@@ -49,10 +49,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_a_submitted_job_gets_the_whole_request(
     dashboard: str, model_dir: Path, lfw_images: Path, tmp_path: Path
 ) -> None:
-    source = tmp_path / "photos"
-    for photo in lfw_photos(lfw_images, people=3):
-        (source / photo.parent.name).mkdir(parents=True, exist_ok=True)
-        (source / photo.parent.name / photo.name).write_bytes(photo.read_bytes())
+    source = lfw_folder(lfw_images, tmp_path / "photos", people=3)
     settings = Settings(model_dir=model_dir, store=str(tmp_path / "store"))
     request = IndexRequest(collection="submitted", source=str(source), external_image_id="basename", shards=2)
     result = submit_index(dashboard, settings, request, wait=True)
