@@ -71,7 +71,9 @@ class Publisher:
         ids = self._unique_ids(new)
         new.face_count = len(ids)
         per_shard = np.bincount(shard_of(ids, new.shard_count), minlength=new.shard_count)
-        spec = new.built_spec = index_spec.resolve(new.index_spec, int(per_shard.max(initial=0)))
+        spec = new.built_spec = index_spec.resolve(
+            new.index_spec, int(per_shard.max(initial=0)), embedding_of(new.model_id).ivf_codes
+        )
         if manifest.shards and len(manifest.shards) != new.shard_count:  # a reshard: a new set of shard actors
             new.shard_set = new.version
         new.shards = {}

@@ -64,7 +64,7 @@ def _recall(
     return float(mate), float(exact)
 
 
-@pytest.mark.parametrize("spec", ["Flat", "HNSW16", "IVF64,SQ8", "IVF64,PQ16"])
+@pytest.mark.parametrize("spec", ["Flat", "HNSW16", "IVF64,SQ8", "IVF64,PQ16", "IVF64,PQ64x4fs"])
 def test_every_spec_finds_the_mates(spec: str, data: dict[str, np.ndarray], tmp_path: Path) -> None:
     mate, exact = _recall(_snapshot(tmp_path, spec, data), data)
     print(f"{spec}: mate recall@10 {mate:.4f}, recall@10 vs exact {exact:.4f}")
@@ -73,7 +73,7 @@ def test_every_spec_finds_the_mates(spec: str, data: dict[str, np.ndarray], tmp_
         assert exact == 1.0
 
 
-@pytest.mark.parametrize("spec", ["Flat", "HNSW16", "IVF64,SQ8"])
+@pytest.mark.parametrize("spec", ["Flat", "HNSW16", "IVF64,SQ8", "IVF64,PQ64x4fs"])
 def test_a_snapshot_gives_back_the_stored_vectors(spec: str, data: dict[str, np.ndarray], tmp_path: Path) -> None:
     """What search by face id reads: exact vectors for IVF, the index's own for Flat and HNSW."""
     snapshot = _snapshot(tmp_path, spec, data)
@@ -99,7 +99,10 @@ def test_auto_choice_by_shard_size() -> None:
     assert resolve("auto", 250_000) == "IVF1024,SQ8" and resolve("auto", 2_500_000) == "IVF4096,SQ8"
     assert resolve("IVF1024,PQ32", 10_000) == "IVF1024,PQ32"
     assert resolve("IVF4,PQ128", 30) == "Flat"  # too few faces to train 8-bit PQ: exact until then
-    for bad in ("LSH", "IVF64,PQ7", "HNSW0", "HNSW1", "HNSW999", "IVF0,SQ8", "IVF0,PQ8", "IVF99999999,SQ8", "IVF4,PQ0"):
+    assert resolve("auto", 250_000, "PQ64x4fs") == "IVF1024,PQ64x4fs"  # the model's codes (SFace's)
+    assert resolve("IVF256,PQ32x4fs", 250_000) == "IVF256,PQ32x4fs"
+    bad_specs = ("LSH", "IVF64,PQ7", "HNSW0", "HNSW1", "HNSW999", "IVF0,SQ8", "IVF0,PQ8", "IVF99999999,SQ8", "IVF4,PQ0")
+    for bad in (*bad_specs, "IVF4,PQ7x4fs", "IVF4,PQ8x8fs"):
         with pytest.raises(InvalidRequest):
             resolve(bad, 10)
 
@@ -117,6 +120,7 @@ def test_gpu_placement_follows_what_faiss_reports(data: dict[str, np.ndarray]) -
     (this machine's), the CPU index is kept whatever is asked. (A GPU is not faked: the clone would need one.)"""
     index = build("Flat", data["vectors"][:100], data["ids"][:100])
     assert gpu_eligible("Flat") and gpu_eligible("IVF1024,SQ8") and not gpu_eligible("HNSW32")
+    assert not gpu_eligible("IVF1024,PQ64x4fs")  # FAISS has no GPU fast-scan
     assert place(index, "Flat", 0) == (index, "cpu")
     assert place(index, "HNSW32", 4)[1] == "cpu"
     if not hasattr(faiss, "StandardGpuResources"):
