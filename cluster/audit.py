@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,10 +79,28 @@ class AuditLog:
                 return self._append(entries)
             except BaseException:
                 self._held = None  # what was written is unknown: read the store again next time
+                if isinstance(self.store, LocalStore):
+                    _LOCAL_HEADS.pop(self.store.root, None)
                 raise
 
+    def _current(self) -> dict[str, Any]:
+        """The head to chain on: a single writer's own; on a folder, the one this process wrote last while HEAD is
+        still the file it renamed there (no other process appended since: every append renames a new HEAD), which
+        saves reading HEAD and the segment's end on every search (a third of a local append)."""
+        if self._held:
+            return self._held[0]
+        if isinstance(self.store, LocalStore):
+            cached = _LOCAL_HEADS.get(self.store.root)
+            if cached is not None and cached[0] == _signature(self.store, HEAD):
+                return dict(cached[1])
+        return self._head()
+
+    def _remember(self, head: dict[str, Any]) -> None:
+        if isinstance(self.store, LocalStore):
+            _LOCAL_HEADS[self.store.root] = (_signature(self.store, HEAD), head)
+
     def _append(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        head = self._held[0] if self._held else self._head()
+        head = self._current()
         now = datetime.now(UTC)
         at = now.isoformat(timespec="microseconds")
         records, previous = [], head["hash"]
@@ -105,9 +124,10 @@ class AuditLog:
         last = records[-1]
         pointer = {"segment": key, "seq": last["seq"], "hash": last["hash"], "time": last["time"]}
         self.store.put(HEAD, json.dumps(pointer).encode())
+        held = {"seq": last["seq"], "hash": last["hash"], "segment": key, "segment_records": count + len(records)}
         if self.single_writer:
-            held = {"seq": last["seq"], "hash": last["hash"], "segment": key, "segment_records": count + len(records)}
             self._held = (held, body)
+        self._remember(held)
         return [{"seq": r["seq"], "hash": r["hash"]} for r in records]
 
 
@@ -122,6 +142,18 @@ def head(store: ObjectStore) -> dict[str, Any]:
         last = json.loads(store.last_line(pointer["segment"]))
         pointer = {"seq": last["seq"], "hash": last["hash"], "time": last["time"]}
     return {"seq": pointer["seq"], "hash": pointer["hash"], "time": pointer["time"]}
+
+
+# Per folder store: HEAD's identity (inode, mtime, size) after this process's last append, and the head it wrote.
+_LOCAL_HEADS: dict[Path, tuple[tuple[int, int, int] | None, dict[str, Any]]] = {}
+
+
+def _signature(store: LocalStore, key: str) -> tuple[int, int, int] | None:
+    try:
+        found = os.stat(os.path.join(store.uri, key))
+    except FileNotFoundError:
+        return None
+    return found.st_ino, found.st_mtime_ns, found.st_size
 
 
 _LOCKS: dict[Path, tuple[threading.Lock, TextIO]] = {}
