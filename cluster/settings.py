@@ -53,6 +53,9 @@ class ServingSettings(BaseModel):
     # FAISS threads per shard actor. One is right for latency (a shard answers small batches, and shards share
     # the cores); raise it for throughput on a node with cores to spare. Index builds use every core.
     shard_threads: int = 1
+    # Threads a shard host searches its shards with at once (one actor holds a set's shards of a node); 0: the
+    # node's cores.
+    host_threads: int = 0
     # Put Flat and IVF shards on a GPU when FAISS reports one in the shard's process (fp16 storage).
     shard_gpu: bool = True
     # Micro-batching: while `batch_in_flight` fan-outs to a collection are running, later queries wait and go

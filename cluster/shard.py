@@ -29,8 +29,8 @@ RECENT_CALLS = 100_000
 
 
 class FaceShard:
-    """Shard `shard` of `shard_count` in shard set `shard_set`; ShardSet runs it as a Ray actor, and a restart
-    reloads the snapshot.
+    """Shard `shard` of `shard_count` in shard set `shard_set`; a ShardHost actor holds it (with others of its
+    set), and a restart reloads the snapshot.
 
     The actor is threaded: a reload (seconds for a large shard) runs beside searches, which go on against the
     snapshot they started with until the new one replaces it in a single assignment. A shard whose collection

@@ -1,4 +1,4 @@
-"""The shard actors of a collection as one object: named by the manifest's shard set, created and loaded before
+"""The shard hosts of a collection as one object: named by the manifest's shard set, created and loaded before
 use, reloaded after a publish, retired after a reshard. Nothing else reaches into shard actors."""
 
 from __future__ import annotations
@@ -13,18 +13,18 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.errors import ShardsUnavailable
-from cluster.manifest import MAX_REPLICAS, Manifest
+from cluster.manifest import Manifest
 from cluster.raycluster import NAMESPACE, cluster_gpus, ensure_ray
 from cluster.records import faiss_id_of, shard_of
 from cluster.settings import Settings
-from cluster.shard import FaceShard
+from cluster.shardhost import ShardHost, layout
 
 log = logging.getLogger("facegrid.shards")
 
 # Shards are mostly idle memory. A tenth of a CPU each lets an old and a new shard set live side by side during a
 # reshard on a 2-core machine (at a quarter each the new set stayed pending there).
 SHARD_CPUS = 0.1
-# A reload runs beside searches (see FaceShard); more threads than this only queue inside FAISS.
+# Calls a host runs at once: a reload beside searches (see FaceShard); more only queue inside FAISS.
 SHARD_CONCURRENCY = 4
 # A new shard actor starts a worker process and reads its snapshot and records before it can answer.
 SHARD_STARTUP_TIMEOUT_S = 600.0
@@ -32,19 +32,15 @@ SHARD_STARTUP_TIMEOUT_S = 600.0
 MANIFEST_TTL_S = 1.0
 
 
-def shard_name(collection: str, shard: int, manifest: Manifest, replica: int = 0) -> str:
+def set_prefix(collection: str, manifest: Manifest) -> str:
     # Named by the shard set (the version that set the count): after a reshard the old set answers until the new
     # one has loaded, and a later reshard back to the same count never meets the retired set's names.
-    name = f"shard:{collection}:{shard}/{manifest.shard_count}@{manifest.shard_set}"
-    return name if replica == 0 else f"{name}#{replica}"
+    return f"shards:{collection}/{manifest.shard_count}@{manifest.shard_set}:"
 
 
-def replica_nodes(shard: int, replicas: int, nodes: list[str]) -> list[str | None]:
-    """The node each replica of a shard is placed on: different ones while the cluster has enough, shards
-    rotated over the nodes. Soft: Ray restarts a replica whose node is lost on another one."""
-    if not nodes:
-        return [None] * replicas
-    return [nodes[(shard + replica) % len(nodes)] for replica in range(replicas)]
+def host_name(collection: str, manifest: Manifest, host: int, hosts: int) -> str:
+    """Host `host` of a layout of `hosts` (its shards follow from the manifest's counts: `layout`)."""
+    return f"{set_prefix(collection, manifest)}{host}of{hosts}/{manifest.replicas}"
 
 
 def alive_nodes() -> list[str]:
@@ -72,9 +68,13 @@ class ShardSet:
         self._handles: dict[tuple[int, int], dict[int, list[Any]]] = {}
 
     def _create(self, manifest: Manifest) -> dict[int, list[Any]]:
-        """The named shard actors, every replica of every shard, created where missing; Ray restarts one from the
-        published snapshot if it dies (on another node if its node is gone)."""
+        """The named shard hosts of the set, created where missing (a host per node, holding its replicas of the
+        shards: `layout`); Ray restarts one from the published snapshots if it dies (elsewhere if its node is
+        gone). Returns each shard's replicas: handles of the hosts holding it, the same handle for all of a
+        host's shards."""
         ensure_ray()
+        nodes = alive_nodes()
+        hosts = layout(manifest.shard_count, manifest.replicas, len(nodes))
         options: dict[str, Any] = {
             "namespace": NAMESPACE,
             "get_if_exists": True,
@@ -83,69 +83,67 @@ class ShardSet:
             "max_restarts": -1,
             "max_task_retries": 3,
             "max_concurrency": SHARD_CONCURRENCY,
-            **shard_options(cluster_gpus(), manifest.shard_count),
+            **shard_options(cluster_gpus(), len(hosts)),
         }
-        remote = ray.remote(FaceShard)
-        nodes = alive_nodes()
-        held: dict[int, list[Any]] = {}
-        for i in range(manifest.shard_count):
-            held[i] = []
-            for replica, node in enumerate(replica_nodes(i, manifest.replicas, nodes)):
-                placed = dict(options)
-                if node is not None:
-                    placed["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
-                name = shard_name(self.collection, i, manifest, replica)
-                held[i].append(
-                    remote.options(name=name, **placed).remote(
-                        self.settings, self.collection, i, manifest.shard_count, manifest.shard_set
-                    )
-                )
+        remote = ray.remote(ShardHost)
+        held: dict[int, list[Any]] = {i: [] for i in range(manifest.shard_count)}
+        for host, shards in enumerate(hosts):
+            placed = dict(options)
+            if nodes:
+                placed["scheduling_strategy"] = NodeAffinitySchedulingStrategy(nodes[host % len(nodes)], soft=True)
+            name = host_name(self.collection, manifest, host, len(hosts))
+            handle = remote.options(name=name, **placed).remote(
+                self.settings, self.collection, sorted(set(shards)), manifest.shard_count, manifest.shard_set
+            )
+            for shard in shards:
+                held[shard].append(handle)
         return held
 
     async def handles(self, manifest: Manifest) -> dict[int, list[Any]]:
         """Every replica's handle, by shard, of the set the manifest names; the first call waits until they have
-        loaded. A change of the replica count starts the new replicas (and retires surplus ones) first."""
+        loaded. A change of the replica count starts the new layout's hosts (and retires the old ones) first."""
         key = _key(manifest)
         held = self._handles.get(key)
         if held is None or len(held[0]) != manifest.replicas:
             before = held
             held = self._create(manifest)
-            every = [h for replicas in held.values() for h in replicas]
+            every = _hosts(held)
             await asyncio.wait_for(asyncio.gather(*(h.reload.remote() for h in every)), SHARD_STARTUP_TIMEOUT_S)
             if before is not None:
-                self._retire_replicas(manifest, len(before[0]))
+                self._retire_others(manifest, held)
             # Only the manifest's current set is kept: handles of a set retired elsewhere would be dead ones.
             self._handles = {key: held}
         return held
 
-    def live(self, manifest: Manifest, replicas: int | None = None) -> list[Any]:
-        """The set's actors that exist in the cluster, every replica (none are created)."""
+    def live(self, manifest: Manifest) -> list[Any]:
+        """The set's hosts that exist in the cluster, of every layout (none are created)."""
+        return [handle for _, handle in self._named(manifest)]
+
+    def _named(self, manifest: Manifest) -> list[tuple[str, Any]]:
         ensure_ray()
+        prefix = set_prefix(self.collection, manifest)
         found = []
-        for shard in range(manifest.shard_count):
-            for replica in range(replicas or manifest.replicas):
+        for name in sorted(ray.util.list_named_actors()):
+            if name.startswith(prefix):
                 try:
-                    name = shard_name(self.collection, shard, manifest, replica)
-                    found.append(ray.get_actor(name, namespace=NAMESPACE))
+                    found.append((name, ray.get_actor(name, namespace=NAMESPACE)))
                 except ValueError:
-                    continue
+                    continue  # gone since the listing
         return found
 
-    def _retire_replicas(self, manifest: Manifest, held: int) -> None:
-        """Replicas past the manifest's count, of a set that stays current."""
-        for shard in range(manifest.shard_count):
-            for replica in range(manifest.replicas, held):
-                try:
-                    ray.kill(ray.get_actor(shard_name(self.collection, shard, manifest, replica), namespace=NAMESPACE))
-                except ValueError:
-                    continue
+    def _retire_others(self, manifest: Manifest, held: dict[int, list[Any]]) -> None:
+        """Hosts of the set's earlier layouts (another replica count), once the current one has loaded."""
+        current = {host_name(self.collection, manifest, h, len(_hosts(held))) for h in range(len(_hosts(held)))}
+        for name, handle in self._named(manifest):
+            if name not in current:
+                ray.kill(handle)
 
     async def sync(self, old: Manifest, new: Manifest, ready: Callable[[Manifest], Any] | None = None) -> None:
         """Make a publish visible, then call `ready` (the caller starts routing to it): the same set reloads; a
         new set loads first, and the old one is retired `serving.retire_after_s` later (other servers' manifests
         are at most MANIFEST_TTL_S old). A replaced set never becomes current again: every reshard names a new one."""
         if _key(old) == _key(new):
-            await asyncio.gather(*(s.reload.remote() for s in self.live(new)))
+            await asyncio.gather(*(h.reload.remote() for h in self.live(new)))
             if old.replicas != new.replicas:
                 await self.handles(new)
         else:
@@ -157,12 +155,13 @@ class ShardSet:
             self.retire(old)
 
     async def added(self, manifest: Manifest, key: str, etag: str, shards: set[int]) -> None:
-        """A live-log segment with faces of these shards was written: this server's actors of those shards read it
+        """A live-log segment with faces of these shards was written: this server's hosts of those shards read it
         now (every other server's within a poll)."""
         handles = self._handles.get(_key(manifest))
         if handles is None:
             return  # no search has started this server's shards yet: they read the log when they start
-        await asyncio.gather(*(h.add_segment.remote(key, etag) for s in shards if s in handles for h in handles[s]))
+        wanted = {s: handles[s] for s in shards if s in handles}
+        await asyncio.gather(*(h.add_segment.remote(key, etag, sorted(shards)) for h in _hosts(wanted)))
 
     async def vectors(self, manifest: Manifest, face_ids: list[str]) -> dict[str, np.ndarray]:
         """The stored vectors of these faces, each asked of the one shard that holds it; faces no shard holds
@@ -184,11 +183,13 @@ class ShardSet:
         handles = await self.handles(manifest)
         timeout = self.settings.serving.shard_timeout_s
         answers = await asyncio.gather(
-            *(self._any_replica(handles[s], method, ids, timeout) for s, ids in by_shard.items())
+            *(self._any_replica(handles[s], method, s, ids, timeout) for s, ids in by_shard.items())
         )
         return {f"{faiss_id:016x}": vector for answer in answers for faiss_id, vector in answer.items()}
 
-    async def _any_replica(self, replicas: list[Any], method: str, ids: list[int], timeout: float) -> dict[int, Any]:
+    async def _any_replica(
+        self, replicas: list[Any], method: str, shard: int, ids: list[int], timeout: float
+    ) -> dict[int, Any]:
         """The first replica that answers, tried in turn within the timeout."""
         deadline = asyncio.get_running_loop().time() + timeout
         for replica in replicas:
@@ -196,25 +197,34 @@ class ShardSet:
             if left <= 0:
                 break
             try:
-                answer: dict[int, Any] = await asyncio.wait_for(getattr(replica, method).remote(ids), left)
+                answer: dict[int, Any] = await asyncio.wait_for(getattr(replica, method).remote(shard, ids), left)
                 return answer
             except (TimeoutError, ray.exceptions.RayActorError) as exc:
                 log.warning("a replica of %s did not answer %s: %r", self.collection, method, exc)
         raise ShardsUnavailable(f"a shard of {self.collection!r} holding these faces did not answer; try again")
 
     def sync_blocking(self, new: Manifest) -> None:
-        """For jobs (no event loop, any machine of the cluster): reload the live actors of the published set."""
+        """For jobs (no event loop, any machine of the cluster): reload the live hosts of the published set."""
         if ray.is_initialized():
-            ray.get([s.reload.remote() for s in self.live(new)])
+            ray.get([h.reload.remote() for h in self.live(new)])
 
     def retire(self, manifest: Manifest) -> None:
-        for handle in self.live(manifest, MAX_REPLICAS):
+        for handle in self.live(manifest):
             ray.kill(handle)
         self._handles.pop(_key(manifest), None)
         log.info("retired shard set %s of %s", _key(manifest), self.collection)
 
     async def drop(self) -> None:
-        """The collection was deleted: live actors unload (they find no manifest) and the handles go."""
+        """The collection was deleted: live hosts unload (their shards find no manifest) and the handles go."""
         for held in self._handles.values():
-            await asyncio.gather(*(h.reload.remote() for replicas in held.values() for h in replicas))
+            await asyncio.gather(*(h.reload.remote() for h in _hosts(held)))
         self._handles.clear()
+
+
+def _hosts(handles: dict[int, list[Any]]) -> list[Any]:
+    """Each host once, in the order the shards first name them."""
+    seen: dict[int, Any] = {}
+    for replicas in handles.values():
+        for handle in replicas:
+            seen.setdefault(id(handle), handle)
+    return list(seen.values())

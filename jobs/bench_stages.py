@@ -81,7 +81,8 @@ def start_recording(settings: Settings, manifest: Manifest) -> None:
 
 
 def stop_recording(settings: Settings, manifest: Manifest) -> dict[str, Any]:
-    """p50 per stage over the recorded requests, shard compute (the slowest shard of each call) split out of Ray."""
+    """p50 per stage over the recorded requests, shard compute (the slowest host of each call, all its shards)
+    split out of Ray."""
     RECORDER.enabled = False
     shards = ray.get([h.timings.remote() for h in ShardSet(settings, manifest.name).live(manifest)])
     requests = [r for r in RECORDER.requests if "ray" in r]

@@ -9,7 +9,8 @@ import pytest
 
 from cluster.manifest import Collections, Manifest
 from cluster.publish import Publisher
-from cluster.shardset import SHARD_CPUS, shard_name, shard_options
+from cluster.shardhost import layout
+from cluster.shardset import SHARD_CPUS, set_prefix, shard_options
 from cluster.storage import LocalStore
 from tests.factories import clustered_vectors, records
 
@@ -34,6 +35,18 @@ def test_a_reshard_names_a_new_set_and_other_publishes_keep_it(tmp_path: Path) -
     four = publisher.rebuild(six, shard_count=4)
     retrained = publisher.rebuild(four, retrain=True)
     assert len({grown.shard_set, six.shard_set, four.shard_set}) == 3 and retrained.shard_set == four.shard_set
-    names = [shard_name("s", 0, m) for m in (grown, six, four)]
-    assert len(set(names)) == 3 and names[0].startswith("shard:s:0/4@") and names[2].startswith("shard:s:0/4@")
+    names = [set_prefix("s", m) for m in (grown, six, four)]
+    assert len(set(names)) == 3 and names[0].startswith("shards:s/4@") and names[2].startswith("shards:s/4@")
     assert four.face_count == 200 and len(four.shards) == 4
+
+
+@pytest.mark.parametrize(
+    ("shards", "replicas", "nodes"), [(4, 1, 1), (4, 2, 1), (4, 2, 3), (4, 1, 3), (2, 3, 1), (1, 2, 5), (6, 2, 8)]
+)
+def test_a_layout_holds_every_replica_once_on_different_hosts(shards: int, replicas: int, nodes: int) -> None:
+    hosts = layout(shards, replicas, nodes)
+    assert len(hosts) == max(replicas, min(shards, nodes)) and all(hosts)  # a host per node, none empty
+    for shard in range(shards):
+        holding = [h for h, held in enumerate(hosts) if shard in held]
+        assert len(holding) == replicas  # each replica on a host of its own
+    assert layout(4, 1, 1) == [[0, 1, 2, 3]]  # one node: one call answers all four shards

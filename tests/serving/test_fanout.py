@@ -45,33 +45,78 @@ def test_heap_merge_equals_brute_force() -> None:
     assert [[h.faiss_id for h in hits] for hits in merged] == want.tolist()
 
 
-class FakeShard:
-    """A stand-in actor over a FAISS index, optionally slow: exercises our fan-out, not our shard class."""
+class FakeHost:
+    """A stand-in shard host over FAISS indexes, optionally slow or failing: exercises our fan-out, not our
+    shard classes. Counts the calls it was asked."""
 
-    def __init__(self, index_bytes: np.ndarray, delay: float) -> None:
-        self.index = faiss.deserialize_index(index_bytes)
-        self.delay = delay
+    def __init__(self, indexes: dict[int, np.ndarray], delay: float = 0.0, fails: bool = False) -> None:
+        self.indexes = {s: faiss.deserialize_index(blob) for s, blob in indexes.items()}
+        self.delay, self.fails, self.calls = delay, fails, 0
 
     def search(
-        self, queries: np.ndarray, k: int, knobs: object = None
-    ) -> tuple[np.ndarray, np.ndarray, list[list[dict[str, Any]]]]:
+        self, shards: list[int], queries: np.ndarray, k: int, knobs: object = None
+    ) -> dict[int, tuple[np.ndarray, np.ndarray, list[list[dict[str, Any]]]]]:
+        self.calls += 1
         time.sleep(self.delay)
-        scores, ids = self.index.search(queries, k)
-        return scores, ids, [[{} for _ in row] for row in ids]
+        if self.fails:
+            raise RuntimeError("this host is broken on purpose")
+        out = {}
+        for shard in shards:
+            scores, ids = self.indexes[shard].search(queries, k)
+            out[shard] = (scores, ids, [[{} for _ in row] for row in ids])
+        return out
+
+    def asked(self) -> int:
+        return self.calls
+
+
+def _exact(vectors: np.ndarray, queries: np.ndarray, keep: np.ndarray) -> list[list[int]]:
+    exact = faiss.IndexFlatIP(DIM)
+    exact.add(vectors[keep])
+    _, want = exact.search(queries, 10)
+    return keep[want].tolist()
+
+
+def _found(result: Any) -> list[list[int]]:
+    return [[h.faiss_id for h in hits] for hits in result.hits]
 
 
 def test_slow_shard_is_reported_missing(local_ray: None) -> None:
     vectors, queries = _data()
-    remote = ray.remote(num_cpus=0.1)(FakeShard)
+    remote = ray.remote(num_cpus=0.1)(FakeHost)
     handles = {
-        s: remote.remote(faiss.serialize_index(index), 5.0 if s == 2 else 0.0)
+        s: remote.remote({s: faiss.serialize_index(index)}, 5.0 if s == 2 else 0.0)
         for s, index in enumerate(_shard_indexes(vectors, 4))
     }
-    ray.get([h.search.remote(queries[:1], 1) for s, h in handles.items() if s != 2])  # started
+    ray.get([h.search.remote([s], queries[:1], 1) for s, h in handles.items() if s != 2])  # started
     result = asyncio.run(fan_out({s: [h] for s, h in handles.items()}, queries, 10, timeout=1.0))
     assert result.partial and result.missing_shards == [2]
     kept = np.arange(len(vectors))[np.arange(len(vectors)) % 4 != 2]
-    exact = faiss.IndexFlatIP(DIM)
-    exact.add(vectors[kept])
-    _, want = exact.search(queries, 10)
-    assert [[h.faiss_id for h in hits] for hits in result.hits] == kept[want].tolist()
+    assert _found(result) == _exact(vectors, queries, kept)
+
+
+def test_replicas_fail_over_and_hosts_answer_their_shards_in_one_call(local_ray: None) -> None:
+    """Two hosts each hold all four shards: a search asks one of them once. When the one asked fails, or is
+    slower than the hedge, the other answers in time: nothing is missing and the answer is exact."""
+    vectors, queries = _data()
+    blobs = {s: faiss.serialize_index(index) for s, index in enumerate(_shard_indexes(vectors, 4))}
+    remote = ray.remote(num_cpus=0.1, max_concurrency=4)(FakeHost)
+    everything = np.arange(len(vectors))
+    for trouble in ({"fails": True}, {"delay": 3.0}):
+        bad, good = remote.remote(blobs, **trouble), remote.remote(blobs)
+        ray.get([bad.asked.remote(), good.asked.remote()])  # started: the timing is the fan-out's alone
+        handles = {s: [bad, good] for s in blobs}
+        for _ in range(4):  # the picker turns between equally idle replicas: the bad one is asked first in some
+            began = time.monotonic()
+            result = asyncio.run(fan_out(handles, queries, 10, timeout=2.0, hedge=0.2))
+            assert not result.partial and _found(result) == _exact(vectors, queries, everything)
+            assert time.monotonic() - began < 2.0
+        calls = ray.get([bad.asked.remote(), good.asked.remote()])
+        assert sum(calls) <= 8 and calls[1] == 4, (trouble, calls)  # one call per host per search, never per shard
+        ray.kill(bad)
+        ray.kill(good)
+    # Every replica of a shard failing: that shard alone is missing.
+    broken, working = remote.remote(blobs, fails=True), remote.remote(blobs)
+    ray.get([broken.asked.remote(), working.asked.remote()])
+    result = asyncio.run(fan_out({0: [broken], 1: [working]}, queries, 10, timeout=2.0))
+    assert result.missing_shards == [0]

@@ -150,5 +150,6 @@ def test_a_second_replica_answers_through_rebuilds_and_reshards(world: dict[str,
     assert not failures, failures[:3]
     manifest = world["collections"].get("bench")
     live = ShardSet(world["settings"], "bench").live(manifest)
-    counts = ray.get([h.count.remote() for h in live])
-    assert len(counts) == 4 and sum(counts) == FACES  # every face once, in the current shard set
+    shards = [shard for info in ray.get([h.info.remote() for h in live]) for shard in info["shards"].values()]
+    assert sorted(s["shard"] for s in shards) == [0, 1, 2, 3]  # one host: every shard once, of the current set
+    assert sum(s["faces"] for s in shards) == FACES

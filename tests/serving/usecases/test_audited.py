@@ -35,7 +35,7 @@ VARYING = {"seq", "time", "prev_hash", "hash"}
 class BrokenShard:
     """A shard actor whose searches fail, as one whose process lost its snapshot would."""
 
-    def search(self, queries: np.ndarray, k: int, knobs: object = None) -> Any:
+    def search(self, shards: list[int], queries: np.ndarray, k: int, knobs: object = None) -> Any:
         raise RuntimeError("this shard is broken on purpose")
 
 
