@@ -137,34 +137,30 @@ class LiveFaces:
         out = [self.index.reconstruct(int(i)) for i in np.asarray(ids)[found]]
         return found, np.stack(out) if out else np.zeros((0, self.dim), np.float32)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, list[list[dict[str, Any]]]]:
+    def ranked(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k per query of the log's faces: similarities and ids."""
         if self.ntotal == 0:
-            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64), [[] for _ in queries]
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.ntotal))
-        return scores, ids, [[self.records.get(int(i), {}) for i in row] for row in ids]
+        return scores, ids
 
 
 def combine(
-    first: tuple[np.ndarray, np.ndarray, list[list[dict[str, Any]]]],
-    second: tuple[np.ndarray, np.ndarray, list[list[dict[str, Any]]]],
-    k: int,
-) -> tuple[np.ndarray, np.ndarray, list[list[dict[str, Any]]]]:
-    """Top-k of two answers per query, each face once (a face re-added since the snapshot is in both)."""
+    first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of two answers per query (similarities, ids), each face once (a face re-added since the snapshot
+    is in both: its best similarity), padded with -1."""
     if second[1].shape[1] == 0:
         return first
-    scores_out, ids_out, records_out = [], [], []
+    scores_out = np.full((len(first[1]), k), -np.inf, np.float32)
+    ids_out = np.full((len(first[1]), k), -1, np.int64)
     for q in range(len(first[1])):
-        best: dict[int, tuple[float, dict[str, Any]]] = {}
-        for scores, ids, records in (first, second):
-            for score, faiss_id, record in zip(scores[q].tolist(), ids[q].tolist(), records[q], strict=True):
-                if faiss_id >= 0 and (faiss_id not in best or score > best[faiss_id][0]):
-                    best[faiss_id] = (score, record)
-        top = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))[:k]
-        scores_out.append([s for _, (s, _) in top])
-        ids_out.append([i for i, _ in top])
-        records_out.append([r for _, (_, r) in top])
-    width = max((len(row) for row in ids_out), default=0)
-    pad = [(row + [-1] * (width - len(row))) for row in ids_out]
-    spad = [(row + [-1.0] * (width - len(row))) for row in scores_out]
-    rpad = [(row + [{}] * (width - len(row))) for row in records_out]
-    return np.array(spad, np.float32).reshape(len(pad), width), np.array(pad, np.int64).reshape(len(pad), width), rpad
+        best: dict[int, float] = {}
+        for scores, ids in (first, second):
+            for score, faiss_id in zip(scores[q].tolist(), ids[q].tolist(), strict=True):
+                if faiss_id >= 0 and score > best.get(faiss_id, -np.inf):
+                    best[faiss_id] = score
+        top = sorted(best.items(), key=lambda item: (-item[1], item[0]))[:k]
+        scores_out[q, : len(top)] = [s for _, s in top]
+        ids_out[q, : len(top)] = [i for i, _ in top]
+    return scores_out, ids_out

@@ -73,12 +73,14 @@ def partition_done(
             m["stage"].inc(spent, tags={**tags, "stage": stage})
 
 
-def shard_searched(collection: str, shard: int, queries: int, seconds: float, faces: int) -> None:
+def shard_searched(collection: str, shard: int, queries: int, seconds: float) -> None:
     m, tags = _metrics(), {"collection": collection, "shard": str(shard)}
     m["searches"].inc(queries, tags=tags)
     m["latency"].observe(seconds, tags=tags)
+
+
+def shard_state(collection: str, shard: int, depth: int, faces: int) -> None:
+    """Sampled: the calls running in a shard and the faces it holds."""
+    m, tags = _metrics(), {"collection": collection, "shard": str(shard)}
+    m["queue"].set(depth, tags=tags)
     m["held"].set(faces, tags=tags)
-
-
-def shard_queue(collection: str, shard: int, depth: int) -> None:
-    _metrics()["queue"].set(depth, tags={"collection": collection, "shard": str(shard)})

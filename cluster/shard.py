@@ -56,7 +56,7 @@ class FaceShard:
         self._calls = 0  # searches running in this actor's threads (its queue depth, exported)
         self._calls_lock = threading.Lock()
         self.recent: deque[float] = deque(maxlen=RECENT_CALLS)  # seconds of the latest searches, for benchmarks
-        faiss.omp_set_num_threads(settings.serving.shard_threads)
+        self.threads = settings.serving.shard_threads
         self.reload()
         # Every shard follows the published state itself, wherever a change was made (another server, the CLI
         # on another machine, an index job): the manifest and the live log, every LIVE_POLL_S.
@@ -65,6 +65,8 @@ class FaceShard:
     def _follow(self) -> None:
         while True:
             time.sleep(LIVE_POLL_S)
+            # The gauges are sampled here, off the search path (five metric updates a search were a tenth of it).
+            metrics.shard_state(self.collection, self.shard, self._calls, self.count())
             try:
                 self.reload()
             except Exception:  # the store may be briefly unreachable: keep answering from what is held
@@ -136,25 +138,27 @@ class FaceShard:
         if old is not None:
             old.release()
 
-    def search(
-        self, queries: np.ndarray, k: int, knobs: SearchKnobs | None = None
-    ) -> tuple[np.ndarray, np.ndarray, list[list[dict[str, Any]]]]:
-        """Top-k per query: similarities, ids, and each hit's record."""
+    def ranked(self, queries: np.ndarray, k: int, knobs: SearchKnobs | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k per query: similarities and ids (-1 past the shard's faces); records come from `records`, for
+        the hits that survive the merge only."""
         began = time.perf_counter()
         with self._calls_lock:
             self._calls += 1
-            metrics.shard_queue(self.collection, self.shard, self._calls)
         try:
+            # OpenMP's thread count is per thread, and a thread that never set it (every one but the actor's
+            # first) starts at the core count: a single query's fast-scan then ran on two spinning threads per
+            # shard, four shards on two cores.
+            faiss.omp_set_num_threads(self.threads)
             snapshot, live = self.snapshot, self.live
             if snapshot is None:
-                return live.search(queries, k)
-            return combine(snapshot.search(queries, k, knobs), live.search(queries, k), k)
+                return live.ranked(queries, k)
+            return combine(snapshot.ranked(queries, k, knobs), live.ranked(queries, k), k)
         finally:
             with self._calls_lock:
                 self._calls -= 1
             spent = time.perf_counter() - began
             self.recent.append(spent)
-            metrics.shard_searched(self.collection, self.shard, len(queries), spent, self.count())
+            metrics.shard_searched(self.collection, self.shard, len(queries), spent)
 
     def vectors(self, faiss_ids: list[int]) -> dict[int, np.ndarray]:
         """The vectors of those of these faces that this shard holds (the live log's copy of a face re-added

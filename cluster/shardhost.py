@@ -35,6 +35,24 @@ def layout(shard_count: int, replicas: int, nodes: int) -> list[list[int]]:
     return held
 
 
+def best_of(ranked: dict[int, tuple[np.ndarray, np.ndarray]], k: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per query, the k best hits over every shard's (similarities, ids), higher similarity first, then lower id
+    (the fan-out's order); each shard keeps its own of them, the rest of its row -1."""
+    order = list(ranked)
+    scores = np.concatenate([ranked[s][0] for s in order], axis=1)
+    ids = np.concatenate([ranked[s][1] for s in order], axis=1)
+    owner = np.concatenate([np.full(ranked[s][1].shape, n) for n, s in enumerate(order)], axis=1)
+    key = np.where(ids >= 0, scores, -np.inf)
+    top = np.lexsort((ids, -key), axis=-1)[:, :k]
+    top_scores, top_ids = np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)
+    top_owner = np.take_along_axis(owner, top, 1)
+    out = {}
+    for n, shard in enumerate(order):
+        mine = (top_owner == n) & (top_ids >= 0)
+        out[shard] = (np.where(mine, top_scores, -np.inf).astype(np.float32), np.where(mine, top_ids, -1))
+    return out
+
+
 class ShardHost:
     """The shards `shards` of set `shard_set` (of `shard_count`) of a collection; each follows the published
     state itself (FaceShard). Asked for a shard it does not hold, it raises (the fan-out tries another replica)."""
@@ -51,16 +69,24 @@ class ShardHost:
     def search(
         self, shards: list[int], queries: np.ndarray, k: int, knobs: SearchKnobs | None = None
     ) -> dict[int, ShardAnswer]:
-        """Top-k per query of each of these shards, searched in parallel."""
+        """The top-k per query over these shards, searched in parallel, as each shard's part of it (-1 elsewhere)
+        with the records of those hits only: the fan-out merges what the hosts send, and a record is read and
+        sent only for a hit that can be in the answer."""
         began = time.perf_counter()
         try:
             held = [self.shards[s] for s in shards]
             if len(held) == 1:
-                return {shards[0]: held[0].search(queries, k, knobs)}
-            running = [self.pool.submit(shard.search, queries, k, knobs) for shard in held]
-            return {s: future.result() for s, future in zip(shards, running, strict=True)}
+                ranked = {shards[0]: held[0].ranked(queries, k, knobs)}
+            else:
+                running = [self.pool.submit(shard.ranked, queries, k, knobs) for shard in held]
+                ranked = {s: future.result() for s, future in zip(shards, running, strict=True)}
+            return {s: self._with_records(s, scores, ids) for s, (scores, ids) in best_of(ranked, k).items()}
         finally:
             self.recent.append(time.perf_counter() - began)
+
+    def _with_records(self, shard: int, scores: np.ndarray, ids: np.ndarray) -> ShardAnswer:
+        found = self.shards[shard].records(ids[ids >= 0].tolist()) if (ids >= 0).any() else {}
+        return scores, ids, [[found.get(i, {}) if i >= 0 else {} for i in row] for row in ids.tolist()]
 
     def vectors(self, shard: int, faiss_ids: list[int]) -> dict[int, np.ndarray]:
         return self.shards[shard].vectors(faiss_ids)
