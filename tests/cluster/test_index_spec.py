@@ -99,7 +99,7 @@ def test_auto_choice_by_shard_size() -> None:
     assert resolve("auto", 250_000) == "IVF1024,SQ8" and resolve("auto", 2_500_000) == "IVF4096,SQ8"
     assert resolve("IVF1024,PQ32", 10_000) == "IVF1024,PQ32"
     assert resolve("IVF4,PQ128", 30) == "Flat"  # too few faces to train 8-bit PQ: exact until then
-    assert resolve("auto", 250_000, "PQ64x4fs") == "IVF1024,PQ64x4fs"  # the model's codes (SFace's)
+    assert resolve("auto", 250_000, "PQ64x4fs") == "IVF512,PQ64x4fs"  # the model's codes (SFace's), longer lists
     assert resolve("IVF256,PQ32x4fs", 250_000) == "IVF256,PQ32x4fs"
     bad_specs = ("LSH", "IVF64,PQ7", "HNSW0", "HNSW1", "HNSW999", "IVF0,SQ8", "IVF0,PQ8", "IVF99999999,SQ8", "IVF4,PQ0")
     for bad in (*bad_specs, "IVF4,PQ7x4fs", "IVF4,PQ8x8fs"):

@@ -20,15 +20,12 @@ def test_best_of_keeps_each_shards_part_of_the_top_k() -> None:
         ranked[shard] = (scores, ids)
     ranked[3][0][1, 0] = ranked[0][0][1, 0]  # a tie: the lower id comes first
     kept = best_of(ranked, k)
+
+    def hits(answers: dict[int, tuple[np.ndarray, np.ndarray]], q: int) -> list[tuple[float, int]]:
+        every = [(float(s), int(i)) for scores, ids in answers.values() for s, i in zip(scores[q], ids[q], strict=True)]
+        return sorted((hit for hit in every if hit[1] >= 0), key=lambda hit: (-hit[0], hit[1]))
+
     for q in range(queries):
-        every = sorted(
-            ((float(s), int(i)) for scores, ids in ranked.values() for s, i in zip(scores[q], ids[q]) if i >= 0),
-            key=lambda hit: (-hit[0], hit[1]),
-        )[:k]
-        found = sorted(
-            ((float(s), int(i)) for scores, ids in kept.values() for s, i in zip(scores[q], ids[q]) if i >= 0),
-            key=lambda hit: (-hit[0], hit[1]),
-        )
-        assert found == every
+        assert hits(kept, q) == hits(ranked, q)[:k]
         for shard, (_, ids) in kept.items():
             assert all(i % 4 == shard for i in ids[q] if i >= 0)  # each hit stays with its shard
