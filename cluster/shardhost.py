@@ -21,7 +21,8 @@ from cluster.settings import Settings
 from cluster.shard import RECENT_CALLS, FaceShard
 from cluster.snapshot import resident_bytes
 
-ShardAnswer = tuple[np.ndarray, np.ndarray, list[list[dict[str, Any]]]]
+# Per query: similarities, ids, records (arrays or lists; a host sends lists of its kept hits).
+ShardAnswer = tuple[Any, Any, list[list[dict[str, Any]]]]
 
 
 def layout(shard_count: int, replicas: int, nodes: int) -> list[list[int]]:
@@ -85,8 +86,15 @@ class ShardHost:
             self.recent.append(time.perf_counter() - began)
 
     def _with_records(self, shard: int, scores: np.ndarray, ids: np.ndarray) -> ShardAnswer:
+        """Per query, this shard's kept hits only, as plain lists: Ray pickles them in less time than arrays."""
         found = self.shards[shard].records(ids[ids >= 0].tolist()) if (ids >= 0).any() else {}
-        return scores, ids, [[found.get(i, {}) if i >= 0 else {} for i in row] for row in ids.tolist()]
+        out_scores, out_ids, out_records = [], [], []
+        for row_scores, row_ids in zip(scores.tolist(), ids.tolist(), strict=True):
+            kept = [(s, i) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
+            out_scores.append([s for s, _ in kept])
+            out_ids.append([i for _, i in kept])
+            out_records.append([found.get(i, {}) for _, i in kept])
+        return out_scores, out_ids, out_records
 
     def vectors(self, shard: int, faiss_ids: list[int]) -> dict[int, np.ndarray]:
         return self.shards[shard].vectors(faiss_ids)

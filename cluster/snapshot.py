@@ -15,6 +15,7 @@ searches made a whole 2.5M-face vector file resident in each shard.
 
 from __future__ import annotations
 
+import os
 import resource
 import threading
 from dataclasses import dataclass
@@ -139,9 +140,9 @@ class ShardSnapshot:
             self.held = self.records.read_all().combine_chunks().drop_columns(["faiss_id"])
         self._reading = threading.Lock()
         self.dim = index.d
-        # Exact vectors for the re-rank, mapped: a shortlist's rows in one gather through the page cache (a
-        # pread each cost 40 system calls a shard and query).
-        self.stored = _mapped(files[VECTORS_FILE], self.dim) if VECTORS_FILE in files else None
+        # Exact vectors for the re-rank, read a row at a time through the page cache: mapped, a fresh row cost a
+        # page fault (0.2 ms a shortlist of 40, against 0.05 for 40 preads) and every row read stayed resident.
+        self.stored = os.open(files[VECTORS_FILE], os.O_RDONLY) if VECTORS_FILE in files else None
         self.factor = index_spec.rerank_factor(spec)
 
     @classmethod
@@ -198,9 +199,11 @@ class ShardSnapshot:
         return out
 
     def _exact(self, ids: np.ndarray) -> np.ndarray:
-        """The stored vectors of these ids (the page cache holds what is hot)."""
+        """The stored vectors of these ids, a pread each (the page cache holds what is hot)."""
         assert self.stored is not None
-        return np.asarray(self.stored[np.searchsorted(self.ids, ids)])
+        size, stored = 4 * self.dim, self.stored
+        raw = b"".join([os.pread(stored, size, row * size) for row in np.searchsorted(self.ids, ids).tolist()])
+        return np.frombuffer(raw, dtype="<f4").reshape(len(ids), self.dim)
 
     def vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(which of `ids` this snapshot holds, the vectors of those it holds): exact from vectors.f32, or
@@ -212,7 +215,7 @@ class ShardSnapshot:
         found = self.ids[rows] == ids
         wanted = ids[found]
         if self.stored is not None:
-            return found, self._exact(wanted)
+            return found, self._exact(wanted).copy()
         assert self.id_map is not None, "an uncompressed snapshot is an IndexIDMap"
         inner = faiss.downcast_index(self.index.index)  # type: ignore[attr-defined]
         rows_of = np.flatnonzero(np.isin(self.id_map, wanted))
@@ -245,9 +248,6 @@ class ShardSnapshot:
             for path in self.files.values():
                 path.unlink(missing_ok=True)
 
-
-def _mapped(path: Path, dim: int) -> np.ndarray:
-    """A read-only (n, dim) float32 view of a vectors file (mapping an empty file is refused: a plain empty array)."""
-    if path.stat().st_size == 0:
-        return np.zeros((0, dim), np.float32)
-    return np.memmap(path, dtype="<f4", mode="r").reshape(-1, dim)
+    def __del__(self) -> None:
+        if getattr(self, "stored", None) is not None:
+            os.close(self.stored)  # type: ignore[arg-type]
