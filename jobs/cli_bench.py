@@ -73,6 +73,31 @@ def bench_search(
     emit({"model_id": model_id} | result | statistics.check(numpy.random.default_rng(1)), as_json)
 
 
+@bench_app.command("recipes")
+def bench_recipes(
+    images: Annotated[Path, typer.Option(exists=True, file_okay=False)] = Path("../shared/lfw-dev/images"),
+    faces: Annotated[
+        int, typer.Option(help="Faces in the one shard measured (a 1M collection's shard: 250k).")
+    ] = 250_000,
+    spec: Annotated[
+        list[str] | None, typer.Option(help="SPEC:LISTS,LISTS... (default: auto with the model's codes, and SQ8)")
+    ] = None,
+    model: ModelOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """One shard's index specs side by side (single-query p50 on one thread, mate recall@10 after the exact
+    re-rank) over vectors fitted to the model's embeddings, and the cost of a Ray actor call here."""
+    from cluster.models.registry import DEFAULT_EMBEDDER, embedding_of
+    from jobs.bench_recipes import default_specs, ray_calls, recipes
+    from jobs.synthetic import fitted_statistics
+
+    model_id = model or DEFAULT_EMBEDDER
+    statistics = fitted_statistics(settings(), images, model_id)
+    asked = [(s.split(":")[0], [int(n) for n in s.split(":")[1].split(",")]) for s in spec or []]
+    chosen = asked or default_specs(faces, embedding_of(model_id).ivf_codes)
+    emit({"model_id": model_id, "faces": faces, "recipes": recipes(statistics, faces, chosen), **ray_calls()}, as_json)
+
+
 @bench_app.command("stores")
 def bench_stores(
     faces: int = 20_000,

@@ -102,6 +102,11 @@ def test_replicas_fail_over_and_hosts_answer_their_shards_in_one_call(local_ray:
     blobs = {s: faiss.serialize_index(index) for s, index in enumerate(_shard_indexes(vectors, 4))}
     remote = ray.remote(num_cpus=0.1, max_concurrency=4)(FakeHost)
     everything = np.arange(len(vectors))
+    alone = remote.remote(blobs)
+    for _ in range(4):
+        result = asyncio.run(fan_out({s: [alone] for s in blobs}, queries, 10, timeout=5.0))
+        assert not result.partial and _found(result) == _exact(vectors, queries, everything)
+    assert ray.get(alone.asked.remote()) == 4  # one call per host per search, never one per shard
     for trouble in ({"fails": True}, {"delay": 3.0}):
         bad, good = remote.remote(blobs, **trouble), remote.remote(blobs)
         ray.get([bad.asked.remote(), good.asked.remote()])  # started: the timing is the fan-out's alone
@@ -112,7 +117,7 @@ def test_replicas_fail_over_and_hosts_answer_their_shards_in_one_call(local_ray:
             assert not result.partial and _found(result) == _exact(vectors, queries, everything)
             assert time.monotonic() - began < 2.0
         calls = ray.get([bad.asked.remote(), good.asked.remote()])
-        assert sum(calls) <= 8 and calls[1] == 4, (trouble, calls)  # one call per host per search, never per shard
+        assert calls[1] >= 4 and sum(calls) < 16, (trouble, calls)  # per shard would be 16 calls at least
         ray.kill(bad)
         ray.kill(good)
     # Every replica of a shard failing: that shard alone is missing.
