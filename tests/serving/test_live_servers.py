@@ -1,9 +1,11 @@
 """Every change reaches every server: two `facegrid serve` processes, each with its own embedded Ray, and the CLI,
 on one store. A face added through one server is found through the other within 2 s and survives the first one's
-crash; a CLI erasure and a CLI index run reach both within 2 s."""
+crash; a CLI erasure and a CLI index run reach both within 2 s; searches answered just before a crash are all in
+the audit log."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -17,6 +19,7 @@ import httpx
 import pytest
 
 from cluster.access import KeyStore, Role
+from cluster.audit import iter_records, verify
 from cluster.storage import LocalStore
 from tests.conftest import lfw_photos
 from tests.factories import serve_process, stop_process
@@ -24,6 +27,7 @@ from tests.factories import serve_process, stop_process
 pytestmark = pytest.mark.slow
 SEARCH = {"purpose": "system-test", "case_id": "LIVE-1", "max_results": "20"}
 BOUND_S = 2.0
+SEARCHES_BEFORE_CRASH = 20
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +121,22 @@ def test_cli_changes_reach_both_servers(world: dict[str, Any], tmp_path: Path) -
     for server in (a, b):
         _within(BOUND_S, lambda server=server: not ids & _found(server, probe))
     print(f"CLI-erased face gone from both servers {time.monotonic() - deleted:.2f} s after the CLI ended")
+
+
+def test_every_search_is_audited_before_its_answer_even_through_a_crash(world: dict[str, Any]) -> None:
+    """Searches answered one after another, the server killed right after the last 200 (its embedded Ray with
+    it): every one of them is in the audit log, and the chain verifies."""
+    b = world["clients"][1]
+    body = {"vector": [1.0] + [0.0] * 127, "purpose": "system-test", "case_id": "CRASH-1", "max_results": 5}
+    answers = [b.post("/v1/collections/live/search-vector", json=body) for _ in range(SEARCHES_BEFORE_CRASH)]
+    stop_process(world["servers"][1][0], hard=True)
+    assert all(a.status_code == 200 for a in answers), [a.text[:200] for a in answers if a.status_code != 200]
+    store = LocalStore(world["root"])
+    recorded = [json.loads(line) for _, _, line in iter_records(store)]
+    searches = [r for r in recorded if r.get("case_id") == "CRASH-1" and r["action"] == "search-vector"]
+    assert len(searches) == SEARCHES_BEFORE_CRASH and all(r["outcome"] == "ok" for r in searches)
+    assert verify(store)["ok"]
+    process, url = serve_process(
+        world["env"], world["logs"] / "b.log", port=int(world["servers"][1][1].rsplit(":", 1)[1])
+    )
+    world["servers"][1] = (process, url)
