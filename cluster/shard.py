@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from cluster.storage import ObjectNotFound, open_store
 
 log = logging.getLogger("facegrid.shard")
 RELOAD_ATTEMPTS = 3
-RECENT_CALLS = 100_000
 
 
 class FaceShard:
@@ -55,7 +53,6 @@ class FaceShard:
         self._reloading = threading.Lock()
         self._calls = 0  # searches running in this actor's threads (its queue depth, exported)
         self._calls_lock = threading.Lock()
-        self.recent: deque[float] = deque(maxlen=RECENT_CALLS)  # seconds of the latest searches, for benchmarks
         self.threads = settings.serving.shard_threads
         self.reload()
         # Every shard follows the published state itself, wherever a change was made (another server, the CLI
@@ -157,9 +154,7 @@ class FaceShard:
         finally:
             with self._calls_lock:
                 self._calls -= 1
-            spent = time.perf_counter() - began
-            self.recent.append(spent)
-            metrics.shard_searched(self.collection, self.shard, len(queries), spent)
+            metrics.shard_searched(self.collection, self.shard, len(queries), time.perf_counter() - began)
 
     def vectors(self, faiss_ids: list[int]) -> dict[int, np.ndarray]:
         """The vectors of those of these faces that this shard holds (the live log's copy of a face re-added
@@ -180,12 +175,6 @@ class FaceShard:
         snapshot, live = self.snapshot, self.live
         out = snapshot.records_of(ids) if snapshot is not None else {}
         out.update({i: live.records[i] for i in ids.tolist() if i in live.records})
-        return out
-
-    def timings(self) -> list[float]:
-        """Seconds each recent search took inside this actor (the stage breakdown's shard compute); cleared."""
-        out = list(self.recent)
-        self.recent.clear()
         return out
 
     def count(self) -> int:

@@ -18,11 +18,12 @@ import ray
 
 from cluster.index_spec import SearchKnobs
 from cluster.settings import Settings
-from cluster.shard import RECENT_CALLS, FaceShard
+from cluster.shard import FaceShard
 from cluster.snapshot import resident_bytes
 
 # Per query: similarities, ids, records (arrays or lists; a host sends lists of its kept hits).
 ShardAnswer = tuple[Any, Any, list[list[dict[str, Any]]]]
+RECENT_CALLS = 100_000
 
 
 def layout(shard_count: int, replicas: int, nodes: int) -> list[list[int]]:
@@ -114,8 +115,6 @@ class ShardHost:
         """Seconds each recent search call took inside this host (the stage breakdown's shard compute); cleared."""
         out = list(self.recent)
         self.recent.clear()
-        for shard in self.shards.values():
-            shard.timings()
         return out
 
     def count(self) -> int:

@@ -19,6 +19,7 @@ import numpy as np
 import ray
 
 from cluster.index_spec import SearchKnobs
+from cluster.shardhost import ShardAnswer
 
 log = logging.getLogger("facegrid.fanout")
 T = TypeVar("T")
@@ -43,9 +44,6 @@ class FanOutResult:
     @property
     def partial(self) -> bool:
         return bool(self.missing_shards)
-
-
-ShardAnswer = tuple[np.ndarray, np.ndarray, list[list[dict[str, Any]]]]
 
 
 class Replicas:
