@@ -79,14 +79,17 @@ def browser(world: Any) -> Iterator[Any]:
 
 
 def _submit(browser: Any, button: Any) -> None:
-    """Click and wait for the next page (a click does not wait for the navigation it starts)."""
+    """Click and wait for the next page (a click does not wait for the navigation it starts). Asked about the old
+    page mid-navigation, Chrome may answer "Node with given id does not belong to the document" instead of
+    "stale": the wait asks again."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = browser.find_element(By.TAG_NAME, "html")
     button.click()
-    WebDriverWait(browser, 60).until(expected_conditions.staleness_of(old))
+    WebDriverWait(browser, 60, ignored_exceptions=(WebDriverException,)).until(expected_conditions.staleness_of(old))
 
 
 def _sign_in(browser: Any, world: Any, who: str) -> None:
