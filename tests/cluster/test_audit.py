@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,28 @@ def test_record_appended_out_of_chain_is_named(store: LocalStore) -> None:
 def test_a_new_writer_continues_the_chain(store: LocalStore) -> None:
     AuditLog(store).append({"action": "export"})
     assert verify(store)["records"] == 21
+
+
+def _append_many(root: str, writer: int, count: int) -> None:
+    log = AuditLog(LocalStore(Path(root)))
+    for n in range(count):
+        log.append({"action": "search", "writer": writer, "n": n})
+
+
+def test_processes_appending_at_once_extend_one_chain(store: LocalStore) -> None:
+    """Each process chains on the head it wrote while HEAD (rewritten in place) still holds its bytes: two
+    processes appending in turn and at once must never fork the chain or lose a record."""
+    context = multiprocessing.get_context("spawn")
+    before = verify(store)["records"]
+    writers = [context.Process(target=_append_many, args=(str(store.root), w, 600)) for w in range(3)]
+    for writer in writers:
+        writer.start()
+    _append_many(str(store.root), 9, 600)
+    for writer in writers:
+        writer.join(60)
+        assert writer.exitcode == 0
+    checked = verify(store)
+    assert checked["ok"] and checked["records"] == before + 4 * 600, checked
 
 
 def test_cli_verify_exit_status(store: LocalStore) -> None:
