@@ -6,7 +6,7 @@ import math
 import os
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -44,14 +44,19 @@ RERANK_FACTOR = {"SQ8": 4, "PQ": 16, "fs": 4}
 
 
 @contextmanager
-def all_cores() -> Iterator[None]:
-    """FAISS on every core for a build (training, adding), whatever this process uses for searching."""
+def faiss_threads(count: int) -> Iterator[None]:
+    """FAISS on `count` threads in the calling thread for the block, then as before."""
     held = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    faiss.omp_set_num_threads(count)
     try:
         yield
     finally:
         faiss.omp_set_num_threads(held)
+
+
+def all_cores() -> AbstractContextManager[None]:
+    """FAISS on every core for a build (training, adding), whatever this process uses for searching."""
+    return faiss_threads(os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)

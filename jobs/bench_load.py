@@ -26,7 +26,8 @@ from cluster.settings import Settings
 from cluster.shardset import ShardSet
 from cluster.storage import S3Store, open_store
 from jobs import s3local
-from jobs.bench_search import BENCH_MAX_FALSE_MATCH_RATE, BODY, _percentiles, concurrent_load
+from jobs.bench_search import BENCH_MAX_FALSE_MATCH_RATE, BODY, concurrent_load
+from jobs.bench_stages import percentiles_ms
 from jobs.synthetic import face_records
 from serving.metrics import AUDIT_APPEND
 from serving.threaded import serve_in_thread
@@ -155,7 +156,7 @@ def _searcher_p50(url: str, headers: dict[str, str], collection: str, probes: np
             answer = client.post(f"/v1/collections/{collection}/search-vector", json={**BODY, "vector": probe.tolist()})
             answer.raise_for_status()
             times.append(time.perf_counter() - began)
-    return _percentiles(times)
+    return percentiles_ms(times)
 
 
 def run_transparency_benchmark(

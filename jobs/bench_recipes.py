@@ -11,8 +11,9 @@ import faiss
 import numpy as np
 import ray
 
-from cluster.index_spec import build, rerank_factor, resolve
+from cluster.index_spec import build, faiss_threads, rerank_factor, resolve
 from cluster.raycluster import ensure_ray
+from jobs.bench_stages import percentiles_ms, time_each
 from jobs.synthetic import FaceStatistics
 
 SAMPLES_PER_IDENTITY = 5
@@ -21,12 +22,7 @@ TOP = 10
 
 
 def _p50_ms(work: Callable[[np.ndarray], Any], probes: np.ndarray) -> float:
-    times = []
-    for probe in probes:
-        began = time.perf_counter()
-        work(probe[None])
-        times.append(time.perf_counter() - began)
-    return round(1000 * float(np.median(times)), 3)
+    return percentiles_ms(time_each(work, probes))[0]
 
 
 def recipes(
@@ -78,12 +74,8 @@ def _ivf_search(index: faiss.Index, probes: np.ndarray, shortlist: int, nprobe: 
     """Single-query p50 on one thread, and each probe's shortlist (ids, -1 dropped)."""
     params = faiss.SearchParametersIVF()
     params.nprobe = nprobe
-    held = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
+    with faiss_threads(1):
         p50 = _p50_ms(lambda q: index.search(q, shortlist, params=params), probes)
-    finally:
-        faiss.omp_set_num_threads(held)
     found = index.search(probes, shortlist, params=params)[1]
     return p50, [row[row >= 0] for row in found]
 

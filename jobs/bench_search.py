@@ -27,6 +27,7 @@ import ray
 
 from cluster.access import Role
 from cluster.audit import verify
+from cluster.index_spec import faiss_threads
 from cluster.manifest import Collections, Manifest
 from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry
 from cluster.publish import Publisher
@@ -34,7 +35,7 @@ from cluster.raycluster import ensure_ray
 from cluster.settings import Settings
 from cluster.shardset import ShardSet
 from cluster.storage import LocalStore
-from jobs.bench_stages import same_recipe_baseline, start_recording, stop_recording
+from jobs.bench_stages import percentiles_ms, same_recipe_baseline, start_recording, stop_recording, time_each
 from jobs.synthetic import FaceStatistics, face_records
 from serving.threaded import serve_in_thread
 from serving.usecases.context import Context
@@ -88,14 +89,8 @@ def write_gallery(
     write_s = time.perf_counter() - started
     probes = stats.samples(probe_centres, rng)
 
-    held = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)  # one query on one core, as a shard answers it
-    timed = []
-    for probe in probes[:BASELINE_TIMED]:
-        began = time.perf_counter()
-        baseline.search(probe[None], TOP)
-        timed.append(time.perf_counter() - began)
-    faiss.omp_set_num_threads(held)
+    with faiss_threads(1):  # one query on one core, as a shard answers it
+        timed = time_each(lambda q: baseline.search(q, TOP), probes[:BASELINE_TIMED])
     _, rows = baseline.search(probes, TOP)  # the exact answers, on every core
     gallery = Gallery(baseline.ntotal, probes, probe_identity, rows + 1, timed, write_s)
     return files, gallery
@@ -114,11 +109,6 @@ def exact_recall(found: list[list[int]], exact: np.ndarray) -> dict[str, float]:
     at1 = np.mean([bool(ids) and ids[0] == row[0] for ids, row in zip(found, exact, strict=True)])
     at10 = np.mean([len(set(ids[:TOP]) & set(row.tolist())) / TOP for ids, row in zip(found, exact, strict=True)])
     return {"recall_at_1": round(float(at1), 4), "recall_at_10": round(float(at10), 4)}
-
-
-def _percentiles(samples: list[float]) -> tuple[float, float]:
-    ms = np.array(samples) * 1000
-    return round(float(np.percentile(ms, 50)), 3), round(float(np.percentile(ms, 99)), 3)
 
 
 @contextmanager
@@ -213,7 +203,7 @@ def _load(
         began = time.perf_counter()
         await asyncio.gather(*(client(began + seconds, done, failed) for _ in range(clients)))
         elapsed = time.perf_counter() - began
-        p50, p99 = _percentiles(done) if done else (0.0, 0.0)
+        p50, p99 = percentiles_ms(done) if done else (0.0, 0.0)
         return {"qps": round(len(done) / elapsed, 1), "p50_ms": p50, "p99_ms": p99, "failed": len(failed)}
 
     return asyncio.run(main())
@@ -298,8 +288,8 @@ def run_search_benchmark(
         resident = shard_memory(settings, manifest)
         say("the same recipe in one in-process index")
         baseline = same_recipe_baseline(collections, manifest, gallery.probes[:BASELINE_TIMED], TOP, knobs or {})
-        p50, p99 = _percentiles(times[0])
-        baseline_p50, baseline_p99 = _percentiles(gallery.baseline_times)
+        p50, p99 = percentiles_ms(times[0])
+        baseline_p50, baseline_p99 = percentiles_ms(gallery.baseline_times)
         result: dict[str, Any] = {
             "faces": gallery.faces,
             "shards": shards,
@@ -331,7 +321,7 @@ def run_search_benchmark(
             "audit_records_verified": verify(LocalStore(root)).get("records"),
         }
         if compare_accountability:
-            bare_p50, bare_p99 = _percentiles(times[1])
+            bare_p50, bare_p99 = percentiles_ms(times[1])
             result |= {
                 "p50_ms_without_auth_audit": bare_p50,
                 "p99_ms_without_auth_audit": bare_p99,

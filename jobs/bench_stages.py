@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import ray
 
-from cluster.index_spec import SearchKnobs
+from cluster.index_spec import SearchKnobs, faiss_threads
 from cluster.manifest import Collections, Manifest
 from cluster.publish import Publisher
 from cluster.settings import Settings
@@ -38,6 +38,22 @@ ORDER = (
 )
 
 
+def time_each(work: Callable[[np.ndarray], Any], probes: np.ndarray) -> list[float]:
+    """Seconds `work` took on each probe, one at a time (as a (1, dim) query)."""
+    times = []
+    for probe in probes:
+        began = time.perf_counter()
+        work(probe[None])
+        times.append(time.perf_counter() - began)
+    return times
+
+
+def percentiles_ms(samples: list[float]) -> tuple[float, float]:
+    """p50 and p99 of durations in seconds, in milliseconds."""
+    ms = np.array(samples) * 1000
+    return round(float(np.percentile(ms, 50)), 3), round(float(np.percentile(ms, 99)), 3)
+
+
 def same_recipe_baseline(
     collections: Collections, manifest: Manifest, probes: np.ndarray, k: int, knobs: dict[str, int]
 ) -> dict[str, Any]:
@@ -49,28 +65,17 @@ def same_recipe_baseline(
         ).model_copy(update={"index_spec": manifest.built_spec or "Flat", "trained": None})
     )
     one = Publisher(collections).publish(one, manifest.face_files)
-    held = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
     try:
-        with tempfile.TemporaryDirectory() as cache:
+        with tempfile.TemporaryDirectory() as cache, faiss_threads(1):
             spec = one.built_spec or "Flat"
             snapshot = ShardSnapshot.load(collections.store, one.shards["0"], spec, Path(cache), Placement())
             asked = SearchKnobs(**knobs)
-            times = []
-            for probe in probes:
-                began = time.perf_counter()
-                snapshot.search(probe[None], k, asked)
-                times.append(time.perf_counter() - began)
+            times = time_each(lambda q: snapshot.search(q, k, asked), probes)
             snapshot.release()
     finally:
-        faiss.omp_set_num_threads(held)
         collections.delete(one.name)
-    ms = np.array(times) * 1000
-    return {
-        "baseline_same_recipe_spec": spec,
-        "baseline_same_recipe_p50_ms": round(float(np.percentile(ms, 50)), 3),
-        "baseline_same_recipe_p99_ms": round(float(np.percentile(ms, 99)), 3),
-    }
+    p50, p99 = percentiles_ms(times)
+    return {"baseline_same_recipe_spec": spec, "baseline_same_recipe_p50_ms": p50, "baseline_same_recipe_p99_ms": p99}
 
 
 def start_recording(settings: Settings, manifest: Manifest) -> None:
