@@ -55,12 +55,10 @@ async def record(ctx: Context, caller: Caller | None, entry: dict[str, Any], out
     if isinstance(ctx.store, LocalStore):
         # A local append takes about 0.3 ms, less than handing it to a thread would.
         LAST_RECORD.set(append_audit(ctx.settings, ctx.store, full))
-        AUDIT_APPEND.observe(time.perf_counter() - began)
-        stages.mark("audit")
-        return
-    # Awaited on the event loop, never on a worker thread: appends from many requests reach the writer at once
-    # and are committed together (two threads used to serialise them).
-    LAST_RECORD.set(await ctx.audit.append(full))
+    else:
+        # Awaited on the event loop, never on a worker thread: appends from many requests reach the writer at
+        # once and are committed together (two threads used to serialise them).
+        LAST_RECORD.set(await ctx.audit.append(full))
     AUDIT_APPEND.observe(time.perf_counter() - began)
     stages.mark("audit")
 
