@@ -133,7 +133,8 @@ class ShardSet:
 
     def _retire_others(self, manifest: Manifest, held: dict[int, list[Any]]) -> None:
         """Hosts of the set's earlier layouts (another replica count), once the current one has loaded."""
-        current = {host_name(self.collection, manifest, h, len(_hosts(held))) for h in range(len(_hosts(held)))}
+        hosts = len(_hosts(held))
+        current = {host_name(self.collection, manifest, h, hosts) for h in range(hosts)}
         for name, handle in self._named(manifest):
             if name not in current:
                 ray.kill(handle)

@@ -93,8 +93,8 @@ async def rebuild(
 
 
 async def set_replicas(ctx: Context, caller: Caller, name: str, replicas: int) -> CollectionInfo:
-    """Run this many actors of every shard, on different nodes where there are enough: new replicas have loaded
-    before this answers, surplus ones are stopped. No snapshot is rebuilt."""
+    """Keep this many copies of every shard, on different shard hosts (different nodes where there are enough):
+    the new layout's hosts have loaded before this answers, the old layout's are stopped. No snapshot is rebuilt."""
     async with audited(ctx, caller, "set-replicas", name, replicas=replicas) as entry:
         authorize(caller, Action.COLLECTIONS_WRITE, name)
         check_replicas(replicas)
