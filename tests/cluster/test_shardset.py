@@ -3,15 +3,20 @@ a GPU share only where the cluster has GPUs; a reshard starts a new set, other p
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
+import ray
 
 from cluster.manifest import Collections, Manifest
 from cluster.publish import Publisher
+from cluster.settings import Settings
 from cluster.shardhost import layout
-from cluster.shardset import SHARD_CPUS, set_prefix, shard_options
+from cluster.shardset import SHARD_CPUS, ShardSet, set_prefix, shard_options
 from cluster.storage import LocalStore
+from serving.fanout import fan_out
 from tests.factories import clustered_vectors, records
 
 
@@ -50,3 +55,34 @@ def test_a_layout_holds_every_replica_once_on_different_hosts(shards: int, repli
         holding = [h for h, held in enumerate(hosts) if shard in held]
         assert len(holding) == replicas  # each replica on a host of its own
     assert layout(4, 1, 1) == [[0, 1, 2, 3]]  # one node: one call answers all four shards
+
+
+def test_a_replica_count_change_loads_the_new_layout_and_retires_the_old(tmp_path: Path, local_ray: None) -> None:
+    """1 -> 2 -> 1 replicas on one node: two hosts, each holding every shard, then one again; every face once
+    per replica, searches answered by the current hosts throughout."""
+    settings = Settings(store=str(tmp_path / "store"), shard_cache=tmp_path / "cache")
+    collections = Collections(LocalStore(tmp_path / "store"))
+    manifest = collections.create(
+        Manifest(name="r", model_id="dlib-resnet-v1", model_sha256="x", shard_count=2, index_spec="Flat")
+    )
+    vectors, _ = clustered_vectors(300, 128)
+    collections.store.put_parquet("collections/r/faces/a.parquet", records(vectors))
+    manifest = Publisher(collections).publish(manifest, ["collections/r/faces/a.parquet"])
+    shards = ShardSet(settings, "r")
+
+    def replicas(count: int) -> list[dict[str, Any]]:
+        old, new = Publisher(collections).amend("r", lambda m: setattr(m, "replicas", count))
+        asyncio.run(shards.sync(old, new))
+        handles = asyncio.run(shards.handles(new))
+        assert all(len(held) == count for held in handles.values())
+        answer = asyncio.run(fan_out(handles, vectors[:3], 1, timeout=10.0))
+        assert not answer.partial and [hits[0].faiss_id for hits in answer.hits] == [1, 2, 3]
+        return [ray.get(host.info.remote()) for host in shards.live(new)]
+
+    asyncio.run(shards.handles(manifest))
+    for count in (2, 1):
+        hosts = replicas(count)
+        assert len(hosts) == count  # the earlier layout's hosts are gone
+        assert all(sorted(h["shards"]) == [0, 1] for h in hosts)  # one node: each host holds every shard
+        assert sum(h["faces"] for h in hosts) == count * 300
+    shards.retire(collections.get("r"))
