@@ -196,3 +196,26 @@ def bench_index(
         k: round(1000 * v / images_done, 2) for k, v in summary["stage_seconds"].items()
     }
     emit(summary, as_json)
+
+
+@bench_app.command("races")
+def bench_races(
+    ops: Annotated[
+        int, typer.Option(help="Acts in all (adds, erasures, rebuilds, ...), in rounds of one to four.")
+    ] = 500,
+    seed: Annotated[int, typer.Option(help="The seed; a failure found replays its sequence of acts from it.")] = 1,
+    store: Annotated[str, typer.Option(help="folder, or s3 (a local S3 server).")] = "folder",
+    servers: int = 2,
+    images: Annotated[Path, typer.Option(exists=True, file_okay=False)] = Path("../shared/lfw-dev/images"),
+    as_json: JsonFlag = False,
+) -> None:
+    """Real servers on one store under seeded random interleavings, every answer checked against a model of the
+    collection: the invariant violations found (none, on a sound build), with the seed."""
+    from jobs.bench_races import run_races
+
+    if store not in ("folder", "s3"):
+        raise typer.BadParameter("store must be folder or s3")
+    result = run_races(ops, seed, images, store, servers, progress=lambda line: console.print(f"[dim]{line}[/dim]"))
+    emit(result, as_json)
+    if result["violations"]:
+        raise typer.Exit(1)

@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
 import struct
-import subprocess
-import sys
-import time
 import zlib
-from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pyarrow as pa
 
@@ -55,49 +47,6 @@ def png_header_only(width: int, height: int) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def serve_process(env: dict[str, str], log: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """`facegrid serve` in a process group of its own (with its embedded Ray, if it starts one); its URL once
-    /healthz answers. Stop it with `stop_process`."""
-    port = port or free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the API process exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.3)
-    raise RuntimeError(f"the API process did not start: {log.read_text()[-2000:]}")
-
-
-def stop_process(process: subprocess.Popen[bytes], hard: bool = False) -> None:
-    """The process and everything it started (an embedded Ray's processes too): SIGKILL when `hard`, a crash."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL if hard else signal.SIGTERM)
-        process.wait(30)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(30)
 
 
 def index(where: Settings | Context, collection: str, source: str, **asked: Any) -> dict[str, Any]:

@@ -14,11 +14,12 @@ import ray
 from cluster.access import Role, local_operator
 from cluster.pipeline.quality import QualityFilter
 from cluster.settings import Settings
+from jobs.s3local import free_port
 from serving.threaded import serve_in_thread
 from serving.usecases import collections
 from serving.usecases.context import Context
 from tests.conftest import lfw_photos
-from tests.factories import free_port, index
+from tests.factories import index
 
 pytestmark = pytest.mark.slow
 

@@ -18,10 +18,11 @@ from cluster.manifest import Collections
 from cluster.pipeline.quality import QualityFilter
 from cluster.settings import Settings
 from cluster.storage import LocalStore
+from jobs.processes import stop_process
 from serving.usecases import indexing
 from serving.usecases.context import Context
 from tests.conftest import lfw_folder, lfw_photos
-from tests.factories import index, stop_process
+from tests.factories import index
 
 
 class DriverCrash(Exception):

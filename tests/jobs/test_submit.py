@@ -17,9 +17,9 @@ from cluster.embedder import IndexRequest
 from cluster.manifest import Collections
 from cluster.settings import SECRETS_DIR_ENV, Settings
 from cluster.storage import LocalStore
+from jobs.s3local import free_port
 from jobs.submit import job_client, submit_index
 from tests.conftest import lfw_folder, lfw_photos
-from tests.factories import free_port
 from tests.s3server import ACCESS_KEY, SECRET_KEY
 
 pytestmark = pytest.mark.slow

@@ -21,8 +21,8 @@ import pytest
 from cluster.access import KeyStore, Role
 from cluster.audit import iter_records, verify
 from cluster.storage import LocalStore
+from jobs.processes import serve_process, stop_process
 from tests.conftest import lfw_photos
-from tests.factories import serve_process, stop_process
 
 pytestmark = pytest.mark.slow
 SEARCH = {"purpose": "system-test", "case_id": "LIVE-1", "max_results": "20"}

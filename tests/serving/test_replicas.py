@@ -23,7 +23,8 @@ from cluster.settings import Settings
 from cluster.shardset import ShardSet
 from cluster.storage import LocalStore
 from jobs.bench_search import BENCH_MAX_FALSE_MATCH_RATE
-from tests.factories import PER_IDENTITY, records, serve_process, stop_process
+from jobs.processes import serve_process, stop_process
+from tests.factories import PER_IDENTITY, records
 
 pytestmark = pytest.mark.slow
 
