@@ -57,6 +57,21 @@ def all_faces(collections: Collections, manifest: Manifest, columns: list[str]) 
     return table.take(pa.array(sorted(last.values()), pa.int64()))
 
 
+def live_face_count(collections: Collections, manifest: Manifest) -> int:
+    """Faces of the live log that the published records do not hold and that are not erased: with the manifest's
+    face_count, the faces a listing of the collection shows (a photo added again is counted once)."""
+    live: set[str] = set()
+    for segment in live_segments(collections, manifest):
+        try:
+            live.update(collections.store.get_parquet(segment.key, ["face_id"]).column("face_id").to_pylist())
+        except ObjectNotFound:
+            continue  # folded meanwhile: counted in the next manifest
+    live -= ErasureRegister(collections.store, manifest.name).erased_ids() if live else set()
+    if live:
+        live -= set(collections.faces(manifest, ["face_id"]).column("face_id").to_pylist())
+    return len(live)
+
+
 class LiveFaces:
     """One shard's share of the live log: an exact inner-product index and the records of its faces."""
 

@@ -17,6 +17,7 @@ from cluster import index_spec
 from cluster.erasures import ErasureRegister
 from cluster.errors import CollectionChanged
 from cluster.live import live_segments
+from cluster.locks import exclusive
 from cluster.manifest import Collections, Manifest, TrainedIndex, check_shard_count, now
 from cluster.models.registry import embedding_of
 from cluster.records import FACE_SCHEMA, deduplicate, drop_superseded, erase_rows, shard_of
@@ -90,21 +91,24 @@ class Publisher:
             if self.collections.get(new.name).version == manifest.version:
                 raise
         new.updated_at = now()
-        current = self.collections.get(new.name)
-        if current.version != manifest.version:
-            self._drop_unreferenced(current, only=f"{self.collections.prefix(new.name)}shards/{folder}/")
-            if folded_file is not None:
-                self.store.delete(folded_file)
-            raise CollectionChanged(
-                f"collection {new.name!r} moved to version {current.version} while version {new.version} was being "
-                f"built from {manifest.version}; nothing was changed, run it again"
-            )
-        self.collections.write(new)
-        for key in segments:  # folded into the published records: the log keeps only what is still live
-            self.store.delete(key)
-        # The version just replaced keeps its snapshots until the next publish (a shard may be loading it now),
-        # unless they hold faces this publish removed: erased or superseded embeddings go at once.
-        self._drop_unreferenced(new, previous=None if erasing or superseded else manifest)
+        # The check and the swap are one step for every process on the store (two erasures once both passed the
+        # check, and each deleted the other's snapshots).
+        with exclusive(self.store, lock_name(new.name)):
+            current = self.collections.get(new.name)
+            if current.version != manifest.version:
+                self._drop_unreferenced(current, only=f"{self.collections.prefix(new.name)}shards/{folder}/")
+                if folded_file is not None:
+                    self.store.delete(folded_file)
+                raise CollectionChanged(
+                    f"collection {new.name!r} moved to version {current.version} while version {new.version} was "
+                    f"being built from {manifest.version}; nothing was changed, run it again"
+                )
+            self.collections.write(new)
+            for key in segments:  # folded into the published records: the log keeps only what is still live
+                self.store.delete(key)
+            # The version just replaced keeps its snapshots until the next publish (a shard may be loading it
+            # now), unless they hold faces this publish removed: erased or superseded embeddings go at once.
+            self._drop_unreferenced(new, previous=None if erasing or superseded else manifest)
         return new
 
     def _fold(self, manifest: Manifest, segments: list[str]) -> str | None:
@@ -164,9 +168,10 @@ class Publisher:
             new = old.model_copy(deep=True)
             change(new)
             new.version, new.updated_at, new.folded = old.version + 1, now(), []
-            if self.collections.get(name).version == old.version:
-                self.collections.write(new)
-                return old, new
+            with exclusive(self.store, lock_name(name)):
+                if self.collections.get(name).version == old.version:
+                    self.collections.write(new)
+                    return old, new
             time.sleep(random.uniform(0.05, 0.25) * (attempt + 1))
         raise CollectionChanged(f"collection {name!r} kept changing; nothing was changed, run it again")
 
@@ -175,18 +180,16 @@ class Publisher:
     ) -> tuple[Manifest, list[dict[str, Any]]]:
         """Remove faces from the Parquet records (the live log's included) and the shard snapshots: real erasure,
         not a tombstone; the erasure register remembers them (never their vectors) so that no job brings them back."""
-        live = [i.key for i in live_segments(self.collections, manifest)]
-        erased = erase_rows(self.store, [*manifest.face_files, *live], face_ids, external_ids)
-        if not erased:
-            return manifest, []
-        register = ErasureRegister(self.store, manifest.name)
-        register.erased(erased, by)
-        # A racing erasure may have rewritten a file from a copy read before this one's rewrite: sweep every file
-        # for everything registered (publishes leave registered faces out whatever the files hold).
-        current = self.collections.get(manifest.name)
-        live = [i.key for i in live_segments(self.collections, current)]
-        erase_rows(self.store, [*current.face_files, *live], register.erased_ids(), set())
-        return self.publish_latest(manifest.name, erasing=True), erased
+        with exclusive(self.store, lock_name(manifest.name)):
+            # Under the collection's lock from the first read to the swap: a second erasure of the same faces
+            # waits for this one's publish, then finds them on the register (no answer before they are gone).
+            current = self.collections.get(manifest.name)
+            live = [i.key for i in live_segments(self.collections, current)]
+            erased = erase_rows(self.store, [*current.face_files, *live], face_ids, external_ids)
+            if not erased:
+                return current, []
+            ErasureRegister(self.store, manifest.name).erased(erased, by)
+            return self.publish_latest(manifest.name, erasing=True), erased
 
     def _build_shards(
         self, new: Manifest, folder: str, spec: str, retrain: bool, previous: Manifest | None, added: list[str]
@@ -196,7 +199,7 @@ class Publisher:
             directory = f"{self.collections.prefix(new.name)}shards/{folder}/{shard}"
             if previous is not None:
                 rows = deduplicate(self._shard_rows(added, new.shard_count, shard))
-                extend_shard(self.store, previous.shards[str(shard)], directory, rows, spec)
+                extend_shard(self.store, previous.shards[str(shard)], directory, rows, spec, self._erased)
             else:
                 rows = deduplicate(self._shard_rows(new.face_files, new.shard_count, shard))
                 if index_spec.compressed(spec) and trained is None:
@@ -242,14 +245,28 @@ class Publisher:
         keep = set(manifest.shards.values()) | (set(previous.shards.values()) if previous else set())
         trained = manifest.trained.key if manifest.trained else None
         prefix = self.collections.prefix(manifest.name)
-        listed = (
-            [*self.store.list(only)]
-            if only
-            else [*self.store.list(prefix + "shards/"), *self.store.list(prefix + "trained/")]
-        )
+        if only:
+            listed = [*self.store.list(only)]
+        else:
+            # Folders of later versions belong to publishes building now on top of this one: theirs to keep.
+            listed = [
+                info
+                for info in [*self.store.list(prefix + "shards/"), *self.store.list(prefix + "trained/")]
+                if _built_for(info.key, len(prefix)) <= manifest.version
+            ]
         for info in listed:
             if info.key.rsplit("/", 1)[0] not in keep and info.key != trained:
                 self.store.delete(info.key)
+
+
+def lock_name(collection: str) -> str:
+    return f"collection-{collection}"
+
+
+def _built_for(key: str, after: int) -> int:
+    """The version a snapshot folder or training was built for: its name starts with it, zero-padded."""
+    name = key[after:].split("/", 2)[1]
+    return int(name.split("-", 1)[0]) if name[:8].isdigit() else 0
 
 
 def _extendable(old: Manifest, new: Manifest, spec: str, retrain: bool, added: list[str]) -> bool:

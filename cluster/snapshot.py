@@ -53,11 +53,15 @@ def write_shard(
     return _store(store, directory, index, rows.select(["faiss_id", *RECORD_COLUMNS]), vectors, spec)
 
 
-def extend_shard(store: ObjectStore, previous: str, directory: str, rows: pa.Table, spec: str) -> int:
-    """The previous snapshot plus `rows`: added to its index without retraining or re-adding what it holds.
+def extend_shard(
+    store: ObjectStore, previous: str, directory: str, rows: pa.Table, spec: str, erased: np.ndarray
+) -> int:
+    """The previous snapshot plus `rows`, less the `erased` faiss ids: added to its index without retraining or
+    re-adding what it holds.
 
-    A face in `rows` that the snapshot already holds (indexed again) replaces it. Flat and IVF only: FAISS
-    cannot remove from an HNSW graph, so those shards are rebuilt.
+    A face in `rows` that the snapshot already holds (indexed again) replaces it; an erased one goes, whichever
+    publish runs after its erasure (an erasure's own publish may extend, when it also folds new faces in). Flat
+    and IVF only: FAISS cannot remove from an HNSW graph, so those shards are rebuilt.
     """
     index = faiss.deserialize_index(np.frombuffer(store.get(f"{previous}/{INDEX_FILE}"), dtype=np.uint8))
     held = pa.ipc.open_file(pa.py_buffer(store.get(f"{previous}/{RECORDS_FILE}"))).read_all()
@@ -65,7 +69,7 @@ def extend_shard(store: ObjectStore, previous: str, directory: str, rows: pa.Tab
     rows = rows.sort_by("faiss_id").combine_chunks()
     new_ids = rows.column("faiss_id").to_numpy()
     new_vectors = vectors_of(rows.column("embedding"), rows.schema.field("embedding").type.list_size)
-    replaced = np.isin(held_ids, new_ids)
+    replaced = np.isin(held_ids, new_ids) | np.isin(held_ids, erased)
     if replaced.any():
         index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(held_ids[replaced])))
     if rows.num_rows:

@@ -195,9 +195,10 @@ class FacePage(BaseModel):
 
 
 class FacesDeleted(BaseModel):
-    deleted_faces: list[str]
-    unknown_face_ids: list[str]
-    collection_faces: int
+    deleted_faces: list[str] = Field(description="Erased by this request")
+    already_erased: list[str] = Field(default=[], description="Asked for, and erased before (by another request)")
+    unknown_face_ids: list[str] = Field(description="Asked for, and never in the collection")
+    collection_faces: int = Field(description="Faces the collection holds now, published and live")
 
 
 class AuditPage(BaseModel):

@@ -8,11 +8,10 @@ from typing import Any
 from cluster.access import Action, Caller, authorize
 from cluster.calibration import Rates, calibration_sha256, check_calibration
 from cluster.index_spec import AUTO
-from cluster.live import live_segments
+from cluster.live import live_face_count
 from cluster.manifest import Manifest, check_replicas
 from cluster.models.registry import DEFAULT_EMBEDDER
 from cluster.publish import Publisher
-from cluster.storage import ObjectNotFound
 from serving.schemas import CalibrationChange, CollectionDescription, CollectionInfo
 from serving.usecases.audited import audited
 from serving.usecases.context import Context
@@ -70,7 +69,7 @@ def describe(ctx: Context, caller: Caller, name: str) -> CollectionDescription:
         {
             **manifest.public(),
             "user_count": len(ctx.people(name).state().users),
-            "live_face_count": _live_faces(ctx, manifest),
+            "live_face_count": live_face_count(ctx.collections, manifest),
             "threshold_floor_similarity": round(floor, 6),
             "calibration": calibration_summary(ctx.models.rates(manifest).calibration, pinned=pinned),
             "errors_by_reason": {r: reasons.count(r) for r in sorted(set(reasons))},
@@ -145,17 +144,6 @@ async def delete(ctx: Context, caller: Caller, name: str) -> int:
     ctx.forget(name)
     await ctx.shards(name).drop()
     return removed
-
-
-def _live_faces(ctx: Context, manifest: Manifest) -> int:
-    """Faces added one photo at a time and not yet folded into the published records (the log is short)."""
-    count = 0
-    for segment in live_segments(ctx.collections, manifest):
-        try:
-            count += ctx.store.get_parquet(segment.key, ["face_id"]).num_rows
-        except ObjectNotFound:
-            continue  # folded meanwhile: counted in the next manifest
-    return count
 
 
 def calibration_summary(calibration: dict[str, Any], *, pinned: bool) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from cluster.access import Action, Caller, authorize
+from cluster.erasures import ErasureRegister
 from cluster.errors import InvalidRequest
-from cluster.live import all_faces
+from cluster.live import all_faces, live_face_count
 from serving import render
 from serving.schemas import FacePage, FacesDeleted
 from serving.usecases.audited import audited
@@ -43,13 +44,20 @@ async def erase(
         by = caller.key_id
         published, rows = await ctx.publish_task(lambda p: p.erase_faces(manifest, wanted, named, by))
         erased = [r["face_id"] for r in rows]
-        entry["deleted_faces"] = erased
+        # Erased before (by a racing request, or long ago): gone all the same, and said so.
+        register = await ctx.in_thread(ErasureRegister(ctx.store, collection).erased_ids)
+        already = sorted((wanted - set(erased)) & register)
+        entry.update(deleted_faces=erased, already_erased=already)
         await ctx.in_thread(_disassociate_erased, ctx, collection, erased, by)
         ctx.forget(collection)
-        if erased:
+        if erased or already:  # this server's shards serve none of them from this answer on
             await ctx.shards(collection).sync(published, published)
+        total = published.face_count + await ctx.in_thread(live_face_count, ctx.collections, published)
     return FacesDeleted(
-        deleted_faces=erased, unknown_face_ids=sorted(wanted - set(erased)), collection_faces=published.face_count
+        deleted_faces=erased,
+        already_erased=already,
+        unknown_face_ids=sorted(wanted - set(erased) - register),
+        collection_faces=total,
     )
 
 
