@@ -6,19 +6,22 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from cluster.errors import AuditUnavailable
 from cluster.storage import LocalStore, ObjectNotFound, ObjectStore
 
 PREFIX = "audit/"
 HEAD = "audit/HEAD.json"
 GENESIS = "0" * 64
+SEGMENT = re.compile(r"audit/\d{4}/\d{2}/\d{2}/\d{12}\.jsonl")
+REPAIR_HINT = "an admin runs `facegrid audit repair` (audited; the damaged part is kept for inspection)"
 # Records per segment in a local folder (appended to in place).
 SEGMENT_RECORDS = 256
 # On an object store a segment is rewritten whole on every group commit (no appends there), so it stays small.
@@ -53,20 +56,27 @@ class AuditLog:
     def _head(self) -> dict[str, Any]:
         """Where the chain ends. HEAD.json holds the last record's seq and hash (rewritten on every append, after
         the record), so a cut at the end stays visible: appends chain on from HEAD, never from a shortened
-        segment. A record whose HEAD update a crash lost (one past HEAD, linked to it) is adopted."""
-        try:
-            pointer = json.loads(self.store.get(HEAD))
-        except ObjectNotFound:
+        segment. A record whose HEAD update a crash lost (one past HEAD, linked to it) is adopted. A damaged
+        HEAD, or none beside records, raises AuditUnavailable: a new chain must not overwrite the old one."""
+        pointer = read_pointer(self.store, locked=True)
+        if pointer is None:
+            if any(i.key.endswith(".jsonl") for i in self.store.list(PREFIX)):
+                raise AuditUnavailable(f"{HEAD} is missing but the log holds records: {REPAIR_HINT}")
             return {"seq": 0, "hash": GENESIS, "segment": None, "segment_records": 0}
         segment = pointer["segment"]
         try:
             last = json.loads(self.store.last_line(segment))
-        except (ObjectNotFound, json.JSONDecodeError):
+        except ObjectNotFound as exc:
+            raise AuditUnavailable(f"the segment {HEAD} names, {segment}, is missing: {REPAIR_HINT}") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError):
             last = {}
-        first_seq = int(segment.rsplit("/", 1)[1].split(".")[0])
+        last = last if isinstance(last, dict) else {}
+        first_seq = segment_seq(segment)
         seq, digest = pointer.get("seq"), pointer.get("hash")
         if seq is None or (last.get("seq") == seq + 1 and last.get("prev_hash") == digest):
             seq, digest = last.get("seq", first_seq - 1), last.get("hash", GENESIS)  # an older HEAD, or a lost update
+        if not isinstance(seq, int) or not isinstance(digest, str):
+            raise AuditUnavailable(f"the end of {segment} is damaged: {REPAIR_HINT}")
         return {"seq": seq, "hash": digest, "segment": segment, "segment_records": max(0, seq - first_seq + 1)}
 
     def append(self, entry: dict[str, Any]) -> dict[str, Any]:
@@ -131,19 +141,47 @@ class AuditLog:
 
 def head(store: ObjectStore) -> dict[str, Any]:
     """A checkpoint of the chain as it stands: the last record's seq, hash and time. Published somewhere the
-    store's writers cannot reach, it lets `verify --checkpoint` prove later that nothing up to it changed."""
-    try:
-        if isinstance(store, LocalStore):
-            with _lock(store):  # HEAD is rewritten in place there: never read half an update
-                pointer = json.loads(store.get(HEAD))
-        else:
-            pointer = json.loads(store.get(HEAD))
-    except ObjectNotFound:
+    store's writers cannot reach, it lets `verify --checkpoint` prove later that nothing up to it changed.
+    AuditUnavailable where HEAD is damaged."""
+    pointer = read_pointer(store)
+    if pointer is None:
         return {"seq": 0, "hash": GENESIS, "time": None}
     if "seq" not in pointer:  # written before HEAD held the head: the current segment's last record
-        last = json.loads(store.last_line(pointer["segment"]))
-        pointer = {"seq": last["seq"], "hash": last["hash"], "time": last["time"]}
-    return {"seq": pointer["seq"], "hash": pointer["hash"], "time": pointer["time"]}
+        try:
+            last = json.loads(store.last_line(pointer["segment"]))
+            return {"seq": last["seq"], "hash": last["hash"], "time": last["time"]}
+        except (ObjectNotFound, ValueError, TypeError, KeyError) as exc:
+            raise AuditUnavailable(f"the segment {HEAD} names cannot be read: {REPAIR_HINT}") from exc
+    return {"seq": pointer["seq"], "hash": pointer["hash"], "time": pointer.get("time")}
+
+
+def read_pointer(store: ObjectStore, locked: bool = False) -> dict[str, Any] | None:
+    """HEAD.json checked: None where there is none, AuditUnavailable where it is not what appends write.
+    `locked`: the caller holds the append lock already."""
+    try:
+        if isinstance(store, LocalStore) and not locked:
+            with _lock(store):  # HEAD is rewritten in place there: never read half an update
+                raw = store.get(HEAD)
+        else:
+            raw = store.get(HEAD)
+    except ObjectNotFound:
+        return None
+    try:
+        pointer = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AuditUnavailable(f"{HEAD} is not valid JSON (damaged): {REPAIR_HINT}") from exc
+    segment = pointer.get("segment") if isinstance(pointer, dict) else None
+    sound = isinstance(segment, str) and SEGMENT.fullmatch(segment) is not None
+    if sound and "seq" in pointer:
+        sound = isinstance(pointer["seq"], int) and isinstance(pointer.get("hash"), str)
+    if not sound:
+        raise AuditUnavailable(f"{HEAD} does not name a segment, seq and hash (damaged): {REPAIR_HINT}")
+    return dict(pointer)
+
+
+def segment_seq(key: str) -> int:
+    """The first seq of a segment, from its name."""
+    return int(key.rsplit("/", 1)[1].split(".")[0])
 
 
 # Per folder store: the bytes of HEAD this process wrote last, and the head they describe.
@@ -201,96 +239,33 @@ def _lock(store: ObjectStore) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-@dataclass
-class Problem:
-    segment: str
-    line: int
-    seq: int | None
-    problem: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+def segments(store: ObjectStore) -> list[str]:
+    """The log's segment keys, in chain order (any other .jsonl file under audit/ is named by `verify`)."""
+    return sorted(i.key for i in store.list(PREFIX) if i.key.endswith(".jsonl"))
 
 
 def iter_records(store: ObjectStore) -> Iterator[tuple[str, int, str]]:
     """(segment key, line number from 1, raw line) in chain order."""
-    for key in sorted(i.key for i in store.list(PREFIX) if i.key.endswith(".jsonl")):
+    for key in segments(store):
         for number, line in enumerate(store.get(key).decode(errors="replace").splitlines(), 1):
             yield key, number, line
-
-
-def verify(store: ObjectStore, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Walk the chain; name the first record that was modified, removed, reordered or appended out of chain.
-
-    The chain must reach the head HEAD.json names (read first, so appends during the walk do no harm): a cut
-    at the end is found there. With a `checkpoint` (`head()` saved earlier), the record at its seq must carry
-    its hash: proof that nothing up to it was removed or changed, even if HEAD.json was rewritten too."""
-    expected = head(store) if store.exists(HEAD) else None
-    last_hash, expected_seq, count = GENESIS, 1, 0
-    checkpoint_seen = checkpoint is None or checkpoint["seq"] == 0
-    for key, number, line in iter_records(store):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            return _failed(count, Problem(key, number, None, "record is not valid JSON (modified)"))
-        seq = record.get("seq")
-        if record.get("hash") != record_hash(record):
-            return _failed(count, Problem(key, number, seq, "record content does not match its hash (modified)"))
-        if record.get("prev_hash") != last_hash:
-            what = "a record before it was removed, reordered or this one appended out of chain"
-            if isinstance(seq, int) and seq > expected_seq:
-                what = f"records {expected_seq}..{seq - 1} are missing (removed)"
-            elif isinstance(seq, int) and seq < expected_seq:
-                what = f"seq {seq} comes after seq {expected_seq - 1} (reordered)"
-            return _failed(count, Problem(key, number, seq, f"prev_hash does not link to the record before: {what}"))
-        if seq != expected_seq:
-            return _failed(count, Problem(key, number, seq, f"expected seq {expected_seq}"))
-        for anchor, name in ((expected, "HEAD.json"), (checkpoint, "the checkpoint")):
-            if anchor is not None and seq == anchor["seq"] and record["hash"] != anchor["hash"]:
-                return _failed(
-                    count, Problem(key, number, seq, f"record differs from the one {name} names (rewritten)")
-                )
-        checkpoint_seen = checkpoint_seen or (checkpoint is not None and seq == checkpoint["seq"])
-        last_hash, expected_seq, count = record["hash"], expected_seq + 1, count + 1
-    end = Problem("end of log", 0, count + 1, "")
-    if expected is None and count:
-        return _failed(count, replace(end, problem="HEAD.json is missing: the end of the chain cannot be checked"))
-    if expected is not None and count < expected["seq"]:
-        return _failed(
-            count, replace(end, problem=f"records {count + 1}..{expected['seq']} are missing (removed from the end)")
-        )
-    if not checkpoint_seen:
-        assert checkpoint is not None
-        what = f"records {count + 1}..{checkpoint['seq']} are missing (removed, up to the checkpoint)"
-        return _failed(count, replace(end, problem=what))
-    result: dict[str, Any] = {"ok": True, "records": count, "head": last_hash}
-    if checkpoint is not None:
-        result["checkpoint"] = {"seq": checkpoint["seq"], "hash": checkpoint["hash"], "verified": True}
-    return result
-
-
-def _failed(verified: int, problem: Problem) -> dict[str, Any]:
-    return {"ok": False, "records_verified": verified, "first_bad_record": problem.as_dict()}
 
 
 def _segments_from(store: ObjectStore, seq: int) -> list[str]:
     """The segments that may hold records from `seq` on: keys sort by date, then first seq, and seqs only grow,
     so they are the last one starting at or before seq and every one after it."""
-    segments = sorted(i.key for i in store.list(PREFIX) if i.key.endswith(".jsonl"))
-    starts = [int(k.rsplit("/", 1)[1].split(".")[0]) for k in segments]
+    keys = [k for k in segments(store) if SEGMENT.fullmatch(k)]
+    starts = [segment_seq(k) for k in keys]
     before = [n for n, start in enumerate(starts) if start <= seq]
-    return segments[before[-1] if before else 0 :]
+    return keys[before[-1] if before else 0 :]
 
 
 def records_from(store: ObjectStore, seq: int) -> Iterator[dict[str, Any]]:
     """Records with seq at least `seq`, in chain order, reading only the segments that hold them."""
     for key in _segments_from(store, seq):
         for line in store.get(key).decode(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record.get("seq"), int) and record["seq"] >= seq:
+            record = _parsed(line)
+            if record is not None and isinstance(record.get("seq"), int) and record["seq"] >= seq:
                 yield record
 
 
@@ -309,11 +284,20 @@ def read_records(
     """Records whose time lies in [start, end), in chain order; unparseable lines are skipped (verify names them)."""
     out = []
     for _, _, line in iter_records(store):
+        record = _parsed(line)
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            at = datetime.fromisoformat(record["time"]) if record else None
+        except (TypeError, ValueError, KeyError):
             continue
-        at = datetime.fromisoformat(record["time"])
-        if (start is None or at >= start) and (end is None or at < end):
+        if record is not None and at is not None and (start is None or at >= start) and (end is None or at < end):
             out.append(record)
     return out
+
+
+def _parsed(line: str) -> dict[str, Any] | None:
+    """A line as a record, or None where it is not one (damage: `verify` names it; readers pass over it)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None

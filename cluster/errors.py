@@ -106,3 +106,11 @@ class ShardsUnavailable(FacegridError):
 
     code = "SHARDS_UNAVAILABLE"
     status = 503
+
+
+class AuditUnavailable(FacegridError):
+    """The audit log cannot be appended to (its head is damaged or its end was removed): audited actions fail
+    closed until an admin repairs it (`facegrid audit repair`), which keeps the damaged part for inspection."""
+
+    code = "AUDIT_UNAVAILABLE"
+    status = 503

@@ -18,7 +18,8 @@ import httpx
 import numpy as np
 
 from cluster.access import Role
-from cluster.audit import AuditLog, verify
+from cluster.audit import AuditLog
+from cluster.audit_verify import verify
 from cluster.manifest import Collections, Manifest
 from cluster.publish import Publisher
 from cluster.raycluster import ensure_ray

@@ -23,7 +23,8 @@ from typing import Any
 import httpx
 
 from cluster.access import KeyStore, Role
-from cluster.audit import read_records, verify
+from cluster.audit import read_records
+from cluster.audit_verify import verify
 from cluster.settings import Settings
 from cluster.storage import ObjectStore, open_store
 from jobs.processes import serve_process, stop_process

@@ -26,7 +26,7 @@ import numpy as np
 import ray
 
 from cluster.access import Role
-from cluster.audit import verify
+from cluster.audit_verify import verify
 from cluster.index_spec import faiss_threads
 from cluster.manifest import Collections, Manifest
 from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry

@@ -12,7 +12,8 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
 from cluster.access import Action, Caller, authorize
-from cluster.audit import head, read_records, verify
+from cluster.audit import head, read_records
+from cluster.audit_verify import verify
 from cluster.pipeline.quality import QualityFilter
 from serving.console.web import (
     SECURITY_HEADERS,

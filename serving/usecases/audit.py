@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from cluster.access import Action, Caller, authorize
-from cluster.audit import head, read_records, verify
+from cluster.audit import head, read_records
 from cluster.audit_export import export_records
+from cluster.audit_verify import verify
 from serving.schemas import AuditPage
 from serving.usecases.audited import audited
 from serving.usecases.context import Context

@@ -11,7 +11,8 @@ import ray
 from typer.testing import CliRunner
 
 from cluster import audit
-from cluster.audit import AuditLog, record_hash, verify
+from cluster.audit import AuditLog, record_hash
+from cluster.audit_verify import verify
 from cluster.storage import LocalStore
 from jobs.cli import app
 

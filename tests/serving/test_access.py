@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from cluster.access import Role, local_operator
-from cluster.audit import read_records, verify
+from cluster.audit import read_records
+from cluster.audit_verify import verify
 from cluster.models.registry import DEFAULT_EMBEDDER
 from cluster.settings import Settings
 from serving.threaded import serve_in_thread

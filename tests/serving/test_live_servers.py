@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 from cluster.access import KeyStore, Role
-from cluster.audit import iter_records, verify
+from cluster.audit import iter_records
+from cluster.audit_verify import verify
 from cluster.storage import LocalStore
 from jobs.processes import serve_process, stop_process
 from tests.conftest import lfw_photos

@@ -16,7 +16,8 @@ import ray
 from typer.testing import CliRunner
 
 from cluster.access import Role, local_operator
-from cluster.audit import read_records, verify
+from cluster.audit import read_records
+from cluster.audit_verify import verify
 from cluster.models.registry import DLIB_ID
 from cluster.settings import Settings
 from cluster.shardset import _key
