@@ -37,6 +37,7 @@ class Action(StrEnum):
     SEARCH = "search"
     DETECT = "detect"
     AUDIT_READ = "audit:read"
+    AUDIT_REPAIR = "audit:repair"
     KEYS_WRITE = "keys:write"
 
 

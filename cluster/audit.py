@@ -84,13 +84,11 @@ class AuditLog:
 
     def append_many(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Chain these records on in order and write them together; each one's seq and hash."""
-        with _lock(self.store):
+        with audit_lock(self.store):
             try:
                 return self._append(entries)
             except BaseException:
-                self._held = None  # what was written is unknown: read the store again next time
-                if isinstance(self.store, LocalStore):
-                    _LOCAL_HEADS.pop(self.store.root, None)
+                forget_head(self)  # what was written is unknown: read the store again next time
                 raise
 
     def _current(self) -> dict[str, Any]:
@@ -101,7 +99,10 @@ class AuditLog:
             return self._held[0]
         if isinstance(self.store, LocalStore):
             cached = _LOCAL_HEADS.get(self.store.root)
-            if cached is not None and cached[0] == _read_local_head(self.store):
+            # HEAD unchanged since this process wrote it, and its segment still there (a stat: an end that was
+            # removed must not be recreated by an append).
+            fresh = cached is not None and cached[0] == _read_local_head(self.store)
+            if fresh and cached is not None and self.store.exists(cached[1]["segment"]):
                 return dict(cached[1])
         return self._head()
 
@@ -160,7 +161,7 @@ def read_pointer(store: ObjectStore, locked: bool = False) -> dict[str, Any] | N
     `locked`: the caller holds the append lock already."""
     try:
         if isinstance(store, LocalStore) and not locked:
-            with _lock(store):  # HEAD is rewritten in place there: never read half an update
+            with audit_lock(store):  # HEAD is rewritten in place there: never read half an update
                 raw = store.get(HEAD)
         else:
             raw = store.get(HEAD)
@@ -215,13 +216,15 @@ def _write_local_head(store: LocalStore, pointer: dict[str, Any]) -> bytes:
     return data
 
 
-_LOCKS: dict[Path, tuple[threading.Lock, TextIO]] = {}
+_LOCKS: dict[Path, tuple[threading.RLock, TextIO]] = {}
 _LOCKS_GUARD = threading.Lock()
+_depth = threading.local()  # how deep this thread holds each folder's lock: the flock is taken once, outermost
 
 
 @contextmanager
-def _lock(store: ObjectStore) -> Iterator[None]:
-    """Threads of this process take a mutex, processes an flock on a file kept open (no open/mkdir per append)."""
+def audit_lock(store: ObjectStore) -> Iterator[None]:
+    """Threads of this process take a mutex, processes an flock on a file kept open (no open/mkdir per append);
+    the thread that holds it may take it again (a repair verifies, and reads HEAD, under it)."""
     if not isinstance(store, LocalStore):
         yield
         return
@@ -229,19 +232,41 @@ def _lock(store: ObjectStore) -> Iterator[None]:
     with _LOCKS_GUARD:
         if path not in _LOCKS:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _LOCKS[path] = (threading.Lock(), path.open("a"))
+            _LOCKS[path] = (threading.RLock(), path.open("a"))
         mutex, handle = _LOCKS[path]
+    depths: dict[Path, int] = _depth.__dict__.setdefault("held", {})
     with mutex:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        outermost = depths.get(path, 0) == 0
+        if outermost:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        depths[path] = depths.get(path, 0) + 1
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            depths[path] -= 1
+            if outermost:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_pointer(store: ObjectStore, pointer: dict[str, Any]) -> None:
+    """Set HEAD (a repair's anchor); the caller holds the append lock."""
+    if isinstance(store, LocalStore):
+        _write_local_head(store, pointer)
+    else:
+        store.put(HEAD, json.dumps(pointer).encode())
+
+
+def forget_head(log: AuditLog) -> None:
+    """Read the head from the store on the next append: someone else (a repair) set it."""
+    log._held = None
+    if isinstance(log.store, LocalStore):
+        _LOCAL_HEADS.pop(log.store.root, None)
 
 
 def segments(store: ObjectStore) -> list[str]:
-    """The log's segment keys, in chain order (any other .jsonl file under audit/ is named by `verify`)."""
-    return sorted(i.key for i in store.list(PREFIX) if i.key.endswith(".jsonl"))
+    """The log's segment keys, in chain order (a .jsonl file under audit/ by any other name is a stray, which
+    `verify` names)."""
+    return sorted(i.key for i in store.list(PREFIX) if SEGMENT.fullmatch(i.key))
 
 
 def iter_records(store: ObjectStore) -> Iterator[tuple[str, int, str]]:
@@ -254,7 +279,7 @@ def iter_records(store: ObjectStore) -> Iterator[tuple[str, int, str]]:
 def _segments_from(store: ObjectStore, seq: int) -> list[str]:
     """The segments that may hold records from `seq` on: keys sort by date, then first seq, and seqs only grow,
     so they are the last one starting at or before seq and every one after it."""
-    keys = [k for k in segments(store) if SEGMENT.fullmatch(k)]
+    keys = segments(store)
     starts = [segment_seq(k) for k in keys]
     before = [n for n, start in enumerate(starts) if start <= seq]
     return keys[before[-1] if before else 0 :]

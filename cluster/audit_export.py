@@ -43,6 +43,8 @@ def export_records(store: ObjectStore, out: Path, start: datetime | None, end: d
         row = {c: record.get(c) for c in COLUMNS}
         row["details"] = json.dumps({k: v for k, v in record.items() if k not in COLUMNS}, sort_keys=True)
         rows.append({k: v if k == "seq" or v is None else str(v) for k, v in row.items()})
+    if out.suffix == ".csv":  # a spreadsheet must not run a case id as a formula
+        rows = [{k: formula_safe(v) for k, v in row.items()} for row in rows]
     schema = pa.schema([("seq", pa.int64())] + [(c, pa.string()) for c in (*COLUMNS[1:], "details")])
     table = pa.Table.from_pylist(rows, schema)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -51,3 +53,11 @@ def export_records(store: ObjectStore, out: Path, start: datetime | None, end: d
     else:
         pacsv.write_csv(table, out)
     return len(rows)
+
+
+def formula_safe(value: object) -> object:
+    """A CSV cell that a spreadsheet would take for a formula (=, +, -, @, tab, carriage return first) as text:
+    OWASP's advice, a leading apostrophe."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value

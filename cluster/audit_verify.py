@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
-from cluster.audit import GENESIS, HEAD, PREFIX, SEGMENT, head, iter_records, record_hash
+from cluster.audit import GENESIS, HEAD, PREFIX, SEGMENT, head, iter_records, read_pointer, record_hash
 from cluster.errors import AuditUnavailable
 from cluster.storage import ObjectStore
 
@@ -58,13 +58,13 @@ class _Walk:
     def run(self, store: ObjectStore) -> None:
         head_problem = None
         try:
-            expected = head(store) if store.exists(HEAD) else None
+            pointer = read_pointer(store)
+            expected = head(store) if pointer is not None else None
+            if pointer is not None and not store.exists(pointer["segment"]):
+                what = f"HEAD.json names segment {pointer['segment']}, which is missing (removed, or HEAD rewritten)"
+                head_problem = Problem(HEAD, 0, None, what)
         except AuditUnavailable as exc:
             expected, head_problem = None, Problem(HEAD, 0, None, exc.message)
-        strays = [i.key for i in store.list(PREFIX) if i.key.endswith(".jsonl") and not SEGMENT.fullmatch(i.key)]
-        if strays:
-            self.problem = Problem(strays[0], 0, None, "a file in the log that no append writes (added)")
-            return
         checkpoint = self.checkpoint
         checkpoint_seen = checkpoint is None or checkpoint["seq"] == 0
         for key, number, line in iter_records(store):
@@ -75,6 +75,10 @@ class _Walk:
             checkpoint_seen = checkpoint_seen or (checkpoint is not None and self.count == checkpoint["seq"])
         if head_problem is not None:
             self.problem = head_problem
+            return
+        strays = [i.key for i in store.list(PREFIX) if i.key.endswith(".jsonl") and not SEGMENT.fullmatch(i.key)]
+        if strays:
+            self.problem = Problem(strays[0], 0, None, "a file in the log that no append writes (added)")
             return
         end = Problem("end of log", 0, self.count + 1, "")
         if expected is None and self.count:

@@ -9,6 +9,7 @@ from typing import Any
 import ray
 
 from cluster.audit import AuditLog
+from cluster.audit_repair import repair
 from cluster.groupcommit import GroupCommit
 from cluster.raycluster_env import prepare_ray_environment
 from cluster.settings import Settings
@@ -78,6 +79,15 @@ def append_audit(settings: Settings, store: ObjectStore, record: dict[str, Any])
     return result
 
 
+def repair_audit(settings: Settings, store: ObjectStore) -> dict[str, Any]:
+    """Cut a damaged log back to its last verified record (cluster/audit_repair.py): in-process on a local folder,
+    else by the writer, which must forget the head it holds."""
+    if isinstance(store, LocalStore):
+        return repair(AuditLog(store))
+    result: dict[str, Any] = ray.get(audit_actor(settings).repair.remote())
+    return result
+
+
 _handles: dict[str, Any] = {}
 
 
@@ -90,9 +100,15 @@ class AuditWriter:
     def __init__(self, settings: Settings) -> None:
         self.log = AuditLog(open_store(settings.store, settings), single_writer=True)
         self.group: GroupCommit[dict[str, Any], dict[str, Any]] = GroupCommit(self._write, MAX_GROUP)
+        self.writing = asyncio.Lock()  # a group commit or a repair, never both
 
     async def _write(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self.log.append_many, entries)
+        async with self.writing:
+            return await asyncio.to_thread(self.log.append_many, entries)
+
+    async def repair(self) -> dict[str, Any]:
+        async with self.writing:
+            return await asyncio.to_thread(repair, self.log)
 
     async def append(self, entry: dict[str, Any]) -> dict[str, Any]:
         return await self.group.add(entry)

@@ -181,7 +181,11 @@ class LocalStore(ObjectStore):
 
     def last_line(self, key: str) -> bytes:
         """Reads backwards from the end, so the cost does not grow with the object."""
-        with self._path(key).open("rb") as handle:
+        try:
+            handle = self._path(key).open("rb")
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise ObjectNotFound(f"no object {key!r} in {self.uri}") from exc
+        with handle:
             end = handle.seek(0, os.SEEK_END)
             chunk, start = b"", end
             while start > 0 and chunk.rstrip(b"\n").count(b"\n") == 0:

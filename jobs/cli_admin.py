@@ -282,6 +282,15 @@ def audit_verify(
         raise typer.Exit(1)
 
 
+@audit_app.command("repair")
+def audit_repair(as_json: JsonFlag = False) -> None:
+    """Admins: cut a damaged log back to its last verified record so that audited work can go on; the damaged
+    part is kept under audit-damaged/ in the store, and the repair is audited as the next record."""
+    from serving.usecases import audit
+
+    emit(call(audit.repair), as_json)
+
+
 @audit_app.command("head")
 def audit_head(as_json: JsonFlag = False) -> None:
     """Print a checkpoint of the chain (seq, hash, time of the last record): publish it somewhere the store's

@@ -201,6 +201,31 @@ class FacesDeleted(BaseModel):
     collection_faces: int = Field(description="Faces the collection holds now, published and live")
 
 
+class AuditProblem(BaseModel):
+    segment: str = Field(description="The segment (or HEAD.json, or the end of the log) where the damage is")
+    line: int
+    seq: int | None
+    problem: str
+
+
+class AuditCheck(BaseModel):
+    ok: bool
+    records: int | None = Field(default=None, description="Records verified, when the whole chain is sound")
+    head: str | None = None
+    records_verified: int | None = Field(default=None, description="Sound records before the first damage")
+    first_bad_record: AuditProblem | None = None
+
+
+class AuditRepair(BaseModel):
+    repaired: bool
+    records: int | None = Field(default=None, description="The chain verified: nothing was done")
+    problem: AuditProblem | None = None
+    anchored_seq: int | None = Field(default=None, description="The last verified record, which the chain goes on from")
+    anchored_hash: str | None = None
+    moved_to: str | None = Field(default=None, description="Where the damaged part was kept, in the store")
+    moved: list[str] = []
+
+
 class AuditPage(BaseModel):
     records: list[dict[str, Any]]
     total: int

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
-from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
-from cluster.access import Action, Caller, authorize
-from cluster.audit import head, read_records
-from cluster.audit_verify import verify
+from cluster.access import Action, Caller
+from cluster.audit import read_records
+from cluster.audit_export import formula_safe
+from cluster.errors import AuditUnavailable
 from cluster.pipeline.quality import QualityFilter
 from serving.console.web import (
     SECURITY_HEADERS,
@@ -24,7 +25,6 @@ from serving.console.web import (
 )
 from serving.deps import Ctx, read_upload
 from serving.usecases import audit, collections, ingest
-from serving.usecases.audited import audited
 from serving.usecases.context import Context
 from serving.usecases.failures import failure
 
@@ -93,29 +93,17 @@ def _audit_query(request: Request) -> dict[str, str]:
     return {k: request.query_params[k] for k in keys_ if request.query_params.get(k)}
 
 
-def _filtered(ctx: Context, q: dict[str, str]) -> list[dict[str, Any]]:
-    def when(text: str | None) -> datetime | None:
-        return datetime.fromisoformat(text).replace(tzinfo=UTC) if text else None
-
-    found = read_records(ctx.store, when(q.get("start")), when(q.get("end")))
-    fields = {"key": "key_id", "purpose": "purpose", "case_id": "case_id", "action": "action", "outcome": "outcome"}
-    return [r for r in found if all(str(r.get(f)) == q[k] for k, f in fields.items() if k in q)]
-
-
 @router.get("/audit")
 async def audit_page(ctx: Ctx, caller: ConsoleCaller, request: Request) -> Response:
+    """The verifier's own result first (shown whatever else fails), then the filtered records (an audited read)."""
     q = _audit_query(request)
-    context: dict[str, Any] = {"q": q, "query": urlencode(q), "shown": [], "total": 0}
-    context.update(verified={"ok": True, "records": 0}, head={"seq": 0, "hash": "", "time": None})
+    context: dict[str, Any] = {"q": q, "query": urlencode(q), "shown": [], "total": 0, "verified": None, "head": None}
     try:
-        authorize(caller, Action.AUDIT_READ)
-        matching = await ctx.in_thread(_filtered, ctx, q)
-        context.update(
-            shown=list(reversed(matching))[:SHOWN_RECORDS],
-            total=len(matching),
-            verified=await ctx.in_thread(verify, ctx.store),
-            head=await ctx.in_thread(head, ctx.store),
-        )
+        context["verified"] = await ctx.in_thread(audit.check, ctx, caller)
+        with contextlib.suppress(AuditUnavailable):  # a damaged HEAD: the verifier's result says where
+            context["head"] = await ctx.in_thread(audit.checkpoint, ctx, caller)
+        matching = await audit.filtered(ctx, caller, q, "console")
+        context.update(shown=list(reversed(matching))[:SHOWN_RECORDS], total=len(matching))
     except Exception as exc:
         return problem(request, caller, exc, "audit.html", **context)
     return page(request, "audit.html", caller, **context)
@@ -123,14 +111,9 @@ async def audit_page(ctx: Ctx, caller: ConsoleCaller, request: Request) -> Respo
 
 @router.get("/audit/export.csv")
 async def audit_export(ctx: Ctx, caller: ConsoleCaller, request: Request) -> Response:
-    """The filtered records as CSV; the export is itself audited."""
-    q = _audit_query(request)
+    """The filtered records as CSV (formula-safe); the export is itself audited."""
     try:
-        fields = {"from": q.get("start"), "to": q.get("end"), "out": "console"}
-        async with audited(ctx, caller, "export", None, **fields) as entry:
-            authorize(caller, Action.AUDIT_READ)
-            matching = await ctx.in_thread(_filtered, ctx, q)
-            entry["records"] = len(matching)
+        matching = await audit.filtered(ctx, caller, _audit_query(request), "console")
     except Exception as exc:
         described = failure(exc)
         return Response(described.message, status_code=described.status, headers=SECURITY_HEADERS)
@@ -138,7 +121,7 @@ async def audit_export(ctx: Ctx, caller: ConsoleCaller, request: Request) -> Res
     columns = ["seq", "time", "action", "outcome", "code", "key_id", "role", "collection", "purpose", "case_id"]
     writer = csv.DictWriter(out, columns, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(matching)
+    writer.writerows({k: formula_safe(v) for k, v in record.items()} for record in matching)
     headers = {**SECURITY_HEADERS, "Content-Disposition": "attachment; filename=audit.csv"}
     return Response(out.getvalue(), media_type="text/csv", headers=headers)
 

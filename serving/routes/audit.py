@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from serving.deps import CallerDep, Ctx, errors
-from serving.schemas import AuditPage, TransparencyReport
+from serving.schemas import AuditCheck, AuditPage, AuditRepair, TransparencyReport
 from serving.usecases import audit
 
 router = APIRouter(prefix="/v1", tags=["accountability"])
@@ -23,6 +23,20 @@ async def audit_records(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> AuditPage:
     return await audit.records(ctx, caller, start, end, limit)
+
+
+@router.get("/audit/verify", responses=errors())
+def audit_verify(ctx: Ctx, caller: CallerDep) -> AuditCheck:
+    """Auditors: the verifier's own result over the whole chain (the place of the first damage, if any). Answers
+    while the log cannot be appended to, which is when it matters."""
+    return AuditCheck.model_validate(audit.check(ctx, caller))
+
+
+@router.post("/audit/repair", responses=errors())
+async def audit_repair(ctx: Ctx, caller: CallerDep) -> AuditRepair:
+    """Admins: cut a damaged log back to its last verified record and go on from there; the damaged part is kept
+    under audit-damaged/ for inspection, and the repair is audited as the next record."""
+    return AuditRepair.model_validate(await audit.repair(ctx, caller))
 
 
 @router.get("/transparency", responses=errors(public=True))

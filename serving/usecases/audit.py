@@ -11,13 +11,40 @@ from cluster.access import Action, Caller, authorize
 from cluster.audit import head, read_records
 from cluster.audit_export import export_records
 from cluster.audit_verify import verify
+from cluster.errors import InvalidRequest
+from cluster.raycluster import repair_audit
 from serving.schemas import AuditPage
 from serving.usecases.audited import audited
 from serving.usecases.context import Context
 
+# The console's filters: query name -> record field.
+FILTERS = {"key": "key_id", "purpose": "purpose", "case_id": "case_id", "action": "action", "outcome": "outcome"}
+
 
 def _utc(t: datetime | None) -> datetime | None:
+    """A time as given, its offset honoured; one without an offset is UTC."""
     return t.replace(tzinfo=UTC) if t and t.tzinfo is None else t
+
+
+def parse_time(text: str | None, name: str) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return _utc(datetime.fromisoformat(text))
+    except ValueError as exc:
+        raise InvalidRequest(f"{name} must be a date or time like 2026-12-01 or 2026-12-01T09:30:00+01:00") from exc
+
+
+async def filtered(ctx: Context, caller: Caller, q: dict[str, str], out: str) -> list[dict[str, Any]]:
+    """Records matching the console's filters (`FILTERS`, and start/end times), audited as an export to `out`."""
+    fields = {"from": q.get("start"), "to": q.get("end"), "out": out}
+    async with audited(ctx, caller, "export", None, **fields) as entry:
+        authorize(caller, Action.AUDIT_READ)
+        start, end = parse_time(q.get("start"), "from"), parse_time(q.get("end"), "to")
+        found = await ctx.in_thread(read_records, ctx.store, start, end)
+        matching = [r for r in found if all(str(r.get(f)) == q[k] for k, f in FILTERS.items() if k in q)]
+        entry["records"] = len(matching)
+    return matching
 
 
 async def records(ctx: Context, caller: Caller, start: datetime | None, end: datetime | None, limit: int) -> AuditPage:
@@ -41,6 +68,15 @@ async def export(ctx: Context, caller: Caller, out: Path, start: datetime | None
 def check(ctx: Context, caller: Caller, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
     authorize(caller, Action.AUDIT_READ)
     return verify(ctx.store, checkpoint)
+
+
+async def repair(ctx: Context, caller: Caller) -> dict[str, Any]:
+    """Admins: cut a damaged log back to its last verified record, the damaged part kept aside; the repair is the
+    first record of the chain that goes on (cluster/audit_repair.py)."""
+    async with audited(ctx, caller, "audit-repair") as entry:
+        authorize(caller, Action.AUDIT_REPAIR)
+        entry.update(await ctx.in_thread(repair_audit, ctx.settings, ctx.store))
+    return {k: v for k, v in entry.items() if k not in ("action", "collection")}
 
 
 def checkpoint(ctx: Context, caller: Caller) -> dict[str, Any]:
