@@ -172,6 +172,15 @@ class KeyStore:
                 return key
         raise NotAuthenticated("unknown API key")
 
+    def active(self, key_id: str) -> ApiKey:
+        """The key with this id, unless it was revoked (a console session stands for a key by its id)."""
+        for key in self.keys(max_age_s=KEY_CACHE_S):
+            if key.key_id == key_id:
+                if key.revoked_at:
+                    raise NotAuthenticated(f"API key {key_id} was revoked at {key.revoked_at}")
+                return key
+        raise NotAuthenticated("unknown API key")
+
     def bootstrap_admin(self) -> str | None:
         """On a store with no keys at all, create the first admin key and return its token (to print once)."""
         if self.keys():

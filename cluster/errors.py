@@ -83,6 +83,8 @@ REFUSAL_CODES = frozenset(
         # Input the system would not act on (a NaN threshold, a string over its cap) and a full work queue.
         "INVALID_REQUEST",
         "TOO_MANY_REQUESTS",
+        # A console form posted from another site, or without its session's token (serving/console/web.py).
+        "CSRF_REFUSED",
     }
 )
 
@@ -114,3 +116,10 @@ class AuditUnavailable(FacegridError):
 
     code = "AUDIT_UNAVAILABLE"
     status = 503
+
+
+class CsrfRefused(FacegridError):
+    """A console form that did not come from the console's own pages: another origin, or no session token."""
+
+    code = "CSRF_REFUSED"
+    status = 403

@@ -70,6 +70,9 @@ class ServingSettings(BaseModel):
     # none: uploads only.
     ingest_source: str | None = None
     max_upload_bytes: int = 20_000_000
+    # The console is served over TLS (directly or behind a proxy): its cookies are then Secure, and the session
+    # cookie takes the __Host- prefix (no Domain, Path=/), so no other host or plain-HTTP page can set it.
+    console_tls: bool = False
     # Probe photos that may wait for one of the two probe threads; more at once are answered 429 (Retry-After).
     max_waiting_photos: int = 6
     # Routes that need no key (transparency, health): requests a second per client address, and the burst.

@@ -1,5 +1,6 @@
-"""The web console under /ui: server-rendered pages (Jinja2) over the same use cases as /v1, with a key kept in a
-session cookie (HttpOnly, SameSite=Strict, gone when the browser closes or on sign-out). No external asset: a
+"""The web console under /ui: server-rendered pages (Jinja2) over the same use cases as /v1. A session cookie
+(HttpOnly, SameSite=Strict, Secure over TLS) holds an opaque id; every form that posts carries its session's token
+and must come from our own origin (web.py). No external asset: a
 Content-Security-Policy of 'self' is sent with every page. This module: sign-in, search, review, crops."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import base64
 import binascii
 import logging
 import math
+import secrets
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
@@ -16,13 +18,16 @@ from fastapi.responses import Response
 from cluster.access import Action, Caller
 from cluster.audit import read_records
 from cluster.errors import InvalidRequest
+from serving.console.sessions import Sessions
 from serving.console.web import (
-    COOKIE,
     SECURITY_HEADERS,
     ConsoleCaller,
+    check_form,
+    cookie_name,
     page,
     problem,
     redirect,
+    set_cookie,
 )
 from serving.deps import Ctx, read_upload
 from serving.render import LEADS_NOTICE, image_size
@@ -41,28 +46,43 @@ async def home(ctx: Ctx, caller: ConsoleCaller, request: Request) -> Response:
     return redirect("/ui/search" if caller.may(Action.SEARCH) else "/ui/collections")
 
 
+SIGNIN_COOKIE = "facegrid_signin"
+
+
 @router.get("/signin")
-async def signin_page(request: Request) -> Response:
-    return page(request, "signin.html", None)
+async def signin_page(ctx: Ctx, request: Request) -> Response:
+    """The form carries a token that a cookie of this browser matches: a sign-in posted from elsewhere (which
+    would sign the victim into the attacker's key) has neither."""
+    token = secrets.token_urlsafe(32)
+    request.state.csrf = token
+    response = page(request, "signin.html", None)
+    set_cookie(ctx, response, SIGNIN_COOKIE, token, "/ui/signin", max_age=3600)
+    return response
 
 
 @router.post("/signin")
 async def signin(ctx: Ctx, request: Request, token: Annotated[str, Form()]) -> Response:
+    await check_form(request, ctx, None, request.cookies.get(SIGNIN_COOKIE))
     client = request.client.host if request.client else ""
     try:
         caller = await keys.authenticate(ctx, token.strip(), f"console@{client}", "POST", "/ui/signin")
     except Exception as exc:
         return problem(request, None, exc, "signin.html")
+    session_id, _ = await ctx.in_thread(Sessions(ctx.store).start, caller.key_id)
     response = redirect("/ui/search" if caller.may(Action.SEARCH) else "/ui/collections")
-    # No max-age: a session cookie, gone with the browser session.
-    response.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict", path="/ui")
+    # No max-age: a session cookie, gone with the browser session. It holds an opaque id, never the key.
+    set_cookie(ctx, response, cookie_name(ctx), session_id, "/ui")
+    response.delete_cookie(SIGNIN_COOKIE, path="/ui/signin")
     return response
 
 
 @router.post("/signout")
-async def signout() -> Response:
+async def signout(ctx: Ctx, caller: ConsoleCaller, request: Request) -> Response:
+    session_id = request.cookies.get(cookie_name(ctx))
+    if session_id:
+        await ctx.in_thread(Sessions(ctx.store).end, session_id)
     response = redirect("/ui/signin")
-    response.delete_cookie(COOKIE, path="/ui")
+    response.delete_cookie(cookie_name(ctx), path="/" if ctx.settings.serving.console_tls else "/ui")
     return response
 
 

@@ -8,7 +8,10 @@ import asyncio
 import json
 import os
 import shutil
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +103,18 @@ def _sign_in(browser: Any, world: Any, who: str) -> None:
     _submit(browser, browser.find_element(By.ID, "signin"))
 
 
+def _form_token(html: str) -> str:
+    return html.split('name="csrf" value="')[1].split('"')[0]
+
+
+def _session(url: str, token: str) -> tuple[httpx.Client, str]:
+    """A console session as a browser gets one (the sign-in form's token, then the session's own)."""
+    client = httpx.Client(base_url=url, timeout=60)
+    signin = _form_token(client.get("/ui/signin").text)
+    assert client.post("/ui/signin", data={"token": token, "csrf": signin}).status_code == 303
+    return client, _form_token(client.get("/ui/search").text)
+
+
 def _shot(browser: Any, name: str) -> None:
     if os.environ.get("FACEGRID_SCREENSHOTS"):
         browser.save_screenshot(str(DOCS / f"console-{name}.png"))
@@ -173,10 +188,10 @@ def test_grants_and_erasure_hold_for_crops(browser: Any, world: Any) -> None:
 
     ctx, url = world["ctx"], world["url"]
     token = world["tokens"]["searcher"]
-    client = httpx.Client(base_url=url, cookies={"facegrid_console": token}, timeout=60)
+    client, csrf = _session(url, token)
     person = world["people"][1]
     probe = world["held"][person].read_bytes()
-    data = {"collection": "cases", "purpose": "system-test", "case_id": "CASE-UI-2"}
+    data = {"collection": "cases", "purpose": "system-test", "case_id": "CASE-UI-2", "csrf": csrf}
     page = client.post("/ui/search", data=data, files={"image": ("p.jpg", probe)}).text
     seq = int(page.split('id="search-link">#')[1].split("<")[0])
     face = page.split('data-face-id="')[1].split('"')[0]
@@ -257,3 +272,73 @@ def test_pick_a_face_search_people_and_add_a_photo(browser: Any, world: Any, tmp
     assert len(browser.find_elements(By.CSS_SELECTOR, "#added li")) == 2  # both faces of the group photo
     assert browser.find_element(By.ID, "unindexed").text == "none"
     _shot(browser, "collection")
+
+
+ATTACK = """<!doctype html><html><body><form method="post" action="{action}" enctype="{enctype}">{fields}</form>
+<script>document.forms[0].submit()</script></body></html>"""
+
+
+@contextmanager
+def _attacker() -> Iterator[Any]:
+    """Another web server on this machine: its pages post forms to the console (as an attacker's site would)."""
+    pages: dict[str, bytes] = {}
+
+    class Pages(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = pages.get(self.path, b"")
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Pages)
+    server.pages = pages  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+
+
+def test_forged_forms_are_refused_audited_and_change_nothing(browser: Any, world: Any) -> None:
+    """From another port of the same host (same-site) and from another site (localhost against 127.0.0.1), a
+    page posts to every console route that changes something, sign-in included, while the victim is signed in."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ctx, url = world["ctx"], world["url"]
+    _sign_in(browser, world, "admin")
+    cookie = {c["name"]: c["value"] for c in browser.get_cookies()}["facegrid_console"]
+    assert all(token not in cookie and cookie not in token for token in world["tokens"].values())
+    assert "fgk_" not in cookie and not any(cookie in r.get("claimed_key", "") for r in read_records(ctx.store))
+    victim = browser.find_element(By.CSS_SELECTOR, "form.who span").text
+    attacker_token = ctx.keys.create(Role.ADMIN, label="attacker")[1]
+    routes = {
+        "/ui/signin": ("application/x-www-form-urlencoded", {"token": attacker_token}),
+        "/ui/review": ("application/x-www-form-urlencoded", {"seq": "1", "face_id": "0", "decision": "match"}),
+        "/ui/search": ("multipart/form-data", {"collection": "cases", "purpose": "system-test", "case_id": "X"}),
+        "/ui/collections/cases/faces": ("multipart/form-data", {"external_image_id": "forged"}),
+        "/ui/signout": ("application/x-www-form-urlencoded", {}),
+    }
+    before = len(read_records(ctx.store))
+    with _attacker() as server:
+        port = server.server_address[1]
+        for host in ("127.0.0.1", "localhost"):  # same-site, then cross-site
+            for route, (enctype, fields) in routes.items():
+                inputs = "".join(f'<input name="{k}" value="{v}">' for k, v in fields.items())
+                server.pages[route] = ATTACK.format(action=url + route, enctype=enctype, fields=inputs).encode()
+                browser.get(f"http://{host}:{port}{route}")
+                WebDriverWait(browser, 30).until(lambda b: b.current_url.startswith(url))
+                assert "CSRF_REFUSED" in browser.find_element(By.TAG_NAME, "body").text, (host, route)
+    added = read_records(ctx.store)[before:]
+    refused = [r for r in added if r["action"] == "console-form"]
+    assert len(refused) == 2 * len(routes) and all(r["outcome"] == "refused" for r in refused)
+    assert {r["route"] for r in refused} == set(routes)
+    assert {r["key_id"] for r in refused if r["route"] != "/ui/signin"} <= {None, victim.split()[1]}
+    assert not [r for r in added if r["action"] in ("review", "search", "index-faces", "authenticate")]
+    browser.get(url + "/ui/search")  # still signed in, as the victim: neither signed out nor swapped
+    assert browser.find_element(By.CSS_SELECTOR, "form.who span").text == victim
