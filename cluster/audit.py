@@ -79,6 +79,13 @@ class AuditLog:
             raise AuditUnavailable(f"the end of {segment} is damaged: {REPAIR_HINT}")
         return {"seq": seq, "hash": digest, "segment": segment, "segment_records": max(0, seq - first_seq + 1)}
 
+    def check_appendable(self) -> None:
+        """AuditUnavailable unless an append would chain on a sound head: checked before an audited action runs,
+        so that nothing happens that could not be recorded: on a folder a read of HEAD and a stat under the lock;
+        a single writer that holds its head knows it already."""
+        with audit_lock(self.store):
+            self._current()
+
     def append(self, entry: dict[str, Any]) -> dict[str, Any]:
         return self.append_many([entry])[0]
 

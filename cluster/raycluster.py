@@ -106,6 +106,10 @@ class AuditWriter:
         async with self.writing:
             return await asyncio.to_thread(self.log.append_many, entries)
 
+    async def check_appendable(self) -> None:
+        async with self.writing:
+            await asyncio.to_thread(self.log.check_appendable)
+
     async def repair(self) -> dict[str, Any]:
         async with self.writing:
             return await asyncio.to_thread(repair, self.log)

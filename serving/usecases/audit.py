@@ -71,12 +71,16 @@ def check(ctx: Context, caller: Caller, checkpoint: dict[str, Any] | None = None
 
 
 async def repair(ctx: Context, caller: Caller) -> dict[str, Any]:
-    """Admins: cut a damaged log back to its last verified record, the damaged part kept aside; the repair is the
-    first record of the chain that goes on (cluster/audit_repair.py)."""
-    async with audited(ctx, caller, "audit-repair") as entry:
-        authorize(caller, Action.AUDIT_REPAIR)
-        entry.update(await ctx.in_thread(repair_audit, ctx.settings, ctx.store))
-    return {k: v for k, v in entry.items() if k not in ("action", "collection")}
+    """Admins: cut a damaged log back to its last verified record, the damaged part kept aside; the repair is
+    recorded as the first record of the chain that goes on (cluster/audit_repair.py)."""
+    if not caller.may(Action.AUDIT_REPAIR):
+        async with audited(ctx, caller, "audit-repair"):  # the refusal, recorded where the log can take it
+            authorize(caller, Action.AUDIT_REPAIR)
+    done = await ctx.in_thread(repair_audit, ctx.settings, ctx.store)
+    ctx.audit_damage = None
+    async with audited(ctx, caller, "audit-repair", **done):
+        pass
+    return done
 
 
 def checkpoint(ctx: Context, caller: Caller) -> dict[str, Any]:

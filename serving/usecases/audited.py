@@ -11,11 +11,13 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from cluster.access import Caller
-from cluster.raycluster import append_audit
+from cluster.audit import AuditLog
+from cluster.errors import AuditUnavailable
+from cluster.raycluster import append_audit, audit_actor
 from cluster.storage import LocalStore
 from serving import stages
 from serving.metrics import AUDIT_APPEND, REFUSALS
-from serving.usecases.failures import failure
+from serving.usecases.failures import failure, unwrap
 
 if TYPE_CHECKING:
     from serving.usecases.context import Context
@@ -37,6 +39,8 @@ def as_json_number(value: float | None) -> float | str | None:
     return value if value is None or math.isfinite(value) else str(value)
 
 
+DAMAGE_RECHECK_S = 1.0
+
 # The seq and hash of the record this request's task appended last: interfaces may echo it to the caller.
 LAST_RECORD: ContextVar[dict[str, Any] | None] = ContextVar("last_audit_record", default=None)
 
@@ -52,15 +56,38 @@ async def record(ctx: Context, caller: Caller | None, entry: dict[str, Any], out
     if outcome == "refused":
         REFUSALS.labels(str(code)).inc()
     began = time.perf_counter()
-    if isinstance(ctx.store, LocalStore):
-        # A local append takes about 0.3 ms, less than handing it to a thread would.
-        LAST_RECORD.set(append_audit(ctx.settings, ctx.store, full))
-    else:
-        # Awaited on the event loop, never on a worker thread: appends from many requests reach the writer at
-        # once and are committed together (two threads used to serialise them).
-        LAST_RECORD.set(await ctx.audit.append(full))
+    try:
+        if isinstance(ctx.store, LocalStore):
+            # A local append takes about 0.3 ms, less than handing it to a thread would.
+            LAST_RECORD.set(append_audit(ctx.settings, ctx.store, full))
+        else:
+            # Awaited on the event loop, never on a worker thread: appends from many requests reach the writer at
+            # once and are committed together (two threads used to serialise them).
+            LAST_RECORD.set(await ctx.audit.append(full))
+    except Exception as exc:
+        if isinstance(unwrap(exc), AuditUnavailable):
+            ctx.audit_damage = (str(unwrap(exc)), time.monotonic())  # later actions are refused before they run
+        raise
     AUDIT_APPEND.observe(time.perf_counter() - began)
     stages.mark("audit")
+
+
+async def _appendable(ctx: Context) -> None:
+    """Refuse an action before it runs when its record could not be written (fail closed, nothing unrecorded).
+    On a folder that is a read of HEAD and a stat (about 20 us); on an object store, once the writer reported
+    damage, the writer is asked again at most once a second (a repair elsewhere reopens this server too)."""
+    if isinstance(ctx.store, LocalStore):
+        AuditLog(ctx.store).check_appendable()
+    elif ctx.audit_damage is not None:
+        message, since = ctx.audit_damage
+        if time.monotonic() - since < DAMAGE_RECHECK_S:
+            raise AuditUnavailable(message)
+        try:
+            await audit_actor(ctx.settings).check_appendable.remote()
+        except Exception as exc:
+            ctx.audit_damage = (message, time.monotonic())
+            raise unwrap(exc) from None
+        ctx.audit_damage = None
 
 
 @asynccontextmanager
@@ -71,6 +98,8 @@ async def audited(
     code the caller got. The body adds its results to the yielded entry. If the record cannot be written the
     action fails (closed): nothing audited happens unrecorded."""
     entry = {"action": action, "collection": collection, **fields}
+    if ctx.accountable:
+        await _appendable(ctx)
     try:
         yield entry
     except BaseException as exc:

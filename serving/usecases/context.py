@@ -72,6 +72,8 @@ class Context:
         # Absolute: Ray tasks and actors run in other working directories.
         self.settings = settings.model_copy(update={"store": self.store.uri})
         self.accountable = accountable
+        # Set when the audit writer reported a damaged log: audited actions are refused until a repair.
+        self.audit_damage: tuple[str, float] | None = None  # (the writer's message, when)
         self.keys = KeyStore(self.store)
         self.collections = Collections(self.store)
         self.registry = ModelRegistry(settings.model_dir)
