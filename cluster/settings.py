@@ -70,6 +70,9 @@ class ServingSettings(BaseModel):
     # none: uploads only.
     ingest_source: str | None = None
     max_upload_bytes: int = 20_000_000
+    # A JSON body of /v1 (ids, a vector, options: a few kB in practice) is refused over this before it is read:
+    # a list of millions of ids costs seconds of the event loop to decode, whoever sends it.
+    max_json_bytes: int = 1_000_000
     # The console is served over TLS (directly or behind a proxy): its cookies are then Secure, and the session
     # cookie takes the __Host- prefix (no Domain, Path=/), so no other host or plain-HTTP page can set it.
     console_tls: bool = False

@@ -83,7 +83,9 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     serving = (context.settings if context else settings or get_settings()).serving
     app.add_middleware(PublicRateLimit, rate=serving.public_rate_per_s, burst=serving.public_burst)
     # A multipart body holds up to two uploads (compare) and its form fields.
-    app.add_middleware(BodyLimit, limit=2 * serving.max_upload_bytes + BODY_SLACK_BYTES)
+    app.add_middleware(
+        BodyLimit, limit=2 * serving.max_upload_bytes + BODY_SLACK_BYTES, json_limit=serving.max_json_bytes
+    )
     app.add_middleware(RequestMetrics)
 
     async def any_error(_: Request, exc: Exception) -> JSONResponse:

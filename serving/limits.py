@@ -56,19 +56,24 @@ class BodyTooLarge(Exception):
 
 class BodyLimit:
     """Refuses a request body over `limit` bytes (413) before it is parsed: by its Content-Length, or, sent in
-    chunks, as soon as the count passes the limit. Multipart parsing and JSON decoding never see more."""
+    chunks, as soon as the count passes the limit. Multipart parsing and JSON decoding never see more. A JSON
+    body of /v1 has `json_limit` (Rekognition's JSON carries base64 images: it has the upload limit)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, json_limit: int | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.json_limit = json_limit or limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await _refuse(send, 413, "REQUEST_TOO_LARGE", f"request bodies are at most {self.limit} bytes")
+        headers = dict(scope.get("headers") or [])
+        json_v1 = scope["path"].startswith("/v1/") and headers.get(b"content-type", b"").startswith(b"application/j")
+        limit = self.json_limit if json_v1 else self.limit
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await _refuse(send, 413, "REQUEST_TOO_LARGE", f"request bodies are at most {limit} bytes here")
             return
         received = 0
         started = False
@@ -77,7 +82,7 @@ class BodyLimit:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.limit:
+            if received > limit:
                 raise BodyTooLarge
             return message
 
@@ -90,7 +95,7 @@ class BodyLimit:
             await self.app(scope, counted, watched)
         except BodyTooLarge:
             if not started:
-                await _refuse(send, 413, "REQUEST_TOO_LARGE", f"request bodies are at most {self.limit} bytes")
+                await _refuse(send, 413, "REQUEST_TOO_LARGE", f"request bodies are at most {limit} bytes here")
 
 
 Headers = tuple[tuple[bytes, bytes], ...]

@@ -271,9 +271,13 @@ class VectorSearch(SearchOptions):
     )
 
 
+# Ids one request may name: Rekognition's own bound on DeleteFaces' FaceIds.
+MAX_IDS = 4096
+
+
 class DeleteFaces(Body):
-    face_ids: list[str] = []
-    external_image_ids: list[str] = []
+    face_ids: list[str] = Field(default=[], max_length=MAX_IDS)
+    external_image_ids: list[str] = Field(default=[], max_length=MAX_IDS)
 
 
 class KeyInfo(BaseModel):
@@ -297,7 +301,9 @@ class KeyList(BaseModel):
 
 class CreateKey(Body):
     role: str = Field(description="admin, indexer, searcher or auditor")
-    collections: list[str] | None = Field(default=None, description="Grant only these collections (default: all)")
+    collections: list[str] | None = Field(
+        default=None, max_length=1024, description="Grant only these collections (default: all)"
+    )
     label: str = ""
 
 
@@ -359,8 +365,10 @@ class Readmitted(BaseModel):
 
 
 class Readmit(Body):
-    face_ids: list[str] = []
-    sources: list[str] = Field(default=[], description="Source objects (as face records name them): all their faces")
+    face_ids: list[str] = Field(default=[], max_length=MAX_IDS)
+    sources: list[str] = Field(
+        default=[], max_length=MAX_IDS, description="Source objects (as face records name them): all their faces"
+    )
 
 
 class AddFaces(Body):

@@ -37,7 +37,7 @@ class UserPage(BaseModel):
 
 
 class FaceIds(Body):
-    face_ids: list[str] = Field(description="1-100 face ids")
+    face_ids: list[str] = Field(min_length=1, max_length=100, description="1-100 face ids")
 
 
 class UnsuccessfulFace(BaseModel):

@@ -18,7 +18,7 @@ from serving.deps import Ctx
 from serving.rekognition import shapes, signing
 from serving.rekognition.errors import aws_error, exception_for
 from serving.rekognition.operations import OPERATIONS, Who
-from serving.usecases.audited import LAST_RECORD, audited
+from serving.usecases.audited import LAST_RECORD, audited, clipped, record
 from serving.usecases.context import Context
 
 log = logging.getLogger("facegrid.rekognition")
@@ -78,10 +78,18 @@ async def rekognition(request: Request, ctx: Ctx) -> Response:
         who = await _who(ctx, request, body, name)
         try:
             params: Any = json.loads(body or b"{}")
-        except ValueError as exc:
-            raise shapes.InvalidParameter(f"the body is not JSON: {exc}") from exc
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the decoder goes
+            raise shapes.InvalidParameter(f"the body is not JSON of a sane depth: {type(exc).__name__}") from exc
         answer = await OPERATIONS[name](ctx, who, shapes.checked(name, params))
     except Exception as exc:
+        if who is not None and isinstance(exc, shapes.InvalidParameter) and LAST_RECORD.get() is None:
+            # Refused at the parameter checks, before the operation's own record: recorded as /v1's are.
+            entry = {"action": "invalid-request", "collection": None, "route": f"rekognition:{name}"}
+            try:
+                problem = {**entry, "problem": clipped(str(exc), 1000)}
+                await record(ctx, who.caller, problem, "refused", "INVALID_REQUEST")
+            except Exception as unrecorded:  # the log cannot take it: that is the answer (fail closed)
+                exc = unrecorded
         aws_name, message = exception_for(exc, in_session=who is not None and who.case_id is not None)
         if aws_name == "InternalServerError":
             log.error("unexpected error in %s", name, exc_info=exc)

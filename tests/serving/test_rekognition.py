@@ -246,3 +246,26 @@ def test_floor_and_roles(world: Any) -> None:
     assert world["searcher"].search_faces(CollectionId="roles", FaceId=face)["SearchedFaceId"] == face
     denied = lambda: world["auditor"].search_faces_by_image(CollectionId="roles", Image={"Bytes": photo})  # noqa: E731
     assert _code(denied)[0] == "AccessDeniedException"
+
+
+def test_refusals_at_the_parameter_checks_are_audited(world: Any) -> None:
+    """A body nested 50,000 deep, and one of the wrong shape, signed as a client would: each a modeled 400 with its
+    audit record's seq, none a 500."""
+    rk = world["admin"]
+    bodies = [b"[" * 50_000 + b"]" * 50_000, b'{"CollectionId": ["not", "a", "string"]}']
+    for body in bodies:
+
+        def replace(request: Any, body: bytes = body, **_: Any) -> None:
+            request.data = body
+
+        rk.meta.events.register_first("before-sign.rekognition.DescribeCollection", replace)
+        try:
+            with pytest.raises(ClientError) as raised:
+                rk.describe_collection(CollectionId="errors")
+        finally:
+            rk.meta.events.unregister("before-sign.rekognition.DescribeCollection", replace)
+        error = raised.value.response
+        assert error["Error"]["Code"] == "InvalidParameterException", error
+        seq = int(error["ResponseMetadata"]["HTTPHeaders"]["x-facegrid-audit-seq"])
+        audited = next(r for r in read_records(world["ctx"].store) if r["seq"] == seq)
+        assert audited["route"] == "rekognition:DescribeCollection" and audited["outcome"] == "refused"
