@@ -22,6 +22,13 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
         peak = 65535 if image.mode.startswith("I;16") or wide.max() > 255 else 255
         grey = (wide * 255 // peak).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
+    if image.mode == "F":
+        # Floating point (scientific TIFFs): 0-1 is the usual range; anything else is scaled by its peak.
+        values = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        peak = float(values.max(initial=0.0))
+        scale = 255.0 if peak <= 1.0 else 255.0 / peak
+        grey = np.clip(values * scale, 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
     if (image.mode == "P" and "transparency" in image.info) or image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         # Transparent areas become white, as a viewer shows them on a light page.
@@ -42,6 +49,9 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         raise ImageError(Reason.UNSUPPORTED_FORMAT, "not an image in a known format") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(Reason.IMAGE_TOO_LARGE, str(exc)) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # A header cut short, or metadata (PNG text, an ICC profile) that inflates past Pillow's own bound.
+        raise ImageError(Reason.CORRUPT_IMAGE, f"cannot read the image's header: {exc}") from exc
     if image.format not in SUPPORTED_FORMATS:
         raise ImageError(Reason.UNSUPPORTED_FORMAT, f"{image.format} images are not supported")
     width, height = image.size
@@ -53,7 +63,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     try:
         image.load()
         rgb = _to_rgb(ImageOps.exif_transpose(image))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise ImageError(Reason.CORRUPT_IMAGE, f"cannot decode {image.format}: {exc}") from exc
     return np.ascontiguousarray(rgb)
 

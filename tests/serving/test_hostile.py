@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from cluster.access import Role, local_operator
 from cluster.audit import read_records
@@ -32,6 +32,15 @@ from tests.factories import png_header_only
 SEARCH = {"purpose": "system-test", "case_id": "HOSTILE-1"}
 MEGABYTE = "x" * 1_000_000
 UNIT = [1.0] + [0.0] * 127
+
+
+def _inflating_png(face: bytes) -> bytes:
+    """A PNG whose compressed text chunk inflates to 5 MB (a small file)."""
+    text = PngImagePlugin.PngInfo()
+    text.add_text("comment", "x" * 5_000_000, zip=True)
+    out = io.BytesIO()
+    Image.open(io.BytesIO(face)).save(out, "PNG", pnginfo=text)
+    return out.getvalue()
 
 
 def _large_photo(face: bytes, side: int) -> bytes:
@@ -110,6 +119,14 @@ def _cases(photo: bytes) -> list[tuple[str, str, dict[str, Any]]]:
         ),
         ("bomb to detect", "POST /v1/detect", {"files": {"image": ("b.png", png_header_only(30_000, 30_000))}}),
         ("truncated JPEG", f"POST {search}", {"files": {"image": ("t.jpg", photo[: len(photo) // 3])}, "data": SEARCH}),
+        ("JPEG cut to 200 bytes", f"POST {search}", {"files": {"image": ("t.jpg", photo[:200])}, "data": SEARCH}),
+        ("cut JPEG to detect", "POST /v1/detect", {"files": {"image": ("t.jpg", photo[:200])}}),
+        ("cut JPEG to add", "POST /v1/collections/gallery/faces", {"files": {"image": ("t.jpg", photo[:200])}}),
+        (
+            "PNG text past 1 MB",
+            f"POST {search}",
+            {"files": {"image": ("t.png", _inflating_png(photo))}, "data": SEARCH},
+        ),
         ("not an image", f"POST {search}", {"files": {"image": ("x.jpg", b"%PDF-1.4 hello")}, "data": SEARCH}),
         ("empty image", f"POST {search}", {"files": {"image": ("x.jpg", b"")}, "data": SEARCH}),
         ("malformed multipart", f"POST {search}", {"content": b"--zz\r\nnonsense", "headers": MULTIPART}),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from cluster.pipeline.decode import DecodeImages, decode_image
 from cluster.pipeline.errors import ImageError, Reason
@@ -51,6 +51,16 @@ def test_truncated_jpeg_is_corrupt(face_jpeg: bytes) -> None:
     assert caught.value.reason == Reason.CORRUPT_IMAGE
 
 
+def test_cut_headers_and_inflating_metadata_are_corrupt(face_jpeg: bytes) -> None:
+    face = Image.open(io.BytesIO(face_jpeg))
+    text, icc = PngImagePlugin.PngInfo(), b"x" * 3_000_000
+    text.add_text("comment", "x" * 5_000_000, zip=True)
+    for blob in (face_jpeg[:200], _encode(face, "PNG", pnginfo=text), _encode(face, "PNG", icc_profile=icc)):
+        with pytest.raises(ImageError) as caught:
+            decode_image(blob, LIMIT)
+        assert caught.value.reason == Reason.CORRUPT_IMAGE
+
+
 def test_batch_stage_never_raises(face_jpeg: bytes) -> None:
     out = DecodeImages(LIMIT)([b"", face_jpeg, b"junk"])
     assert isinstance(out[0], ImageError) and isinstance(out[2], ImageError)
@@ -69,6 +79,7 @@ def test_colour_modes_become_8bit_rgb(face_jpeg: bytes, pipeline) -> None:  # ty
         "webp": _encode(face, "WEBP", quality=95),
         "bmp": _encode(face, "BMP"),
         "tiff": _encode(face, "TIFF"),
+        "float-tiff": _encode(Image.fromarray(np.asarray(face.convert("L"), dtype=np.float32) / 255, "F"), "TIFF"),
     }
     for name, blob in variants.items():
         image = decode_image(blob, LIMIT)
