@@ -149,7 +149,12 @@ class KeyStore:
         return key, f"{TOKEN_PREFIX}_{key_id}.{secret}"
 
     def revoke(self, key_id: str) -> ApiKey:
+        """Revoke a key; never the last admin key that is not revoked (no one could make keys again but the
+        operator with the store's own credentials)."""
         keys = self.keys()
+        admins = [k.key_id for k in keys if k.role == Role.ADMIN and not k.revoked_at]
+        if admins == [key_id]:
+            raise InvalidRequest(f"key {key_id} is the last admin key: create another admin key first")
         for key in keys:
             if key.key_id == key_id:
                 key.revoked_at = key.revoked_at or datetime.now(UTC).isoformat(timespec="seconds")

@@ -15,7 +15,7 @@ from cluster.pipeline.embed import EMBEDDING_DIM
 from cluster.records import ERROR_SCHEMA, FACE_SCHEMA
 from cluster.storage import ObjectNotFound, ObjectStore
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # whole names only: fullmatch (a $ allows a newline)
 DEFAULT_MAX_FALSE_MATCH_RATE = 1e-5
 
 
@@ -94,7 +94,7 @@ class Collections:
         return f"collections/{name}/"
 
     def create(self, manifest: Manifest) -> Manifest:
-        if not NAME.match(manifest.name):
+        if not NAME.fullmatch(manifest.name):
             raise InvalidCollectionName(
                 f"collection name {manifest.name!r} must be 1-64 letters, digits, '_', '.' or '-'"
             )
@@ -108,7 +108,7 @@ class Collections:
         return manifest
 
     def get(self, name: str) -> Manifest:
-        if not NAME.match(name):
+        if not NAME.fullmatch(name):
             raise CollectionNotFound(f"collection {name!r} does not exist")
         try:
             raw = self.store.get(self.prefix(name) + "manifest.json")

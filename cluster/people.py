@@ -21,7 +21,7 @@ from cluster.errors import FacegridError, InvalidRequest
 from cluster.manifest import Collections
 from cluster.storage import ObjectNotFound, ObjectStore
 
-USER_ID = re.compile(r"^[A-Za-z0-9_.\-:]{1,128}$")
+USER_ID = re.compile(r"[A-Za-z0-9_.\-:]{1,128}")  # fullmatch: a $ would allow a trailing newline
 MAX_FACES_PER_ACT = 100
 MAX_FACES_PER_USER = 10_000
 
@@ -37,7 +37,7 @@ class UserExists(FacegridError):
 
 
 def check_user_id(user_id: str) -> str:
-    if not USER_ID.match(user_id):
+    if not USER_ID.fullmatch(user_id):
         raise InvalidRequest(f"user id {user_id[:140]!r} must be 1-128 letters, digits, '_', '.', '-' or ':'")
     return user_id
 

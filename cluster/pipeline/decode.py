@@ -25,8 +25,8 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     if image.mode == "F":
         # Floating point (scientific TIFFs): 0-1 is the usual range; anything else is scaled by its peak.
         values = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-        peak = float(values.max(initial=0.0))
-        scale = 255.0 if peak <= 1.0 else 255.0 / peak
+        top = float(values.max(initial=0.0))
+        scale = 255.0 if top <= 1.0 else 255.0 / top
         grey = np.clip(values * scale, 0, 255).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
     if (image.mode == "P" and "transparency" in image.info) or image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

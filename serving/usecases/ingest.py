@@ -17,6 +17,7 @@ from cluster.live import live_segments, segment_key
 from cluster.pipeline.quality import QualityFilter
 from cluster.records import FACE_SCHEMA, face_rows, shard_of
 from cluster.storage import ObjectNotFound, open_store
+from cluster.text import check_text
 from serving import render
 from serving.schemas import IndexedFace, IndexFacesAnswer, Readmitted, UnindexedFace
 from serving.usecases.audited import audited, clipped
@@ -63,6 +64,7 @@ async def add_faces(
         entry["image_sha256"] = digest
         if len(external) > MAX_EXTERNAL_ID or not external.strip():
             raise InvalidRequest(f"external_image_id must be 1-{MAX_EXTERNAL_ID} characters")
+        check_text(external, "external_image_id")
         if max_faces is not None and not 1 <= max_faces <= 100:
             raise InvalidRequest("max_faces must be between 1 and 100")
         manifest = ctx.manifest(collection)

@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from cluster.access import Action, ApiKey, Caller, Role, authorize
 from cluster.credentials import Credential
 from cluster.errors import InvalidRequest
+from cluster.text import check_text
 from serving.usecases.audited import audited, clipped
 from serving.usecases.context import Context
 
@@ -41,6 +42,7 @@ async def create(
 ) -> tuple[ApiKey, str]:
     async with audited(ctx, caller, "key-create", None, key_role=str(role), grants=collections or ["*"]) as entry:
         authorize(caller, Action.KEYS_WRITE)
+        check_text(label, "label")
         key, token = ctx.keys.create(role, collections, label)
         entry["key"] = key.key_id
     return key, token

@@ -7,6 +7,7 @@ from typing import Any
 
 from cluster.errors import InvalidRequest, PurposeRefused
 from cluster.index_spec import SearchKnobs
+from cluster.text import check_text
 from serving.usecases.audited import MAX_CASE_ID, MAX_PURPOSE, as_json_number, clipped
 from serving.usecases.context import Context
 
@@ -61,3 +62,4 @@ def check_purpose(ctx: Context, purpose: str | None, case_id: str | None) -> Non
         raise PurposeRefused("a case_id is required: the reference of the case this search serves")
     if len(case_id) > MAX_CASE_ID:
         raise InvalidRequest(f"case_id is {len(case_id)} characters; at most {MAX_CASE_ID}")
+    check_text(case_id, "case_id")

@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 
 from cluster.access import Action, KeyStore, NotAuthenticated, Role
+from cluster.errors import InvalidRequest
+from cluster.manifest import NAME
 from cluster.storage import LocalStore
+from cluster.text import check_text
 
 
 def test_keys_are_stored_only_as_hashes(tmp_path: Path) -> None:
@@ -38,3 +41,22 @@ def test_missing_or_malformed_key_is_401(tmp_path: Path) -> None:
     for token in (None, "", "Bearer", "fgk_nodot", "other_abc.def"):
         with pytest.raises(NotAuthenticated):
             keys.authenticate(token)
+
+
+def test_the_last_admin_key_cannot_be_revoked(tmp_path: Path) -> None:
+    keys = KeyStore(LocalStore(tmp_path))
+    first, _ = keys.create(Role.ADMIN)
+    with pytest.raises(InvalidRequest, match="last admin key"):
+        keys.revoke(first.key_id)
+    second, _ = keys.create(Role.ADMIN)
+    keys.revoke(first.key_id)  # another admin key is there now
+    with pytest.raises(InvalidRequest, match="last admin key"):
+        keys.revoke(second.key_id)
+
+
+@pytest.mark.parametrize("bad", ["nl\n", "a\x00b", "tab\tname", "rtl\u202eexe", "x" * 65, ""])
+def test_names_and_case_ids_are_whole_and_printable(bad: str) -> None:
+    assert not NAME.fullmatch(bad)
+    if bad and len(bad) < 65:
+        with pytest.raises(InvalidRequest, match="control or bidi"):
+            check_text(bad, "case_id")

@@ -1,0 +1,17 @@
+"""What names, ids and case references may hold: no control characters (NUL, newlines) and no bidi overrides,
+which would let a record read differently in a log, a CSV or a console than it is."""
+
+from __future__ import annotations
+
+import re
+
+from cluster.errors import InvalidRequest
+
+UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def check_text(value: str | None, what: str) -> None:
+    """InvalidRequest, naming the first unsafe character, where `value` holds one."""
+    found = UNSAFE.search(value) if value else None
+    if found is not None:
+        raise InvalidRequest(f"{what} holds the control or bidi character U+{ord(found.group()):04X}")
