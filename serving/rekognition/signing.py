@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import re
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
@@ -16,7 +17,8 @@ from cluster.credentials import Resolved
 from cluster.errors import FacegridError
 
 SERVICE = "rekognition"
-MAX_SKEW = timedelta(minutes=15)
+# AWS's own window for a signed request's time; past it the request is refused, within it a replay is (below).
+MAX_SKEW = timedelta(minutes=5)
 _AUTH = re.compile(
     r"^AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)/aws4_request,"
     r"\s*SignedHeaders=(?P<headers>[a-z0-9;\-]+),\s*Signature=(?P<signature>[0-9a-f]{64})$"
@@ -56,7 +58,7 @@ def verify(
         raise SignatureProblem("IncompleteSignatureException", "X-Amz-Date is missing or malformed") from None
     if abs((now or datetime.now(UTC)) - signed_at) > MAX_SKEW or stamp[:8] != match["date"]:
         raise SignatureProblem(
-            "InvalidSignatureException", "Signature expired: the request time is more than 15 minutes from the server's"
+            "InvalidSignatureException", "Signature expired: the request time is more than 5 minutes from the server's"
         )
     signed = match["headers"].split(";")
     if "host" not in signed or any(name not in headers for name in signed):
@@ -74,3 +76,38 @@ def verify(
             "Access Key and signing method.",
         )
     return resolved
+
+
+class ReplayGuard:
+    """The signatures of requests answered within the signing window: the same signed request sent again (a
+    replay, by whoever captured it) is refused, so that no act or search is done or audited twice in a caller's
+    name. SigV4 has no nonce: a client asking the same thing twice in one second signs it the same, so reads
+    (List*, Describe*, Get*) are left alone, and a request that failed may be sent again as it was (a retry).
+    Kept per process: each API replica guards its own."""
+
+    def __init__(self) -> None:
+        self.answered: dict[str, float] = {}
+
+    @staticmethod
+    def _signature(headers: Mapping[str, str]) -> str:
+        return headers.get("authorization", "").rpartition("Signature=")[2]
+
+    @staticmethod
+    def guarded(operation: str) -> bool:
+        return not operation.startswith(("List", "Describe", "Get"))
+
+    def check(self, headers: Mapping[str, str]) -> None:
+        at = self.answered.get(self._signature(headers))
+        if at is not None and time.monotonic() - at <= MAX_SKEW.total_seconds():
+            raise SignatureProblem("InvalidSignatureException", "this signed request was answered already (a replay)")
+
+    def answered_now(self, headers: Mapping[str, str]) -> None:
+        now = time.monotonic()
+        if len(self.answered) > MAX_REMEMBERED:
+            horizon = now - MAX_SKEW.total_seconds()
+            self.answered = {s: t for s, t in self.answered.items() if t >= horizon}
+        self.answered[self._signature(headers)] = now
+
+
+# Signatures remembered before the expired ones are swept out (at 1,000 requests a second, 5 minutes' worth).
+MAX_REMEMBERED = 300_000

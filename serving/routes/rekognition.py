@@ -25,6 +25,7 @@ log = logging.getLogger("facegrid.rekognition")
 router = APIRouter(tags=["rekognition"])
 TARGET_PREFIX = "RekognitionService."
 CONTENT_TYPE = "application/x-amz-json-1.1"
+REPLAYS = signing.ReplayGuard()
 
 
 async def _body(request: Request, limit: int) -> bytes | None:
@@ -49,6 +50,8 @@ async def _who(ctx: Context, request: Request, body: bytes, operation: str) -> W
         resolved: Resolved = await ctx.in_thread(
             signing.verify, request.method, str(request.url), headers, body, ctx.credentials.resolve
         )
+        if REPLAYS.guarded(operation):
+            REPLAYS.check(headers)
         key = next((k for k in ctx.keys.keys(max_age_s=1.0) if k.key_id == resolved.key_id), None)
         if key is None or key.revoked_at:
             raise NotAuthenticated(f"the facegrid key behind access key {resolved.access_key_id} is revoked or gone")
@@ -94,6 +97,8 @@ async def rekognition(request: Request, ctx: Ctx) -> Response:
         if aws_name == "InternalServerError":
             log.error("unexpected error in %s", name, exc_info=exc)
         return aws_error(aws_name, message, request_id, LAST_RECORD.get())
+    if REPLAYS.guarded(name):
+        REPLAYS.answered_now({k.lower(): v for k, v in request.headers.items()})
     response = Response(json.dumps(answer), media_type=CONTENT_TYPE, headers={"x-amzn-requestid": request_id})
     _echo_audit(response, LAST_RECORD.get())
     return response

@@ -8,6 +8,7 @@ import io
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,7 @@ def test_errors_are_the_modeled_exceptions(world: Any) -> None:
     photo = next(iter(world["photos"].values()))[0].read_bytes()
     if "errors" not in rk.list_collections()["CollectionIds"]:
         rk.create_collection(CollectionId="errors")
+        time.sleep(1.1)  # the same write signed in the same second would be the same request: a replay
     cases = {
         "ResourceNotFoundException": lambda: rk.describe_collection(CollectionId="missing"),
         "ResourceAlreadyExistsException": lambda: rk.create_collection(CollectionId="errors"),
@@ -269,3 +271,30 @@ def test_refusals_at_the_parameter_checks_are_audited(world: Any) -> None:
         seq = int(error["ResponseMetadata"]["HTTPHeaders"]["x-facegrid-audit-seq"])
         audited = next(r for r in read_records(world["ctx"].store) if r["seq"] == seq)
         assert audited["route"] == "rekognition:DescribeCollection" and audited["outcome"] == "refused"
+
+
+def test_a_signed_request_is_answered_once(world: Any) -> None:
+    """Captured and sent again, a signed request is refused; so is one signed more than 5 minutes before."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    from serving.rekognition import signing
+    from serving.rekognition.signing import SignatureProblem
+
+    credentials = world["admin"]._request_signer._credentials.get_frozen_credentials()
+    url = world["url"] + "/"
+
+    def signed() -> dict[str, str]:
+        headers = {"X-Amz-Target": "RekognitionService.CreateCollection", "Content-Type": "application/x-amz-json-1.1"}
+        request = AWSRequest(method="POST", url=url, data=body, headers=headers)
+        SigV4Auth(credentials, "rekognition", "us-east-1").add_auth(request)
+        return dict(request.headers.items())
+
+    now, body = datetime.now(UTC), b'{"CollectionId": "replayed"}'
+    captured = signed()
+    assert httpx.post(url, content=body, headers=captured).status_code == 200
+    again = httpx.post(url, content=body, headers=captured)
+    assert again.status_code == 400 and "replay" in again.json()["Message"]
+    lower = {k.lower(): v for k, v in signed().items()}
+    with pytest.raises(SignatureProblem, match="5 minutes"):  # the same request, arriving 6 minutes later
+        signing.verify("POST", url, lower, body, world["ctx"].credentials.resolve, now=now + timedelta(minutes=6))
