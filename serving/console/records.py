@@ -34,7 +34,7 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 @router.get("/collections")
 async def collections_page(ctx: Ctx, caller: ConsoleCaller, request: Request) -> Response:
     try:
-        described = [collections.describe(ctx, caller, n) for n in collections.names(ctx, caller)]
+        described = [await collections.describe(ctx, caller, n) for n in collections.names(ctx, caller)]
     except Exception as exc:
         return problem(request, caller, exc, "collections.html", collections=[])
     return page(request, "collections.html", caller, collections=described)
@@ -51,7 +51,7 @@ def _jobs(ctx: Context, name: str) -> list[dict[str, Any]]:
 
 async def _collection_page(ctx: Context, request: Request, caller: Caller, name: str, **extra: Any) -> Response:
     try:
-        described = collections.describe(ctx, caller, name)
+        described = await collections.describe(ctx, caller, name)
     except Exception as exc:
         return problem(request, caller, exc, "collections.html", collections=[])
     jobs = await ctx.in_thread(_jobs, ctx, name)

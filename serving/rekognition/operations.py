@@ -88,7 +88,7 @@ async def create_collection(ctx: Context, who: Who, p: dict[str, Any]) -> dict[s
 
 
 async def describe_collection(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, Any]:
-    described = collections.describe(ctx, who.caller, p["CollectionId"])
+    described = await collections.describe(ctx, who.caller, p["CollectionId"])
     return {
         "FaceCount": described.face_count + described.live_face_count,
         "UserCount": described.user_count,
@@ -160,7 +160,7 @@ async def index_faces(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, An
 async def list_faces(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, Any]:
     collection = p["CollectionId"]
     start, size = render.offset_of(p.get("NextToken")), min(p.get("MaxResults") or 1000, 1000)
-    listed = faces.page(ctx, who.caller, collection, size, start)
+    listed = await faces.page(ctx, who.caller, collection, size, start)
     owners = await _owners(ctx, collection)
     wanted = {render.face_id_of(f) for f in p.get("FaceIds", [])}
     model = ctx.manifest(collection).model_id

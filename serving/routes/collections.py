@@ -55,8 +55,8 @@ def list_all(ctx: Ctx, caller: CallerDep) -> CollectionList:
 
 
 @router.get("/{collection}", responses=errors(404))
-def describe(collection: str, ctx: Ctx, caller: CallerDep) -> CollectionDescription:
-    return collections.describe(ctx, caller, collection)
+async def describe(collection: str, ctx: Ctx, caller: CallerDep) -> CollectionDescription:
+    return await collections.describe(ctx, caller, collection)
 
 
 @router.delete("/{collection}", responses=errors(404))

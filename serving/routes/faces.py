@@ -110,14 +110,14 @@ async def readmit(collection: str, body: Readmit, ctx: Ctx, caller: CallerDep) -
 
 
 @router.get("/faces", responses=errors(404))
-def list_faces(
+async def list_faces(
     collection: str,
     ctx: Ctx,
     caller: CallerDep,
     limit: Annotated[int, Query()] = 100,
     offset: Annotated[int, Query()] = 0,
 ) -> FacePage:
-    return faces.page(ctx, caller, collection, limit, offset)
+    return await faces.page(ctx, caller, collection, limit, offset)
 
 
 @router.delete("/faces", responses=errors(404, 409))

@@ -59,8 +59,14 @@ def names(ctx: Context, caller: Caller) -> list[str]:
     return [n for n in ctx.collections.names() if caller.may(Action.COLLECTIONS_READ, n)]
 
 
-def describe(ctx: Context, caller: Caller, name: str) -> CollectionDescription:
-    authorize(caller, Action.COLLECTIONS_READ, name)
+async def describe(ctx: Context, caller: Caller, name: str) -> CollectionDescription:
+    """The manifest with its counts, floor and calibration: a read that is audited; its store reads off the loop."""
+    async with audited(ctx, caller, "describe-collection", name):
+        authorize(caller, Action.COLLECTIONS_READ, name)
+        return await ctx.in_thread(_described, ctx, name)
+
+
+def _described(ctx: Context, name: str) -> CollectionDescription:
     manifest = ctx.manifest(name, fresh=True)
     floor = ctx.models.floor_similarity(manifest)
     pinned = manifest.calibration is not None

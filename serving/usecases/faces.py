@@ -14,18 +14,22 @@ from serving.usecases.context import Context
 LISTED = ["face_id", "external_image_id", "source_key", "source_etag", "bbox", "confidence", "quality", "indexed_at"]
 
 
-def page(ctx: Context, caller: Caller, collection: str, limit: int, offset: int) -> FacePage:
-    authorize(caller, Action.FACES_READ, collection)
-    if not 1 <= limit <= 1000 or offset < 0:
-        raise InvalidRequest("limit must be 1-1000 and offset non-negative")
-    manifest = ctx.manifest(collection, fresh=True)
-    table = all_faces(ctx.collections, manifest, LISTED).sort_by("face_id")
+async def page(ctx: Context, caller: Caller, collection: str, limit: int, offset: int) -> FacePage:
+    """A page of face records (sources and external ids: a read that is audited, with how many it showed)."""
+    async with audited(ctx, caller, "list-faces", collection, limit=limit, offset=offset) as entry:
+        authorize(caller, Action.FACES_READ, collection)
+        if not 1 <= limit <= 1000 or offset < 0:
+            raise InvalidRequest("limit must be 1-1000 and offset non-negative")
+        manifest = ctx.manifest(collection, fresh=True)
+        table = await ctx.in_thread(lambda: all_faces(ctx.collections, manifest, LISTED).sort_by("face_id"))
+        shown = table.slice(offset, limit).to_pylist()
+        entry.update(faces=len(shown), total=table.num_rows)
     return FacePage(
         collection=collection,
         total=table.num_rows,
         offset=offset,
         limit=limit,
-        faces=[render.face_record(r) for r in table.slice(offset, limit).to_pylist()],
+        faces=[render.face_record(r) for r in shown],
         next_offset=offset + limit if offset + limit < table.num_rows else None,
     )
 

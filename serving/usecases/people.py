@@ -53,17 +53,21 @@ async def create(ctx: Context, caller: Caller, collection: str, user_id: str) ->
 
 
 async def page(ctx: Context, caller: Caller, collection: str, limit: int, offset: int) -> UserPage:
-    authorize(caller, Action.FACES_READ, collection)
-    if not 1 <= limit <= 1000 or offset < 0:
-        raise InvalidRequest("limit must be 1-1000 and offset non-negative")
-    ctx.manifest(collection, fresh=True)
-    users = sorted((await ctx.in_thread(ctx.people(collection).state)).users.values(), key=lambda u: u.user_id)
+    """A page of users with their faces: a read that is audited, with how many it showed."""
+    async with audited(ctx, caller, "list-users", collection, limit=limit, offset=offset) as entry:
+        authorize(caller, Action.FACES_READ, collection)
+        if not 1 <= limit <= 1000 or offset < 0:
+            raise InvalidRequest("limit must be 1-1000 and offset non-negative")
+        ctx.manifest(collection, fresh=True)
+        users = sorted((await ctx.in_thread(ctx.people(collection).state)).users.values(), key=lambda u: u.user_id)
+        shown = users[offset : offset + limit]
+        entry.update(users=len(shown), total=len(users))
     return UserPage(
         collection=collection,
         total=len(users),
         offset=offset,
         limit=limit,
-        users=[_info(u) for u in users[offset : offset + limit]],
+        users=[_info(u) for u in shown],
         next_offset=offset + limit if offset + limit < len(users) else None,
     )
 

@@ -35,7 +35,8 @@ def test_damaged_head_fails_closed_until_an_audited_repair(tmp_path: Path) -> No
         refused = admin.post("/v1/collections", json={"name": "c9"})
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "AUDIT_UNAVAILABLE"
         assert "audit repair" in refused.json()["error"]["message"]
-        assert admin.get("/v1/collections/c9").status_code == 404  # nothing happened unrecorded
+        assert "c9" not in ctx.collections.names()  # nothing happened unrecorded
+        assert admin.get("/v1/collections/c0").status_code == 503  # reads are audited too
         assert auditor.get("/v1/audit").status_code == 503  # a read of the log is audited too
         checked = auditor.get("/v1/audit/verify").json()
         assert not checked["ok"] and checked["first_bad_record"]["segment"] == HEAD
@@ -59,4 +60,27 @@ def test_damaged_head_fails_closed_until_an_audited_repair(tmp_path: Path) -> No
         assert records[3]["role"] == "admin" and records[3]["outcome"] == "ok" and records[3]["anchored_seq"] == 3
         assert auditor.get("/v1/audit/verify").json()["ok"]
         assert "verified" in console.get("/ui/audit").text
+    ctx.close()
+
+
+def test_reads_of_face_records_are_audited(tmp_path: Path) -> None:
+    ctx = Context(Settings(store=str(tmp_path / "store")))
+    admin, auditor = ctx.keys.create(Role.ADMIN)[1], ctx.keys.create(Role.AUDITOR)
+    with serve_in_thread(ctx) as url:
+        client = httpx.Client(base_url=url, headers={"X-API-Key": admin}, timeout=60)
+        assert client.post("/v1/collections", json={"name": "reads"}).status_code == 201
+        assert client.get("/v1/collections/reads/faces", params={"limit": 5}).json()["total"] == 0
+        assert client.get("/v1/collections/reads/users").status_code == 200
+        assert client.get("/v1/collections/reads").status_code == 200
+        denied = httpx.get(f"{url}/v1/collections/reads/faces", headers={"X-API-Key": auditor[1]})
+        assert denied.status_code == 403
+    reads = [r for r in read_records(ctx.store) if r["action"] in ("list-faces", "list-users", "describe-collection")]
+    assert [(r["action"], r["outcome"]) for r in reads] == [
+        ("list-faces", "ok"),
+        ("list-users", "ok"),
+        ("describe-collection", "ok"),
+        ("list-faces", "refused"),
+    ]
+    assert reads[0]["collection"] == "reads" and (reads[0]["faces"], reads[0]["total"], reads[0]["limit"]) == (0, 0, 5)
+    assert reads[3]["key_id"] == auditor[0].key_id
     ctx.close()

@@ -73,7 +73,7 @@ def test_each_collection_keeps_its_model_and_floor(world: dict[str, Any]) -> Non
     service: Context = world["service"]
     floors = {}
     for name, model in COLLECTIONS.items():
-        described = collections.describe(service, local_operator(), name).model_dump()
+        described = asyncio.run(collections.describe(service, local_operator(), name)).model_dump()
         assert described["model_id"] == model and described["face_count"] >= PEOPLE * INDEXED - 1
         floors[model] = described["threshold_floor_similarity"]
     # The same promise (1e-5) is a different similarity for each model: each floor comes from its own calibration.
