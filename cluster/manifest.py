@@ -17,6 +17,9 @@ from cluster.storage import ObjectNotFound, ObjectStore
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # whole names only: fullmatch (a $ allows a newline)
 DEFAULT_MAX_FALSE_MATCH_RATE = 1e-5
+# Shards of a collection created without a count (both protocols): four keep a 1M-face collection's shards at
+# 250k faces, where IVF fast-scan answers in well under a millisecond.
+DEFAULT_SHARDS = 4
 
 
 class TrainedIndex(BaseModel):
@@ -34,7 +37,7 @@ class Manifest(BaseModel):
     index_spec: str = index_spec.AUTO
     built_spec: str | None = None  # what `auto` resolved to at the last publish, the same for every shard
     trained: TrainedIndex | None = None  # the IVF training that later publishes add to
-    shard_count: int = 4
+    shard_count: int = DEFAULT_SHARDS
     # The version that set the shard count: shard actors are named by it, so a 4 -> 6 -> 4 reshard starts a
     # new set of four rather than reusing names whose actors were retired.
     shard_set: int = 0

@@ -120,16 +120,7 @@ class ShardSet:
         return [handle for _, handle in self._named(manifest)]
 
     def _named(self, manifest: Manifest) -> list[tuple[str, Any]]:
-        ensure_ray()
-        prefix = set_prefix(self.collection, manifest)
-        found = []
-        for name in sorted(ray.util.list_named_actors()):
-            if name.startswith(prefix):
-                try:
-                    found.append((name, ray.get_actor(name, namespace=NAMESPACE)))
-                except ValueError:
-                    continue  # gone since the listing
-        return found
+        return _named_actors(set_prefix(self.collection, manifest))
 
     def _retire_others(self, manifest: Manifest, held: dict[int, list[Any]]) -> None:
         """Hosts of the set's earlier layouts (another replica count), once the current one has loaded."""
@@ -216,10 +207,27 @@ class ShardSet:
         log.info("retired shard set %s of %s", _key(manifest), self.collection)
 
     async def drop(self) -> None:
-        """The collection was deleted: live hosts unload (their shards find no manifest) and the handles go."""
-        for held in self._handles.values():
-            await asyncio.gather(*(h.reload.remote() for h in _hosts(held)))
+        """The collection was deleted: every host of it in this cluster (any set, any layout, whoever started it)
+        is stopped, and its memory with it; the handles go."""
         self._handles.clear()
+        for handle in await asyncio.to_thread(self._all_hosts):
+            ray.kill(handle)
+
+    def _all_hosts(self) -> list[Any]:
+        return [handle for _, handle in _named_actors(f"shards:{self.collection}/")]
+
+
+def _named_actors(prefix: str) -> list[tuple[str, Any]]:
+    """(name, handle) of the cluster's actors whose names start with `prefix`, in name order."""
+    ensure_ray()
+    found = []
+    for name in sorted(ray.util.list_named_actors()):
+        if name.startswith(prefix):
+            try:
+                found.append((name, ray.get_actor(name, namespace=NAMESPACE)))
+            except ValueError:
+                continue  # gone since the listing
+    return found
 
 
 def _hosts(handles: dict[int, list[Any]]) -> list[Any]:

@@ -252,9 +252,15 @@ class S3Store(ObjectStore):
     def __init__(self, bucket: str, prefix: str, settings: Settings) -> None:
         import urllib3
         from minio import Minio
+        from minio.helpers import check_bucket_name
 
         if not settings.s3_endpoint:
             raise StorageError("an s3:// location needs FACEGRID_S3_ENDPOINT (host:port of MinIO or S3)")
+        try:
+            check_bucket_name(bucket)
+        except ValueError as exc:
+            rule = "3-63 lowercase letters, digits, '.' and '-'"
+            raise StorageError(f"s3://{bucket}: not a valid bucket name ({rule})") from exc
         endpoint = settings.s3_endpoint
         secure = settings.s3_secure
         if "://" in endpoint:
@@ -310,6 +316,21 @@ class S3Store(ObjectStore):
             lambda: self.client.put_object(self.bucket, self._full(key), io.BytesIO(data), len(data)),
             f"{self.uri}{key}",
         )
+
+    def exists(self, key: str) -> bool:
+        """A metadata read (HEAD), not a download."""
+        from minio.error import S3Error
+
+        def stat() -> bool:
+            try:
+                self.client.stat_object(self.bucket, self._full(key))
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                    return False
+                raise
+            return True
+
+        return _retry(stat, f"{self.uri}{key}")
 
     def download(self, key: str, path: Path) -> None:
         """Streamed to disk: a shard's records file can be larger than what its process should hold."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -301,7 +301,13 @@ def audit_head(as_json: JsonFlag = False) -> None:
 
 
 def _when(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text).replace(tzinfo=UTC) if text else None
+    """A time as given, its offset honoured (none: UTC); a bad one a clear error, not a traceback."""
+    from serving.usecases.audit import parse_time
+
+    try:
+        return parse_time(text, "a time")
+    except InvalidRequest as exc:
+        raise fail(exc) from exc
 
 
 @audit_app.command("export")

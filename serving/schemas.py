@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cluster.manifest import MAX_REPLICAS
+from cluster.manifest import DEFAULT_SHARDS, MAX_REPLICAS
 from serving.usecases.audited import MAX_CASE_ID, MAX_PURPOSE
 
 RATE = (
@@ -234,7 +234,7 @@ class AuditPage(BaseModel):
 
 class CreateCollection(Body):
     name: str
-    shards: int = Field(default=4, ge=1, le=1024)
+    shards: int = Field(default=DEFAULT_SHARDS, ge=1, le=1024)
     max_false_match_rate: float = Field(default=1e-5, gt=0, lt=1)
     index_spec: str = "auto"
     model: str | None = Field(default=None, description="Embedding model: sface-2021dec (default) or dlib-resnet-v1")

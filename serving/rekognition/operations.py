@@ -11,7 +11,7 @@ import numpy as np
 
 from cluster.access import Caller
 from cluster.errors import CollectionNotFound
-from cluster.manifest import DEFAULT_MAX_FALSE_MATCH_RATE, Manifest
+from cluster.manifest import DEFAULT_MAX_FALSE_MATCH_RATE, DEFAULT_SHARDS, Manifest
 from cluster.models.registry import DEFAULT_EMBEDDER
 from cluster.pipeline.quality import QualityFilter
 from serving.rekognition import render
@@ -82,7 +82,7 @@ def _request(who: Who, threshold: float | None, max_results: int = 10) -> Search
 
 
 async def create_collection(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, Any]:
-    made = await collections.create(ctx, who.caller, p["CollectionId"], 4, DEFAULT_MAX_FALSE_MATCH_RATE)
+    made = await collections.create(ctx, who.caller, p["CollectionId"], DEFAULT_SHARDS, DEFAULT_MAX_FALSE_MATCH_RATE)
     return {"StatusCode": 200, "CollectionArn": f"aws:rekognition:facegrid:collection/{made.name}",
             "FaceModelVersion": made.model_id}  # fmt: skip
 

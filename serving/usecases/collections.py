@@ -145,8 +145,8 @@ async def calibrate(ctx: Context, caller: Caller, name: str, calibration: dict[s
 async def delete(ctx: Context, caller: Caller, name: str) -> int:
     async with audited(ctx, caller, "delete-collection", name) as entry:
         authorize(caller, Action.COLLECTIONS_WRITE, name)
-        entry["deleted_faces"] = ctx.collections.get(name).face_count
-        removed = ctx.collections.delete(name)
+        entry["deleted_faces"] = (await ctx.in_thread(ctx.collections.get, name)).face_count
+        removed = await ctx.in_thread(ctx.collections.delete, name)
     ctx.forget(name)
     await ctx.shards(name).drop()
     return removed

@@ -4,6 +4,7 @@ a GPU share only where the cluster has GPUs; a reshard starts a new set, other p
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,4 +86,9 @@ def test_a_replica_count_change_loads_the_new_layout_and_retires_the_old(tmp_pat
         assert len(hosts) == count  # the earlier layout's hosts are gone
         assert all(sorted(h["shards"]) == [0, 1] for h in hosts)  # one node: each host holds every shard
         assert sum(h["faces"] for h in hosts) == count * 300
-    shards.retire(collections.get("r"))
+    collections.delete("r")
+    asyncio.run(shards.drop())  # as a collection's deletion does: every host of it goes, and its memory
+    deadline = time.monotonic() + 30
+    while [n for n in ray.util.list_named_actors() if n.startswith("shards:r/")]:
+        assert time.monotonic() < deadline, "the deleted collection's hosts are still up"
+        time.sleep(0.2)

@@ -80,3 +80,16 @@ def test_listing_pages_through_everything(store: ObjectStore, monkeypatch: pytes
     for key in keys:
         store.put(key, b"x")
     assert [i.key for i in store.list("many/")] == keys
+
+
+def test_exists_reads_metadata_only(store: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.put("e/there.bin", b"x" * 1000)
+    monkeypatch.setattr(type(store), "get", lambda *_: pytest.fail("exists downloaded the object"))
+    assert store.exists("e/there.bin") and not store.exists("e/missing.bin")
+
+
+@pytest.mark.parametrize("bucket", ["ab", "Upper", "under_score", "x" * 64, "dot..dot"])
+def test_a_bad_bucket_name_is_one_clear_error(bucket: str) -> None:
+    settings = Settings(s3_endpoint="127.0.0.1:1", s3_access_key=ACCESS_KEY, s3_secret_key=SECRET_KEY)
+    with pytest.raises(StorageError, match="not a valid bucket name"):
+        open_store(f"s3://{bucket}/p", settings)
