@@ -257,7 +257,7 @@ class S3Store(ObjectStore):
         if not settings.s3_endpoint:
             raise StorageError("an s3:// location needs FACEGRID_S3_ENDPOINT (host:port of MinIO or S3)")
         try:
-            check_bucket_name(bucket)
+            check_bucket_name(bucket, strict=True)
         except ValueError as exc:
             rule = "3-63 lowercase letters, digits, '.' and '-'"
             raise StorageError(f"s3://{bucket}: not a valid bucket name ({rule})") from exc

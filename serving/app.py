@@ -106,7 +106,9 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         # Unknown routes, wrong methods, bodies Starlette cannot parse (malformed multipart, oversized fields).
         code = HTTP_CODES.get(exc.status_code, "INVALID_REQUEST")
-        return envelope(exc.status_code, code, str(exc.detail))
+        response = envelope(exc.status_code, code, str(exc.detail))
+        response.headers.update(exc.headers or {})  # a 405's Allow, as RFC 9110 requires
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

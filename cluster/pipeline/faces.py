@@ -81,12 +81,14 @@ class FacePipeline:
         blobs: list[bytes],
         max_faces: int | None = None,
         quality_filter: QualityFilter = QualityFilter.NONE,
+        embed: bool = True,
     ) -> list[ImageFaces | ImageError]:
+        """`embed=False`: faces, boxes and quality only (detection has no use for the model's vectors)."""
         started = time.perf_counter()
         decoded = self.decode(blobs)
         self.times.add("decode", started)
         images = [d for d in decoded if not isinstance(d, ImageError)]
-        found = iter(self.from_arrays(images, max_faces, quality_filter))
+        found = iter(self.from_arrays(images, max_faces, quality_filter, embed))
         return [d if isinstance(d, ImageError) else next(found) for d in decoded]
 
     def from_arrays(
@@ -94,6 +96,7 @@ class FacePipeline:
         images: list[np.ndarray],
         max_faces: int | None = None,
         quality_filter: QualityFilter = QualityFilter.NONE,
+        embed: bool = True,
     ) -> list[ImageFaces]:
         started = time.perf_counter()
         detections = self.detect(images) if images else []
@@ -120,7 +123,7 @@ class FacePipeline:
                     kept_chips.append(chips[i])
             results.append(result)
         started = self.times.add("align_quality", started)
-        if kept_chips:
+        if kept_chips and embed:
             vectors = normalize(self.embed(np.stack(kept_chips)))
             for face, vector in zip(kept_faces, vectors, strict=True):
                 face.embedding = vector

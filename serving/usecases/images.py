@@ -29,13 +29,14 @@ async def probe_faces(
     model_id: str = DEFAULT_EMBEDDER,
     quality_filter: QualityFilter = QualityFilter.NONE,
     pool: BoundedPool | None = None,
+    embed: bool = True,
 ) -> ImageFaces:
     """The faces of an uploaded photo through the model's pipeline (on `pool`, else the probe pool, which may
     answer Busy); a photo that cannot be read raises."""
     if len(blob) > ctx.settings.serving.max_upload_bytes:
         raise ImageError(Reason.IMAGE_TOO_LARGE, f"upload over {ctx.settings.serving.max_upload_bytes} bytes")
     pipeline = ctx.models.pipeline(model_id)
-    result = (await (pool or ctx.probes).run(pipeline, [blob], max_faces, quality_filter))[0]
+    result = (await (pool or ctx.probes).run(pipeline, [blob], max_faces, quality_filter, embed))[0]
     if isinstance(result, ImageError):
         raise result
     return result
@@ -123,5 +124,5 @@ async def compare(
 
 async def detect(ctx: Context, caller: Caller, blob: bytes) -> DetectAnswer:
     authorize(caller, Action.DETECT)
-    result = await probe_faces(ctx, blob, None)
+    result = await probe_faces(ctx, blob, None, embed=False)  # detection: no vectors wanted
     return DetectAnswer(width=result.width, height=result.height, faces=[render.face_detail(f) for f in result.faces])

@@ -170,6 +170,7 @@ def test_hostile_requests_are_refused_cleanly(world: dict[str, Any]) -> None:
         headers = {**admin.headers, **request.pop("headers", {})}
         _clean(admin.request(method, path, headers=headers, **request), what)
     assert admin.get("/healthz").status_code == 200
+    assert admin.request("PATCH", "/v1/collections/gallery").headers["allow"]  # a 405 names what is allowed
     healthy = admin.post("/v1/collections/gallery/search", files={"image": ("p.jpg", world["photo"])}, data=SEARCH)
     assert healthy.status_code == 200 and healthy.json()["matches"], healthy.text
     assert admin.get("/v1/collections/gallery").json()["index_spec"] == "auto"  # no bad spec was applied

@@ -105,3 +105,10 @@ def test_exif_rotation_is_applied_before_detection(face_jpeg: bytes, pipeline) -
     assert (found_tagged.width, found_tagged.height) == upright.size
     assert len(found_tagged.faces) >= 1
     assert len(found_untagged.faces) == 0
+
+
+def test_detection_alone_makes_no_vectors(face_jpeg: bytes, pipeline) -> None:  # type: ignore[no-untyped-def]
+    detected, embedded = pipeline([face_jpeg], embed=False)[0], pipeline([face_jpeg])[0]
+    assert detected.faces and all(face.embedding is None for face in detected.faces)
+    assert [face.bbox.tolist() for face in detected.faces] == [face.bbox.tolist() for face in embedded.faces]
+    assert all(face.embedding is not None for face in embedded.faces)
