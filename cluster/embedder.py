@@ -16,7 +16,7 @@ from cluster.erasures import ErasureRegister
 from cluster.pipeline.errors import ImageError, Reason
 from cluster.pipeline.faces import FacePipeline, ImageFaces
 from cluster.pipeline.quality import QualityFilter
-from cluster.records import ERROR_SCHEMA, FACE_SCHEMA, face_rows
+from cluster.records import ERROR_SCHEMA, face_rows, face_schema
 from cluster.settings import Settings
 from cluster.storage import ObjectInfo, StorageAuthError, StorageError, open_store
 
@@ -151,7 +151,8 @@ class IndexPartition:
         began = time.perf_counter()
         if faces:
             result.face_file = f"{base}/faces/{name}"
-            self.store.put_parquet(result.face_file, pa.Table.from_pylist(faces, FACE_SCHEMA))
+            schema = face_schema(len(faces[0]["embedding"]))  # the model's dimension
+            self.store.put_parquet(result.face_file, pa.Table.from_pylist(faces, schema))
         if errors:
             result.error_file = f"{base}/errors/{name}"
             self.store.put_parquet(result.error_file, pa.Table.from_pylist(errors, ERROR_SCHEMA))

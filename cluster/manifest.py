@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from cluster import index_spec
 from cluster.errors import CollectionExists, CollectionNotFound, InvalidCollectionName, InvalidRequest
 from cluster.pipeline.embed import EMBEDDING_DIM
-from cluster.records import ERROR_SCHEMA, FACE_SCHEMA
+from cluster.records import ERROR_SCHEMA, FACE_SCHEMA, face_schema
 from cluster.storage import ObjectNotFound, ObjectStore
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # whole names only: fullmatch (a $ allows a newline)
@@ -139,7 +139,8 @@ class Collections:
     def faces(self, manifest: Manifest, columns: list[str] | None = None) -> pa.Table:
         tables = [self.store.get_parquet(key, columns) for key in manifest.face_files]
         if not tables:
-            return FACE_SCHEMA.empty_table().select(columns) if columns else FACE_SCHEMA.empty_table()
+            empty = face_schema(manifest.dim).empty_table()
+            return empty.select(columns) if columns else empty
         # Files written before the `shard` column was dropped still carry it: schemas are unified, not equal.
         return pa.concat_tables(tables, promote_options="permissive").select(columns or FACE_SCHEMA.names)
 

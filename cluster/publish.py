@@ -20,7 +20,7 @@ from cluster.live import live_segments
 from cluster.locks import exclusive
 from cluster.manifest import Collections, Manifest, TrainedIndex, check_shard_count, now
 from cluster.models.registry import embedding_of
-from cluster.records import FACE_SCHEMA, deduplicate, drop_superseded, erase_rows, shard_of
+from cluster.records import deduplicate, drop_superseded, erase_rows, face_schema, shard_of
 from cluster.snapshot import RECORD_COLUMNS, extend_shard, vectors_of, write_shard
 from cluster.storage import ObjectNotFound
 
@@ -198,10 +198,10 @@ class Publisher:
         for shard in range(new.shard_count):
             directory = f"{self.collections.prefix(new.name)}shards/{folder}/{shard}"
             if previous is not None:
-                rows = deduplicate(self._shard_rows(added, new.shard_count, shard))
+                rows = deduplicate(self._shard_rows(added, new, shard))
                 extend_shard(self.store, previous.shards[str(shard)], directory, rows, spec, self._erased)
             else:
-                rows = deduplicate(self._shard_rows(new.face_files, new.shard_count, shard))
+                rows = deduplicate(self._shard_rows(new.face_files, new, shard))
                 if index_spec.compressed(spec) and trained is None:
                     trained = self._trained(new, spec, rows, retrain)
                 write_shard(self.store, directory, rows, spec, trained, seed=shard)
@@ -212,15 +212,15 @@ class Publisher:
         ids = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
         return ids[~np.isin(ids, self._erased)]
 
-    def _shard_rows(self, files: list[str], shard_count: int, shard: int) -> pa.Table:
+    def _shard_rows(self, files: list[str], manifest: Manifest, shard: int) -> pa.Table:
         columns = ["face_id", "faiss_id", "embedding", "indexed_at", *RECORD_COLUMNS[1:]]
         tables = []
         for key in files:
             table = self.store.get_parquet(key, columns)
             ids = table.column("faiss_id").to_numpy()
-            mine = (shard_of(ids, shard_count) == shard) & ~np.isin(ids, self._erased)
+            mine = (shard_of(ids, manifest.shard_count) == shard) & ~np.isin(ids, self._erased)
             tables.append(table.filter(pa.array(mine)))
-        return pa.concat_tables(tables) if tables else FACE_SCHEMA.empty_table().select(columns)
+        return pa.concat_tables(tables) if tables else face_schema(manifest.dim).empty_table().select(columns)
 
     def _trained(self, manifest: Manifest, spec: str, rows: pa.Table, retrain: bool) -> faiss.Index:
         """The collection's trained (empty) IVF index: the stored one while the spec holds, else trained now on

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from datetime import UTC, datetime
@@ -14,25 +15,33 @@ import pyarrow.compute as pc
 from cluster.pipeline.embed import EMBEDDING_DIM
 from cluster.storage import ObjectNotFound, ObjectStore
 
-FACE_SCHEMA = pa.schema(
-    [
-        ("face_id", pa.string()),
-        ("faiss_id", pa.int64()),
-        ("external_image_id", pa.string()),
-        # The object's location: the source's URI joined with its key (a URI, despite the column's name, which
-        # stored records have carried since the first release; the API calls it `source`).
-        ("source_key", pa.string()),
-        ("source_etag", pa.string()),
-        ("face_index", pa.int32()),
-        ("bbox", pa.list_(pa.float32(), 4)),
-        ("landmarks", pa.list_(pa.float32(), 10)),
-        ("confidence", pa.float32()),
-        ("quality", pa.string()),
-        ("embedding", pa.list_(pa.float32(), EMBEDDING_DIM)),
-        ("job_id", pa.string()),
-        ("indexed_at", pa.timestamp("ms", tz="UTC")),
-    ]
-)
+
+@functools.cache
+def face_schema(dim: int) -> pa.Schema:
+    """Face records of a model whose embeddings have `dim` dimensions (a manifest's `dim`)."""
+    return pa.schema(
+        [
+            ("face_id", pa.string()),
+            ("faiss_id", pa.int64()),
+            ("external_image_id", pa.string()),
+            # The object's location: the source's URI joined with its key (a URI, despite the column's name, which
+            # stored records have carried since the first release; the API calls it `source`).
+            ("source_key", pa.string()),
+            ("source_etag", pa.string()),
+            ("face_index", pa.int32()),
+            ("bbox", pa.list_(pa.float32(), 4)),
+            ("landmarks", pa.list_(pa.float32(), 10)),
+            ("confidence", pa.float32()),
+            ("quality", pa.string()),
+            ("embedding", pa.list_(pa.float32(), dim)),
+            ("job_id", pa.string()),
+            ("indexed_at", pa.timestamp("ms", tz="UTC")),
+        ]
+    )
+
+
+# The records of the shipped models (128-D); other dimensions: face_schema(manifest.dim).
+FACE_SCHEMA = face_schema(EMBEDDING_DIM)
 ERROR_SCHEMA = pa.schema(
     [
         ("source_key", pa.string()),

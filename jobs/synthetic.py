@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry
-from cluster.records import FACE_SCHEMA
+from cluster.records import face_schema
 from cluster.settings import Settings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -166,4 +166,4 @@ def face_records(vectors: np.ndarray, start: int, per_identity: int) -> pa.Table
         "job_id": pa.array(["bench"] * n),
         "indexed_at": pa.array(np.full(n, np.datetime64(datetime.now(UTC).replace(tzinfo=None), "ms"))),
     }
-    return pa.Table.from_pydict(columns).cast(FACE_SCHEMA)
+    return pa.Table.from_pydict(columns).cast(face_schema(vectors.shape[1]))

@@ -15,7 +15,7 @@ from cluster.erasures import ErasureRegister
 from cluster.errors import InvalidRequest, SourceObjectNotFound
 from cluster.live import live_segments, segment_key
 from cluster.pipeline.quality import QualityFilter
-from cluster.records import FACE_SCHEMA, face_rows, shard_of
+from cluster.records import face_rows, face_schema, shard_of
 from cluster.storage import ObjectNotFound, open_store
 from cluster.text import check_text
 from serving import render
@@ -81,7 +81,7 @@ async def add_faces(
             UnindexedFace(reasons=[str(r) for r in f.skip_reasons], face=render.face_detail(f)) for f in image.skipped
         ]
         if kept:
-            table = pa.Table.from_pylist([r for r, _ in kept], FACE_SCHEMA)
+            table = pa.Table.from_pylist([r for r, _ in kept], face_schema(manifest.dim))
             segment = segment_key(collection, key, etag)
             await ctx.in_thread(ctx.store.put_parquet, segment, table)
             written = await ctx.in_thread(ctx.store.info, segment)

@@ -158,3 +158,39 @@ def test_a_publish_whose_previous_snapshots_went_meanwhile_lost_a_race(tmp_path:
     with pytest.raises(CollectionChanged):
         publisher.publish(first, ["collections/gone/faces/c.parquet"])
     assert publisher.publish_latest("gone").face_count == 300
+
+
+def test_a_512_dimension_model_is_stored_published_and_searched(tmp_path: Path) -> None:
+    """The manifest's `dim` decides the records' and the snapshots' width (ArcFace-class models are 512-D)."""
+    collections = Collections(LocalStore(tmp_path / "store"))
+    manifest = collections.create(
+        Manifest(name="wide", model_id="dlib-resnet-v1", model_sha256="s", dim=512, shard_count=2, index_spec="Flat")
+    )
+    assert collections.faces(manifest).schema.field("embedding").type.list_size == 512  # empty, already 512
+    vectors, _ = clustered_vectors(300, 512, seed=3)
+    collections.store.put_parquet("collections/wide/faces/a.parquet", records(vectors, 0))
+    published = Publisher(collections).publish(manifest, ["collections/wide/faces/a.parquet"])
+    snapshots = _snapshots(collections, published, tmp_path / "cache")
+    assert published.face_count == 300 and all(s.index.d == 512 for s in snapshots)
+    assert [f[0] for f in _search(snapshots, vectors[:20])] == list(range(1, 21))
+
+
+def test_erased_faces_leave_a_snapshot_that_a_later_publish_extends(tmp_path: Path) -> None:
+    """An erasure's own publish may extend the snapshots (it folds new faces in too): the erased face goes all
+    the same (the race harness found it served after its erasure)."""
+    from cluster.erasures import ErasureRegister
+
+    collections = Collections(LocalStore(tmp_path / "store"))
+    publisher = Publisher(collections)
+    manifest = collections.create(
+        Manifest(name="e", model_id="dlib-resnet-v1", model_sha256="s", shard_count=2, index_spec="Flat")
+    )
+    vectors, _ = clustered_vectors(200, 128, seed=4)
+    collections.store.put_parquet("collections/e/faces/a.parquet", records(vectors[:100], 0))
+    first = publisher.publish(manifest, ["collections/e/faces/a.parquet"])
+    ErasureRegister(collections.store, "e").erased([{"face_id": f"{1:016x}", "source": "s", "etag": ""}], "test")
+    collections.store.put_parquet("collections/e/faces/b.parquet", records(vectors[100:], 100))
+    later = publisher.publish(first, ["collections/e/faces/b.parquet"], erasing=True)
+    assert later.extended_from == first.version and later.face_count == 199
+    found = _search(_snapshots(collections, later, tmp_path / "cache"), vectors[:1])
+    assert 1 not in found[0]

@@ -1,17 +1,33 @@
-"""Embedder placement: one GPU per actor where the cluster has GPUs, fractional CPUs otherwise."""
+"""Embedder placement, as the cluster schedules it: one GPU per actor where the cluster has GPUs; on a CPU-only
+cluster more embedders run at once than there are cores, and none is restarted (its partition goes elsewhere)."""
 
 from __future__ import annotations
 
-from cluster.raycluster import EMBEDDER_CPUS, embedder_options
+import pytest
+import ray
+
+from cluster.raycluster import embedder_count, embedder_options
+
+
+class Probe:
+    def ping(self) -> str:
+        return ray.get_runtime_context().get_actor_id()
 
 
 def test_gpu_cluster_pins_one_gpu_per_embedder() -> None:
     options = embedder_options(gpus=4)
     assert options["num_gpus"] == 1 and options["scheduling_strategy"] == "SPREAD"
+    assert embedder_count(gpus=4) == 4
 
 
-def test_cpu_cluster_uses_fractional_cpus() -> None:
+def test_a_cpu_cluster_runs_more_embedders_than_cores_and_restarts_none(local_ray: None) -> None:
+    cores = int(ray.cluster_resources()["CPU"])
     options = embedder_options(gpus=0)
-    assert "num_gpus" not in options and options["num_cpus"] == EMBEDDER_CPUS < 1
-    # A dead embedder's partition goes to another (run_partitions); a restart could wait for a lost node's CPUs.
-    assert options["max_restarts"] == 0 and options["max_task_retries"] == 0
+    actors = [ray.remote(Probe).options(**options).remote() for _ in range(2 * cores)]
+    ready, waiting = ray.wait([a.ping.remote() for a in actors], num_returns=len(actors), timeout=60)
+    assert len(ready) == 2 * cores and not waiting  # all scheduled at once: fractional CPUs
+    ray.kill(actors[0], no_restart=False)  # a restart would be allowed here, if the options asked for one
+    with pytest.raises(ray.exceptions.RayActorError):  # it does not come back: its partition goes elsewhere
+        ray.get(actors[0].ping.remote(), timeout=30)
+    for actor in actors[1:]:
+        ray.kill(actor)
