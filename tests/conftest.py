@@ -26,7 +26,7 @@ def lfw_images() -> Path:
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
     """One local Ray per test module (127.0.0.1 only: tests/__init__.py), in the namespace our actors use."""
-    ray.init(num_cpus=2, include_dashboard=False, namespace="facegrid", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="facegrid", log_to_driver=False)
     assert ray.util.get_node_ip_address() == "127.0.0.1", "Ray would listen beyond this machine"
     try:
         yield
