@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from cluster.storage import LocalStore, ObjectStore
@@ -38,6 +38,11 @@ def exclusive(store: ObjectStore, name: str) -> Iterator[None]:
             yield
     finally:
         names.discard(key)
+
+
+def collection_lock(store: ObjectStore, collection: str) -> AbstractContextManager[None]:
+    """A collection's lock: publishes commit, erasures run, and record files are rewritten under it."""
+    return exclusive(store, f"collection-{collection}")
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from cluster import index_spec
 from cluster.erasures import ErasureRegister
 from cluster.errors import CollectionChanged
 from cluster.live import live_segments
-from cluster.locks import exclusive
+from cluster.locks import collection_lock
 from cluster.manifest import Collections, Manifest, TrainedIndex, check_shard_count, now
 from cluster.models.registry import embedding_of
 from cluster.records import deduplicate, drop_superseded, erase_rows, face_schema, shard_of
@@ -93,7 +93,7 @@ class Publisher:
         new.updated_at = now()
         # The check and the swap are one step for every process on the store (two erasures once both passed the
         # check, and each deleted the other's snapshots).
-        with exclusive(self.store, lock_name(new.name)):
+        with collection_lock(self.store, new.name):
             current = self.collections.get(new.name)
             if current.version != manifest.version:
                 self._drop_unreferenced(current, only=f"{self.collections.prefix(new.name)}shards/{folder}/")
@@ -168,7 +168,7 @@ class Publisher:
             new = old.model_copy(deep=True)
             change(new)
             new.version, new.updated_at, new.folded = old.version + 1, now(), []
-            with exclusive(self.store, lock_name(name)):
+            with collection_lock(self.store, name):
                 if self.collections.get(name).version == old.version:
                     self.collections.write(new)
                     return old, new
@@ -180,7 +180,7 @@ class Publisher:
     ) -> tuple[Manifest, list[dict[str, Any]]]:
         """Remove faces from the Parquet records (the live log's included) and the shard snapshots: real erasure,
         not a tombstone; the erasure register remembers them (never their vectors) so that no job brings them back."""
-        with exclusive(self.store, lock_name(manifest.name)):
+        with collection_lock(self.store, manifest.name):
             # Under the collection's lock from the first read to the swap: a second erasure of the same faces
             # waits for this one's publish, then finds them on the register (no answer before they are gone).
             current = self.collections.get(manifest.name)
@@ -257,10 +257,6 @@ class Publisher:
         for info in listed:
             if info.key.rsplit("/", 1)[0] not in keep and info.key != trained:
                 self.store.delete(info.key)
-
-
-def lock_name(collection: str) -> str:
-    return f"collection-{collection}"
 
 
 def _built_for(key: str, after: int) -> int:

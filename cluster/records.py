@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cluster.locks import collection_lock
 from cluster.pipeline.embed import EMBEDDING_DIM
 from cluster.storage import ObjectNotFound, ObjectStore
 
@@ -144,16 +145,24 @@ def drop_superseded(store: ObjectStore, held: list[str], face_files: list[str], 
         for source, etag, at in zip(*(mine.column(c).to_pylist() for c in mine.column_names), strict=True):
             if source not in latest or at > latest[source][0]:
                 latest[source] = (at, etag)
-        stale_rows = [
-            etag != latest[source][1] and at < latest[source][0]
-            for source, etag, at in zip(*(rows.column(c).to_pylist() for c in rows.column_names), strict=True)
-        ]
-        if any(stale_rows):
-            stale = np.zeros(table.num_rows, dtype=bool)
-            stale[np.flatnonzero(hit.to_numpy(zero_copy_only=False))] = stale_rows
-            store.put_parquet(key, store.get_parquet(key).filter(pa.array(~stale)))
-            removed += int(stale.sum())
+        if not any(etag != latest[s][1] and at < latest[s][0] for s, etag, at in zip(*_columns(rows), strict=True)):
+            continue
+        # Read again, filtered and written under the collection's lock: an erasure's rewrite of this file in
+        # between must not be undone (its rows back from a copy read before it).
+        with collection_lock(store, key.split("/")[1]):
+            current = store.get_parquet(key)
+            stale = [
+                source in latest and etag != latest[source][1] and at < latest[source][0]
+                for source, etag, at in zip(*_columns(current), strict=True)
+            ]
+            store.put_parquet(key, current.filter(pa.array(np.logical_not(stale))))
+        removed += sum(stale)
     return removed
+
+
+def _columns(table: pa.Table) -> list[list[Any]]:
+    """Source key, etag and indexing time of each row, as lists."""
+    return [table.column(c).to_pylist() for c in ("source_key", "source_etag", "indexed_at")]
 
 
 def erase_rows(
