@@ -210,6 +210,8 @@ class ShardSet:
         """The collection was deleted: every host of it in this cluster (any set, any layout, whoever started it)
         is stopped, and its memory with it; the handles go."""
         self._handles.clear()
+        if not ray.is_initialized():
+            return  # no cluster joined here (the CLI, say): no host of this process's to stop, none to start Ray for
         for handle in await asyncio.to_thread(self._all_hosts):
             ray.kill(handle)
 
