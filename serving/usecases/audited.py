@@ -39,6 +39,7 @@ def as_json_number(value: float | None) -> float | str | None:
     return value if value is None or math.isfinite(value) else str(value)
 
 
+# How long a server takes its audit writer's report of a damaged log as the answer before asking again.
 DAMAGE_RECHECK_S = 1.0
 
 # The seq and hash of the record this request's task appended last: interfaces may echo it to the caller.
