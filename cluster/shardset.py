@@ -135,7 +135,7 @@ class ShardSet:
         new set loads first, and the old one is retired `serving.retire_after_s` later (other servers' manifests
         are at most MANIFEST_TTL_S old). A replaced set never becomes current again: every reshard names a new one."""
         if _key(old) == _key(new):
-            await asyncio.gather(*(h.reload.remote() for h in self.live(new)))
+            await _reload(self.live(new))
             if old.replicas != new.replicas:
                 await self.handles(new)
         else:
@@ -217,6 +217,15 @@ class ShardSet:
 
     def _all_hosts(self) -> list[Any]:
         return [handle for _, handle in _named_actors(f"shards:{self.collection}/")]
+
+
+async def _reload(hosts: list[Any]) -> None:
+    """Every host loads the latest version. A host retired meanwhile (by another server of this cluster, after a
+    reshard or a replica change) has nothing to show; any other failure is raised."""
+    answers = await asyncio.gather(*(h.reload.remote() for h in hosts), return_exceptions=True)
+    for answer in answers:
+        if isinstance(answer, BaseException) and not isinstance(answer, ray.exceptions.RayActorError):
+            raise answer
 
 
 def _named_actors(prefix: str) -> list[tuple[str, Any]]:
