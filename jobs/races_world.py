@@ -4,6 +4,7 @@ and the model of the collection that every answer is held against."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -83,8 +84,10 @@ def world(
     be) or a bucket of a local S3 server (the servers on one Ray cluster, which runs the S3 audit writer)."""
     from jobs import s3local
 
+    run: Run | None = None
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="facegrid-races-")))
+        stack.callback(_keep_logs, workdir, lambda: run)
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         if model_dir is not None:
             env["FACEGRID_MODEL_DIR"] = str(model_dir)
@@ -118,7 +121,19 @@ def world(
             urls.append(url)
             progress(f"server {n} at {url}")
         photos = _photos(images, 24)
-        yield Run(0, urls, token, store, env, photos[:20], photos[20:], workdir, processes)
+        run = Run(0, urls, token, store, env, photos[:20], photos[20:], workdir, processes)
+        yield run
+
+
+def _keep_logs(workdir: Path, run: Callable[[], Run | None]) -> None:
+    """A failed run's server logs, kept beside the temporary folder that goes (where to look, with the seed)."""
+    failed = run()
+    if failed is not None and failed.violations:
+        kept = Path(tempfile.gettempdir()) / f"facegrid-races-seed{failed.seed}-logs"
+        kept.mkdir(exist_ok=True)
+        for log in workdir.glob("server-*.log"):
+            shutil.copy(log, kept / log.name)
+        print(f"seed {failed.seed}: the servers' logs are kept in {kept}", file=sys.stderr)
 
 
 def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
