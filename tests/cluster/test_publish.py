@@ -18,6 +18,15 @@ from cluster.storage import LocalStore
 from tests.factories import clustered_vectors, records
 
 
+def _flat_collection(tmp_path: Path, name: str) -> tuple[Collections, Publisher, Manifest]:
+    """A new two-shard Flat collection in a folder store, and a publisher for it."""
+    collections = Collections(LocalStore(tmp_path / "store"))
+    manifest = collections.create(
+        Manifest(name=name, model_id="dlib-resnet-v1", model_sha256="s", shard_count=2, index_spec="Flat")
+    )
+    return collections, Publisher(collections), manifest
+
+
 def _snapshots(collections: Collections, manifest: Manifest, tmp: Path) -> list[ShardSnapshot]:
     return [
         ShardSnapshot.load(collections.store, manifest.shards[str(s)], manifest.built_spec or "", tmp, Placement())
@@ -75,11 +84,7 @@ def test_adding_extends_and_equals_a_rebuild(spec: str, tmp_path: Path) -> None:
 
 
 def test_erasure_after_growth_rebuilds(tmp_path: Path) -> None:
-    collections = Collections(LocalStore(tmp_path / "store"))
-    publisher = Publisher(collections)
-    manifest = collections.create(
-        Manifest(name="g", model_id="dlib-resnet-v1", model_sha256="s", shard_count=2, index_spec="Flat")
-    )
+    collections, publisher, manifest = _flat_collection(tmp_path, "g")
     vectors, _ = clustered_vectors(600, 128, seed=6)
     for n, start in enumerate((0, 300)):
         key = f"collections/g/faces/{n}.parquet"
@@ -93,11 +98,7 @@ def test_erasure_after_growth_rebuilds(tmp_path: Path) -> None:
 
 
 def test_a_publish_that_lost_a_race_changes_nothing(tmp_path: Path) -> None:
-    collections = Collections(LocalStore(tmp_path / "store"))
-    publisher = Publisher(collections)
-    stale = collections.create(
-        Manifest(name="r", model_id="dlib-resnet-v1", model_sha256="s", shard_count=2, index_spec="Flat")
-    )
+    collections, publisher, stale = _flat_collection(tmp_path, "r")
     vectors, _ = clustered_vectors(200, 128, seed=8)
     for n in range(2):
         collections.store.put_parquet(f"collections/r/faces/{n}.parquet", records(vectors[n * 100 :][:100], n * 100))
@@ -113,11 +114,7 @@ def test_a_publish_that_lost_a_race_changes_nothing(tmp_path: Path) -> None:
 
 def test_a_changed_object_replaces_its_faces(tmp_path: Path) -> None:
     """Same key, new etag, indexed later: the old version's faces are erased from records and snapshots."""
-    collections = Collections(LocalStore(tmp_path / "store"))
-    publisher = Publisher(collections)
-    manifest = collections.create(
-        Manifest(name="c", model_id="dlib-resnet-v1", model_sha256="s", shard_count=2, index_spec="Flat")
-    )
+    collections, publisher, manifest = _flat_collection(tmp_path, "c")
     vectors, _ = clustered_vectors(300, 128, seed=9)
     collections.store.put_parquet("collections/c/faces/a.parquet", records(vectors[:200], 0))
     manifest = publisher.publish(manifest, ["collections/c/faces/a.parquet"])
@@ -180,11 +177,7 @@ def test_erased_faces_leave_a_snapshot_that_a_later_publish_extends(tmp_path: Pa
     the same (the race harness found it served after its erasure)."""
     from cluster.erasures import ErasureRegister
 
-    collections = Collections(LocalStore(tmp_path / "store"))
-    publisher = Publisher(collections)
-    manifest = collections.create(
-        Manifest(name="e", model_id="dlib-resnet-v1", model_sha256="s", shard_count=2, index_spec="Flat")
-    )
+    collections, publisher, manifest = _flat_collection(tmp_path, "e")
     vectors, _ = clustered_vectors(200, 128, seed=4)
     collections.store.put_parquet("collections/e/faces/a.parquet", records(vectors[:100], 0))
     first = publisher.publish(manifest, ["collections/e/faces/a.parquet"])
