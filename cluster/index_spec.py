@@ -16,7 +16,7 @@ import numpy as np
 from cluster.errors import InvalidRequest
 
 AUTO = "auto"
-_SPEC = re.compile(r"^(?:Flat|HNSW(?P<m>\d+)|IVF(?P<nlist>\d+),(?:SQ8|PQ(?P<pq>\d+)(?P<fs>x4fs)?))$")
+_SPEC = re.compile(r"Flat|HNSW(?P<m>[1-9]\d*)|IVF(?P<nlist>[1-9]\d*),(?:SQ8|PQ(?P<pq>[1-9]\d*)(?P<fs>x4fs)?)")
 # Per shard. Flat search of 200k x 128 takes about 2 ms on one core here; beyond that IVF with 8-bit codes (136
 # bytes a face with its id) and exact re-ranking. Measured (README, "Chosen by measurement") on vectors fitted to
 # dlib's lfw-dev embeddings, 250k faces a shard: IVF1024 visiting a quarter of its lists finds 99.6% of what exact
@@ -31,6 +31,12 @@ MIN_POINTS_PER_LIST = 39
 HNSW_EF_CONSTRUCTION = 80
 MIN_HNSW_M, MAX_HNSW_M = 2, 256
 MAX_LISTS = 65_536
+# The specs `validate` accepts, as one regex for the API's schema (tests/cluster/test_index_spec.py holds them
+# equal): M in 2-256, n in 1-65,536, m dividing 128.
+_M = "[2-9]|[1-9][0-9]|1[0-9]{2}|2[0-4][0-9]|25[0-6]"
+_LISTS = "[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-6]"
+_PQ = "1|2|4|8|16|32|64|128"
+SPEC_PATTERN = f"^(?:{AUTO}|Flat|HNSW(?:{_M})|IVF(?:{_LISTS}),(?:SQ8|PQ(?:{_PQ})(?:x4fs)?))$"
 # FAISS trains 8-bit PQ on at least 256 points; shards are a hash split, so leave room for uneven ones.
 PQ_MIN_FACES = 1024
 # FAISS's default breadth (16) is tuned for speed: at 250k faces a shard it finds 89% of a shard's exact top 10
@@ -70,7 +76,7 @@ class SearchKnobs:
 def validate(spec: str) -> str:
     """The spec if FAISS can build it; a clear error naming the rule otherwise, before anything is built (FAISS
     aborts the whole process on HNSW0 and fails at the first add on IVF0)."""
-    match = _SPEC.match(spec)
+    match = _SPEC.fullmatch(spec)
     if spec != AUTO and match is None:
         raise InvalidRequest(
             f"index spec {spec!r}: use auto, Flat, HNSW<M>, IVF<n>,SQ8, IVF<n>,PQ<m> or IVF<n>,PQ<m>x4fs"
@@ -116,7 +122,7 @@ def default_nprobe(nlist: int, fraction: float = 0.25) -> int:
 
 def train(spec: str, sample: np.ndarray, seed: int = 0, probe_fraction: float = 0.25) -> faiss.Index:
     """An empty IVF index trained on `sample` (the coarse centroids and the codes), shared by every shard."""
-    match = _SPEC.match(spec)
+    match = _SPEC.fullmatch(spec)
     if match is None or not match["nlist"]:
         raise InvalidRequest(f"index spec {spec!r} needs no training")
     dim = sample.shape[1]
@@ -137,7 +143,7 @@ def train(spec: str, sample: np.ndarray, seed: int = 0, probe_fraction: float = 
 
 
 def training_sample(vectors: np.ndarray, spec: str, seed: int = 0) -> np.ndarray:
-    match = _SPEC.match(spec)
+    match = _SPEC.fullmatch(spec)
     want = int(match["nlist"]) * TRAIN_POINTS_PER_LIST if match and match["nlist"] else 0
     if len(vectors) <= want:
         return vectors
@@ -150,7 +156,7 @@ def build(
 ) -> faiss.Index:
     """An inner-product index with 64-bit ids. IVF specs add to `trained` (or train on a sample of `vectors`)."""
     dim = vectors.shape[1]
-    match = _SPEC.match(spec)
+    match = _SPEC.fullmatch(spec)
     if match is None:
         raise InvalidRequest(f"cannot build index spec {spec!r}")
     if match["nlist"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,7 +13,17 @@ import pytest
 
 from cluster import snapshot
 from cluster.errors import InvalidRequest
-from cluster.index_spec import FLAT_LIMIT, SearchKnobs, Tuning, build, gpu_eligible, place, resolve
+from cluster.index_spec import (
+    FLAT_LIMIT,
+    SPEC_PATTERN,
+    SearchKnobs,
+    Tuning,
+    build,
+    gpu_eligible,
+    place,
+    resolve,
+    validate,
+)
 from cluster.records import FACE_SCHEMA
 from cluster.snapshot import Placement, ShardSnapshot, write_shard
 from cluster.storage import LocalStore
@@ -137,3 +148,21 @@ def test_records_read_from_the_file_match_those_held(
     read = _snapshot(tmp_path / "read", "IVF64,SQ8", data)
     assert held.held is not None and read.held is None
     assert held.search(data["probes"][:20], 10)[2] == read.search(data["probes"][:20], 10)[2]
+
+
+def _accepted(spec: str) -> bool:
+    try:
+        validate(spec)
+    except InvalidRequest:
+        return False
+    return True
+
+
+def test_the_schemas_pattern_accepts_exactly_the_specs_validate_accepts() -> None:
+    pattern = re.compile(SPEC_PATTERN)
+    numbers = [str(n) for n in range(70_000)] + ["007", "32 ", "1e3", "-4", ""]
+    specs = ["auto", "Flat", "Flat\n", "flat", "IVF8,SQ8\n", "HNSW", "IVF,SQ8", "IVF8,PQ8x4", "IVF8,SQ4"]
+    specs += [f"HNSW{n}" for n in numbers] + [f"IVF{n},SQ8" for n in numbers]
+    specs += [f"IVF64,PQ{n}" for n in numbers[:300]] + [f"IVF64,PQ{n}x4fs" for n in numbers[:300]]
+    disagreements = [s for s in specs if bool(pattern.fullmatch(s)) != _accepted(s)]
+    assert disagreements == []
