@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from cluster.errors import InvalidRequest
+from cluster.errors import InvalidCalibration, InvalidRequest, ModelMismatch, RateNotSupported
 
 FMR_POINTS = ("1e-1", "1e-2", "1e-3", "1e-4", "1e-5", "1e-6", "1e-7")
 # The floor's threshold is the one measured for half the promised rate: on lfw-dev, people not in the calibration
@@ -58,23 +58,33 @@ def calibration_sha256(calibration: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(calibration, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
 def check_calibration(calibration: Any, model_id: str) -> dict[str, Any]:
     """A calibration fit to apply to a collection of `model_id`: the shape `build_calibration` writes, enough
     rows to interpolate, rates falling as similarity rises, and made for that model when it says which."""
-    try:
-        table = [[float(rate), float(sim)] for rate, sim in calibration["table"]]
-        n = int(calibration["impostor_comparisons"])
-        made_for = calibration.get("model_id", model_id)
-    except (TypeError, KeyError, ValueError) as exc:
-        raise InvalidRequest(f"not a calibration (a table of [rate, similarity] rows and a count): {exc}") from exc
+    given: dict[str, Any] = calibration if isinstance(calibration, dict) else {}
+    table, made_for = given.get("table"), given.get("model_id", model_id)
+    n: Any = given.get("impostor_comparisons")
+    rows = table if isinstance(table, list) else []
+    if not (
+        len(rows) >= 2
+        and all(isinstance(row, list) and len(row) == 2 and all(map(_is_number, row)) for row in rows)
+        and _is_number(n)
+        and float(n).is_integer()  # JSON's integers include 1e9 and 1000.0
+        and isinstance(made_for, str)
+    ):
+        raise InvalidRequest("not a calibration: a table of at least 2 [rate, similarity] rows, and a count")
     if made_for != model_id:
-        raise InvalidRequest(f"the calibration was measured for {made_for}; this collection holds {model_id} faces")
-    rates, sims = np.array([r for r, _ in table]), np.array([s for _, s in table])
-    finite = np.isfinite(rates).all() and np.isfinite(sims).all()
-    if n <= 0 or len(table) < 2 or not finite or not ((rates > 0) & (rates <= 1)).all():
-        raise InvalidRequest("a calibration needs impostor comparisons and at least 2 rows of rates in (0, 1]")
+        raise ModelMismatch(f"the calibration was measured for {made_for}; this collection holds {model_id} faces")
+    rates, sims = np.array([r for r, _ in rows], dtype=np.float64), np.array([s for _, s in rows], dtype=np.float64)
+    n = int(n)
+    if n <= 0 or not ((rates > 0) & (rates <= 1)).all() or not ((sims >= -1) & (sims <= 1)).all():
+        raise InvalidRequest("a calibration needs impostor comparisons, rates in (0, 1] and similarities in [-1, 1]")
     if (np.diff(rates) > 0).any() or (np.diff(sims) < 0).any():
-        raise InvalidRequest("a calibration's rows must go from high rates at low similarity to low rates at high")
+        raise InvalidCalibration("a calibration's rows must go from high rates at low similarity to low rates at high")
     return dict(calibration)
 
 
@@ -108,7 +118,7 @@ class Rates:
         """The similarity a collection promising at most `rate` false matches per comparison must enforce."""
         target = rate / FLOOR_MARGIN
         if target < self.resolved:
-            raise InvalidRequest(
+            raise RateNotSupported(
                 f"a floor of {rate:g} false matches per comparison cannot be promised: the calibration's {self.n} "
                 f"impostor comparisons support floors of {FLOOR_MARGIN * self.resolved:.2g} or more"
             )

@@ -63,6 +63,27 @@ class ModelMismatch(FacegridError):
     status = 409
 
 
+class RateNotSupported(FacegridError):
+    """A false match rate smaller than the calibration can tell apart: promising it would be a guess."""
+
+    code = "RATE_NOT_SUPPORTED"
+    status = 422
+
+
+class UserHasNoFaces(FacegridError):
+    """A search by a user who has no faces yet: nothing to search with."""
+
+    code = "USER_HAS_NO_FACES"
+    status = 409
+
+
+class InvalidCalibration(FacegridError):
+    """A calibration of the right shape whose rows do not make one: rates must fall as similarity rises."""
+
+    code = "INVALID_CALIBRATION"
+    status = 422
+
+
 class PurposeRefused(FacegridError):
     """No purpose, one the deployment does not allow, or no case id: the search is refused before any work."""
 
@@ -85,6 +106,12 @@ REFUSAL_CODES = frozenset(
         "TOO_MANY_REQUESTS",
         # A console form posted from another site, or without its session's token (serving/console/web.py).
         "CSRF_REFUSED",
+        # Requests of the right shape the system will not act on: a rate finer than the calibration resolves, a
+        # calibration whose rows do not make one, another model's vector or calibration, a user with no faces.
+        "RATE_NOT_SUPPORTED",
+        "INVALID_CALIBRATION",
+        "MODEL_MISMATCH",
+        "USER_HAS_NO_FACES",
     }
 )
 

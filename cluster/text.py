@@ -7,7 +7,11 @@ import re
 
 from cluster.errors import InvalidRequest
 
-UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+UNSAFE_CHARACTERS = "\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069"
+UNSAFE = re.compile(f"[{UNSAFE_CHARACTERS}]")
+# The same rules for a JSON schema (ECMA regex): a text holding none of them; and one that is not blank too.
+SAFE_TEXT_PATTERN = f"^[^{UNSAFE_CHARACTERS}]*$"
+SAFE_NON_BLANK_PATTERN = f"^[^{UNSAFE_CHARACTERS}]*[^{UNSAFE_CHARACTERS}\\s][^{UNSAFE_CHARACTERS}]*$"
 
 
 def check_text(value: str | None, what: str) -> None:

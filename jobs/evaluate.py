@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from cluster.calibration import build_calibration, floor_similarity
-from cluster.errors import InvalidRequest
+from cluster.errors import RateNotSupported
 from cluster.manifest import DEFAULT_MAX_FALSE_MATCH_RATE
 from cluster.models.registry import embedding_of
 from cluster.pipeline.errors import ImageError
@@ -97,7 +97,7 @@ def floor_check(
     for check in (1e-3, 1e-4, 3e-5, rate):
         try:
             at = floor_similarity(check, half_calibration)
-        except InvalidRequest:
+        except RateNotSupported:
             continue  # too few comparisons in half the photos to measure this rate
         false = int((held_out >= at).sum())
         heldout.append({"promised_fmr": check, "false_matches": false, "fmr": false / max(len(held_out), 1)})
@@ -215,7 +215,7 @@ def evaluate_lfw(
         (out / "lfw.json").write_text(json.dumps(result, indent=2))
     try:
         result["floor_check"] = floor_check(embeddings, pairs, sims, impostor, calibration)
-    except InvalidRequest as exc:  # too few photos for the default floor: say so rather than pretend
+    except RateNotSupported as exc:  # too few photos for the default floor: say so rather than pretend
         result["floor_check"] = {"error": exc.message}
     result["calibration"] = calibration
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,6 +17,7 @@ from cluster.errors import FacegridError
 from cluster.pipeline.errors import ImageError
 from cluster.settings import Settings, get_settings
 from cluster.storage import StorageError
+from serving import openapi
 from serving.console import records as console_records
 from serving.console import routes as console
 from serving.console.web import SignIn, to_sign_in
@@ -55,6 +57,15 @@ def envelope(status: int, code: str, message: str, **details: object) -> JSONRes
     return JSONResponse({"error": {"code": code, "message": message, **details}}, status_code=status)
 
 
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods the schema documents for every operation whose path template matches `path`."""
+    methods: set[str] = set()
+    for template, operations in app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", template), path):
+            methods |= {method.upper() for method in operations}
+    return sorted(methods)
+
+
 def create_app(settings: Settings | None = None, context: Context | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -81,6 +92,7 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     app.add_exception_handler(SignIn, to_sign_in)
 
     serving = (context.settings if context else settings or get_settings()).serving
+    openapi.install(app, serving, accountable=context.accountable if context else True)
     app.add_middleware(PublicRateLimit, rate=serving.public_rate_per_s, burst=serving.public_burst)
     # A multipart body holds up to two uploads (compare) and its form fields.
     app.add_middleware(
@@ -103,11 +115,14 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
         app.add_exception_handler(expected, any_error)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         # Unknown routes, wrong methods, bodies Starlette cannot parse (malformed multipart, oversized fields).
         code = HTTP_CODES.get(exc.status_code, "INVALID_REQUEST")
         response = envelope(exc.status_code, code, str(exc.detail))
-        response.headers.update(exc.headers or {})  # a 405's Allow, as RFC 9110 requires
+        response.headers.update(exc.headers or {})
+        allowed = allowed_methods(request.app, request.url.path) if exc.status_code == 405 else []
+        if allowed:  # RFC 9110: every method the resource has (Starlette names one route's)
+            response.headers["Allow"] = ", ".join(allowed)
         return response
 
     @app.exception_handler(RequestValidationError)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 from fastapi.responses import Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile as StarletteUpload
 
@@ -27,20 +28,23 @@ def get_context(request: Request) -> Context:
 
 Ctx = Annotated[Context, Depends(get_context)]
 
+# The two ways to present a key, declared as OpenAPI security schemes (not as header parameters, which clients
+# and schema-driven tools would fill like any other field).
+API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key: fgk_<id>.<secret>")
+BEARER = HTTPBearer(auto_error=False, description="The same key as a bearer token")
+
 
 async def get_caller(
     request: Request,
     ctx: Ctx,
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Depends(API_KEY)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
 ) -> Caller:
     stages.mark("http_in")  # the request read and parsed, up to its caller
     client = request.client.host if request.client else ""
     if not ctx.accountable:
         return Caller(key_id="accountability-off", role=Role.ADMIN, client=client)
-    token = x_api_key
-    if token is None and authorization and authorization.lower().startswith("bearer "):
-        token = authorization[7:].strip()
+    token = x_api_key if x_api_key is not None else (bearer.credentials if bearer else None)
     route = getattr(request.scope.get("route"), "path", request.url.path)
     caller = await keys.authenticate(ctx, token, client, request.method, route)
     stages.mark("auth")

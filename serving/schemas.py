@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cluster.manifest import DEFAULT_SHARDS, MAX_REPLICAS
-from serving.usecases.audited import MAX_CASE_ID, MAX_PURPOSE
+from cluster.access import Role
+from cluster.index_spec import SPEC_PATTERN
+from cluster.manifest import DEFAULT_SHARDS, MAX_REPLICAS, NAME
+from cluster.models.registry import EMBEDDERS, MODELS
+from cluster.text import SAFE_NON_BLANK_PATTERN, SAFE_TEXT_PATTERN
+from serving.rules import MAX_CASE_ID, MAX_EXTERNAL_ID, MAX_FACES_INDEXED, MAX_IDS, MAX_PURPOSE
+
+# Rules the server checks itself (with its own typed refusals), stated in the schema for clients and tools.
+NAME_RULE: dict[str, Any] = {"pattern": f"^{NAME.pattern}$", "maxLength": 64}
+SAFE_TEXT: dict[str, Any] = {"pattern": SAFE_TEXT_PATTERN}
+# Embeddings are unit vectors; any scale is accepted up to where its float32 norm would overflow.
+MAX_VECTOR_VALUE = 1e15
+DIMS = sorted({spec.embedding.dim for spec in MODELS.values() if spec.embedding is not None})
+
+
+def either(*fields: str) -> dict[str, Any]:
+    """At least one of these list fields has an item."""
+    return {"anyOf": [{"required": [f], "properties": {f: {"minItems": 1}}} for f in fields]}
+
 
 RATE = (
     "Per comparison, from the collection's pinned calibration, with the floor's safety margin (twice the rate "
@@ -232,12 +249,42 @@ class AuditPage(BaseModel):
     truncated: bool
 
 
+# A calibration file's shape (`facegrid eval --save-calibration`); that its rates fall as similarity rises is
+# checked on arrival (422 INVALID_CALIBRATION), and that it was made for the collection's model (409).
+CALIBRATION: dict[str, Any] = {
+    "type": "object",
+    "required": ["table", "impostor_comparisons"],
+    "properties": {
+        "table": {
+            "type": "array",
+            "minItems": 2,
+            "description": "[false match rate, similarity] rows, rates falling as similarity rises",
+            "items": {
+                "type": "array",
+                "prefixItems": [
+                    {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                    {"type": "number", "minimum": -1, "maximum": 1},
+                ],
+                "minItems": 2,
+                "maxItems": 2,
+            },
+        },
+        "impostor_comparisons": {"type": "integer", "minimum": 1},
+        "model_id": {"type": "string", "enum": list(EMBEDDERS)},
+    },
+}
+
+
 class CreateCollection(Body):
-    name: str
+    name: str = Field(json_schema_extra=NAME_RULE)
     shards: int = Field(default=DEFAULT_SHARDS, ge=1, le=1024)
     max_false_match_rate: float = Field(default=1e-5, gt=0, lt=1)
-    index_spec: str = "auto"
-    model: str | None = Field(default=None, description="Embedding model: sface-2021dec (default) or dlib-resnet-v1")
+    index_spec: str = Field(default="auto", json_schema_extra={"pattern": SPEC_PATTERN})
+    model: str | None = Field(
+        default=None,
+        description="Embedding model: sface-2021dec (default) or dlib-resnet-v1",
+        json_schema_extra={"enum": [*EMBEDDERS, None]},
+    )
     replicas: int | None = Field(
         default=None, ge=1, le=MAX_REPLICAS, description="Actors per shard, on different nodes (default: the server's)"
     )
@@ -249,7 +296,7 @@ class Replicas(Body):
 
 class RebuildCollection(Body):
     shards: int | None = Field(default=None, ge=1, le=1024)
-    index_spec: str | None = None
+    index_spec: str | None = Field(default=None, json_schema_extra={"pattern": SPEC_PATTERN})
     retrain: bool = False
 
 
@@ -265,19 +312,22 @@ class SearchOptions(Body):
 
 
 class VectorSearch(SearchOptions):
-    vector: list[float] = Field(max_length=4096)
+    vector: list[Annotated[float, Field(ge=-MAX_VECTOR_VALUE, le=MAX_VECTOR_VALUE)]] = Field(
+        max_length=4096,
+        description="As many numbers as the collection's model gives (a vector of another length: MODEL_MISMATCH)",
+        json_schema_extra={"minItems": DIMS[0], "maxItems": DIMS[-1], "contains": {"not": {"const": 0}}},
+    )
     model_id: str | None = Field(
         default=None, description="The model that made the vector; refused unless the collection's"
     )
 
 
-# Ids one request may name: Rekognition's own bound on DeleteFaces' FaceIds.
-MAX_IDS = 4096
-
-
 class DeleteFaces(Body):
+    """Faces by id, all faces of photos by external image id, or both."""
+
     face_ids: list[str] = Field(default=[], max_length=MAX_IDS)
     external_image_ids: list[str] = Field(default=[], max_length=MAX_IDS)
+    model_config = ConfigDict(json_schema_extra=either("face_ids", "external_image_ids"))
 
 
 class KeyInfo(BaseModel):
@@ -300,11 +350,14 @@ class KeyList(BaseModel):
 
 
 class CreateKey(Body):
-    role: str = Field(description="admin, indexer, searcher or auditor")
+    role: str = Field(description="admin, indexer, searcher or auditor", json_schema_extra={"enum": list(Role)})
     collections: list[str] | None = Field(
-        default=None, max_length=1024, description="Grant only these collections (default: all)"
+        default=None,
+        max_length=1024,
+        description="Grant only these collections (default: all)",
+        json_schema_extra={"items": {"type": "string", **NAME_RULE}},
     )
-    label: str = ""
+    label: str = Field(default="", json_schema_extra=SAFE_TEXT)
 
 
 class TransparencyReport(BaseModel):
@@ -369,11 +422,20 @@ class Readmit(Body):
     sources: list[str] = Field(
         default=[], max_length=MAX_IDS, description="Source objects (as face records name them): all their faces"
     )
+    model_config = ConfigDict(json_schema_extra=either("face_ids", "sources"))
 
 
 class AddFaces(Body):
-    external_image_id: str | None = Field(default=None, description="Your id for the photo (default: its sha256)")
-    max_faces: int | None = Field(default=None, description="Index at most N faces, largest first (1-100)")
+    external_image_id: str | None = Field(
+        default=None,
+        description="Your id for the photo (default: its sha256)",
+        json_schema_extra={"pattern": SAFE_NON_BLANK_PATTERN, "maxLength": MAX_EXTERNAL_ID},
+    )
+    max_faces: int | None = Field(
+        default=None,
+        description="Index at most N faces, largest first",
+        json_schema_extra={"minimum": 1, "maximum": MAX_FACES_INDEXED},
+    )
     quality_filter: Literal["NONE", "LOW", "MEDIUM", "HIGH"] = "LOW"
 
 
@@ -381,6 +443,7 @@ class AddFacesUpload(AddFaces):
     """Multipart form: the photo as the file field `image`, and these fields."""
 
     image: bytes | None = Field(default=None, description="The photo (a file field)")
+    model_config = ConfigDict(json_schema_extra={"required": ["image"]})
 
 
 class AddFacesFromObject(AddFaces):

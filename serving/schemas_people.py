@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from cluster.people import USER_ID
 from serving.schemas import RATE, Body, FaceDetail, Match, SearchOptions, Threshold, VectorAnswer
 
 
@@ -16,7 +17,9 @@ class FaceIdAnswer(VectorAnswer):
 
 
 class CreateUser(Body):
-    user_id: str = Field(description="1-128 letters, digits, '_', '.', '-' or ':'")
+    user_id: str = Field(
+        description="1-128 letters, digits, '_', '.', '-' or ':'", json_schema_extra={"pattern": f"^{USER_ID.pattern}$"}
+    )
 
 
 class UserInfo(BaseModel):

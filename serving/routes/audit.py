@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -11,6 +10,15 @@ from serving.deps import CallerDep, Ctx, errors
 from serving.schemas import AuditCheck, AuditPage, AuditRepair, TransparencyReport
 from serving.usecases import audit
 
+# A date or a time (a time without an offset is UTC), or empty for no bound (as forms send it); anything else is
+# refused, never read as a number of seconds.
+WHEN = {
+    "anyOf": [
+        {"type": "string", "format": "date"},
+        {"type": "string", "format": "date-time"},
+        {"type": "string", "maxLength": 0},
+    ]
+}
 router = APIRouter(prefix="/v1", tags=["accountability"])
 
 
@@ -18,8 +26,8 @@ router = APIRouter(prefix="/v1", tags=["accountability"])
 async def audit_records(
     ctx: Ctx,
     caller: CallerDep,
-    start: Annotated[datetime | None, Query(alias="from")] = None,
-    end: Annotated[datetime | None, Query(alias="to")] = None,
+    start: Annotated[str | None, Query(alias="from", json_schema_extra=WHEN)] = None,
+    end: Annotated[str | None, Query(alias="to", json_schema_extra=WHEN)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> AuditPage:
     return await audit.records(ctx, caller, start, end, limit)

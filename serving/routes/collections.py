@@ -8,6 +8,7 @@ from fastapi import APIRouter
 
 from serving.deps import CallerDep, Ctx, errors
 from serving.schemas import (
+    CALIBRATION,
     CalibrationChange,
     CollectionDeleted,
     CollectionDescription,
@@ -42,7 +43,11 @@ async def rebuild(collection: str, body: RebuildCollection, ctx: Ctx, caller: Ca
     return await collections.rebuild(ctx, caller, collection, body.shards, body.index_spec, body.retrain)
 
 
-@router.put("/{collection}/calibration", responses=errors(404, 409))
+@router.put(
+    "/{collection}/calibration",
+    responses=errors(404, 409),
+    openapi_extra={"requestBody": {"content": {"application/json": {"schema": CALIBRATION}}}},
+)
 async def calibrate(collection: str, body: dict[str, Any], ctx: Ctx, caller: CallerDep) -> CalibrationChange:
     """Pin another calibration (a file `facegrid eval --save-calibration` wrote) to this collection: the only way
     its floor moves. Admin only; audited with the old and the new floor similarity."""

@@ -14,6 +14,7 @@ from cluster.errors import InvalidRequest
 from cluster.index_spec import SearchKnobs
 from cluster.pipeline.quality import QualityFilter
 from serving.deps import CallerDep, Ctx, errors, json_response, read_upload, search_request
+from serving.rules import MAX_PAGE
 from serving.schemas import (
     AddFaces,
     AddFacesFromObject,
@@ -114,8 +115,8 @@ async def list_faces(
     collection: str,
     ctx: Ctx,
     caller: CallerDep,
-    limit: Annotated[int, Query()] = 100,
-    offset: Annotated[int, Query()] = 0,
+    limit: Annotated[int, Query(json_schema_extra={"minimum": 1, "maximum": MAX_PAGE})] = 100,
+    offset: Annotated[int, Query(json_schema_extra={"minimum": 0})] = 0,
 ) -> FacePage:
     return await faces.page(ctx, caller, collection, limit, offset)
 

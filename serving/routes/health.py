@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from serving.deps import Ctx, errors
@@ -24,7 +25,7 @@ def readyz(ctx: Ctx) -> dict[str, Any]:
     return {"status": "ready", "store": ctx.store.uri}
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse, responses={200: {"content": {"text/plain": {}}}})
 def metrics() -> Response:
     """Prometheus exposition of this API process (the cluster's actors export theirs through Ray's agents)."""
     return Response(exposition(), media_type=CONTENT_TYPE_LATEST)

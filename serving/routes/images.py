@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
+from cluster.models.registry import EMBEDDERS
 from serving.deps import CallerDep, Ctx, errors, read_upload
 from serving.schemas import CompareAnswer, DetectAnswer
 from serving.usecases import images
@@ -21,7 +22,9 @@ async def compare(
     target: Annotated[UploadFile, File()],
     purpose: Annotated[str | None, Form()] = None,
     case_id: Annotated[str | None, Form()] = None,
-    model: Annotated[str | None, Form(description="Embedding model (default sface-2021dec)")] = None,
+    model: Annotated[
+        str | None, Form(description="Embedding model (default sface-2021dec)", json_schema_extra={"enum": EMBEDDERS})
+    ] = None,
 ) -> CompareAnswer:
     limit = ctx.settings.serving.max_upload_bytes
     a, b = await read_upload(source, limit), await read_upload(target, limit)

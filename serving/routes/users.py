@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response
 
 from serving.deps import CallerDep, Ctx, errors, json_response, read_upload, search_request
+from serving.rules import MAX_PAGE
 from serving.schemas_people import (
     AssociationChange,
     CreateUser,
@@ -42,8 +43,8 @@ async def list_users(
     collection: str,
     ctx: Ctx,
     caller: CallerDep,
-    limit: Annotated[int, Query()] = 100,
-    offset: Annotated[int, Query()] = 0,
+    limit: Annotated[int, Query(json_schema_extra={"minimum": 1, "maximum": MAX_PAGE})] = 100,
+    offset: Annotated[int, Query(json_schema_extra={"minimum": 0})] = 0,
 ) -> UserPage:
     return await people.page(ctx, caller, collection, limit, offset)
 

@@ -14,7 +14,7 @@ from cluster.audit_verify import verify
 from cluster.errors import InvalidRequest
 from cluster.raycluster import repair_audit
 from serving.schemas import AuditPage
-from serving.usecases.audited import audited
+from serving.usecases.audited import audited, clipped
 from serving.usecases.context import Context
 
 # The console's filters: query name -> record field.
@@ -47,10 +47,12 @@ async def filtered(ctx: Context, caller: Caller, q: dict[str, str], out: str) ->
     return matching
 
 
-async def records(ctx: Context, caller: Caller, start: datetime | None, end: datetime | None, limit: int) -> AuditPage:
-    start, end = _utc(start), _utc(end)
-    async with audited(ctx, caller, "export", None, **{"from": str(start), "to": str(end), "out": None}) as entry:
+async def records(ctx: Context, caller: Caller, since: str | None, until: str | None, limit: int) -> AuditPage:
+    """Records in [since, until) (dates or times, as `parse_time` reads them), at most `limit` of them."""
+    fields = {"from": clipped(since, 64), "to": clipped(until, 64), "out": None}
+    async with audited(ctx, caller, "export", None, **fields) as entry:
         authorize(caller, Action.AUDIT_READ)
+        start, end = parse_time(since, "from"), parse_time(until, "to")
         found = await ctx.in_thread(read_records, ctx.store, start, end)
         entry["records"] = min(len(found), limit)
     return AuditPage(records=found[:limit], total=len(found), truncated=len(found) > limit)

@@ -22,10 +22,6 @@ from serving.usecases.failures import failure, unwrap
 if TYPE_CHECKING:
     from serving.usecases.context import Context
 
-# A case reference, not a document: every search's audit record carries it (a 1 MB one slowed every later append).
-MAX_CASE_ID = 128
-MAX_PURPOSE = 64
-
 
 def clipped(text: str | None, limit: int) -> str | None:
     """Text as given up to `limit` characters; longer text cut there and its length said."""

@@ -7,6 +7,7 @@ from typing import Any
 
 from cluster.access import Action, Caller, authorize
 from cluster.calibration import Rates, calibration_sha256, check_calibration
+from cluster.errors import InvalidRequest
 from cluster.index_spec import AUTO
 from cluster.live import live_face_count
 from cluster.manifest import Manifest, check_replicas
@@ -19,6 +20,12 @@ from serving.usecases.context import Context
 
 def info(manifest: Manifest) -> CollectionInfo:
     return CollectionInfo.model_validate(manifest.public())
+
+
+def check_shards(ctx: Context, shards: int | None) -> None:
+    most = ctx.settings.serving.max_shards
+    if shards is not None and not 1 <= shards <= most:
+        raise InvalidRequest(f"shards must be between 1 and {most} (FACEGRID_SERVING__MAX_SHARDS)")
 
 
 async def create(
@@ -37,6 +44,7 @@ async def create(
     async with audited(ctx, caller, "create-collection", name, **fields, replicas=replicas) as entry:
         authorize(caller, Action.COLLECTIONS_WRITE)
         check_replicas(replicas)
+        check_shards(ctx, shards)
         pinned = ctx.registry.pin(model_id)
         calibration = ctx.models.calibration(model_id)
         floor = ctx.models.floor_similarity(model_id, max_false_match_rate)  # refuses rates it cannot support
@@ -90,6 +98,7 @@ async def rebuild(
     ShardSet.sync for how the new snapshots or the new shard set take over)."""
     async with audited(ctx, caller, "rebuild-collection", name, shards=shards, index_spec=index) as entry:
         authorize(caller, Action.COLLECTIONS_WRITE, name)
+        check_shards(ctx, shards)
         old = ctx.manifest(name, fresh=True)
         new = await ctx.publish_task(lambda p: p.rebuild(old, shards, index, retrain))
         await ctx.shards(name).sync(old, new, ready=ctx.remember)

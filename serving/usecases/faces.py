@@ -7,6 +7,7 @@ from cluster.erasures import ErasureRegister
 from cluster.errors import InvalidRequest
 from cluster.live import all_faces, live_face_count
 from serving import render
+from serving.rules import MAX_PAGE
 from serving.schemas import FacePage, FacesDeleted
 from serving.usecases.audited import audited
 from serving.usecases.context import Context
@@ -18,8 +19,8 @@ async def page(ctx: Context, caller: Caller, collection: str, limit: int, offset
     """A page of face records (sources and external ids: a read that is audited, with how many it showed)."""
     async with audited(ctx, caller, "list-faces", collection, limit=limit, offset=offset) as entry:
         authorize(caller, Action.FACES_READ, collection)
-        if not 1 <= limit <= 1000 or offset < 0:
-            raise InvalidRequest("limit must be 1-1000 and offset non-negative")
+        if not 1 <= limit <= MAX_PAGE or offset < 0:
+            raise InvalidRequest(f"limit must be 1-{MAX_PAGE} and offset non-negative")
         manifest = ctx.manifest(collection, fresh=True)
         table = await ctx.in_thread(lambda: all_faces(ctx.collections, manifest, LISTED).sort_by("face_id"))
         shown = table.slice(offset, limit).to_pylist()

@@ -19,6 +19,7 @@ from cluster.records import face_rows, face_schema, shard_of
 from cluster.storage import ObjectNotFound, open_store
 from cluster.text import check_text
 from serving import render
+from serving.rules import MAX_EXTERNAL_ID, MAX_FACES_INDEXED
 from serving.schemas import IndexedFace, IndexFacesAnswer, Readmitted, UnindexedFace
 from serving.usecases.audited import audited, clipped
 from serving.usecases.context import Context
@@ -28,7 +29,6 @@ from serving.usecases.images import probe_faces
 # keep publishes rare under a stream of single photos, few enough that shards rebuild their live index in
 # milliseconds.
 FOLD_AFTER_SEGMENTS = 256
-MAX_EXTERNAL_ID = 255
 ERASED = "ERASED"
 log = logging.getLogger("facegrid.ingest")
 
@@ -65,8 +65,8 @@ async def add_faces(
         if len(external) > MAX_EXTERNAL_ID or not external.strip():
             raise InvalidRequest(f"external_image_id must be 1-{MAX_EXTERNAL_ID} characters")
         check_text(external, "external_image_id")
-        if max_faces is not None and not 1 <= max_faces <= 100:
-            raise InvalidRequest("max_faces must be between 1 and 100")
+        if max_faces is not None and not 1 <= max_faces <= MAX_FACES_INDEXED:
+            raise InvalidRequest(f"max_faces must be between 1 and {MAX_FACES_INDEXED}")
         manifest = ctx.manifest(collection)
         image = await probe_faces(ctx, photo, max_faces, manifest.model_id, quality_filter, ctx.ingests)
         rows = face_rows(collection, key, etag, location, external, image.faces, f"ingest-{caller.key_id}")

@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from cluster.access import Action, ApiKey, Caller, Role, authorize
 from cluster.credentials import Credential
 from cluster.errors import InvalidRequest
+from cluster.manifest import NAME
 from cluster.text import check_text
 from serving.usecases.audited import audited, clipped
 from serving.usecases.context import Context
@@ -37,12 +38,20 @@ async def authenticate(ctx: Context, token: str | None, client: str, method: str
     return key.caller(client)
 
 
+def check_grants(collections: list[str] | None) -> None:
+    """Grants name collections (which need not exist yet): a name no collection can have is a mistake."""
+    wrong = next((name for name in collections or [] if not NAME.fullmatch(name)), None)
+    if wrong is not None:
+        raise InvalidRequest(f"grant {clipped(wrong, 64)!r} is not a collection name")
+
+
 async def create(
     ctx: Context, caller: Caller, role: Role, collections: list[str] | None, label: str
 ) -> tuple[ApiKey, str]:
     async with audited(ctx, caller, "key-create", None, key_role=str(role), grants=collections or ["*"]) as entry:
         authorize(caller, Action.KEYS_WRITE)
         check_text(label, "label")
+        check_grants(collections)
         key, token = ctx.keys.create(role, collections, label)
         entry["key"] = key.key_id
     return key, token
@@ -57,6 +66,7 @@ async def create_protocol_credential(
         authorize(caller, Action.KEYS_WRITE)
         if purpose not in ctx.settings.serving.purposes:
             raise InvalidRequest(f"purpose {clipped(purpose, 64)!r} is not one of {ctx.settings.serving.purposes}")
+        check_grants(collections)
         key, _token = ctx.keys.create(role, collections, label)
         credential, secret = ctx.credentials.create(key.key_id, purpose)
         entry.update(key=key.key_id, access_key_id=credential.access_key_id)

@@ -8,10 +8,11 @@ import hashlib
 import numpy as np
 
 from cluster.access import Action, Caller, authorize
-from cluster.errors import FaceNotFound, InvalidRequest, NoFaceInProbe
+from cluster.errors import FaceNotFound, InvalidRequest, NoFaceInProbe, UserHasNoFaces
 from cluster.people import MAX_FACES_PER_ACT, PeopleState, User, UserExists, check_face_ids, check_user_id
 from serving import render
 from serving.render import LEADS_NOTICE
+from serving.rules import MAX_PAGE, MAX_USERS
 from serving.schemas import Match, Threshold
 from serving.schemas_people import (
     AssociationChange,
@@ -56,8 +57,8 @@ async def page(ctx: Context, caller: Caller, collection: str, limit: int, offset
     """A page of users with their faces: a read that is audited, with how many it showed."""
     async with audited(ctx, caller, "list-users", collection, limit=limit, offset=offset) as entry:
         authorize(caller, Action.FACES_READ, collection)
-        if not 1 <= limit <= 1000 or offset < 0:
-            raise InvalidRequest("limit must be 1-1000 and offset non-negative")
+        if not 1 <= limit <= MAX_PAGE or offset < 0:
+            raise InvalidRequest(f"limit must be 1-{MAX_PAGE} and offset non-negative")
         ctx.manifest(collection, fresh=True)
         users = sorted((await ctx.in_thread(ctx.people(collection).state)).users.values(), key=lambda u: u.user_id)
         shown = users[offset : offset + limit]
@@ -176,8 +177,8 @@ async def search(
         manifest, limits = prepare(ctx, caller, collection, request)
         if given != 1:
             raise InvalidRequest("give exactly one of face_id, user_id or an image")
-        if not 1 <= max_users <= 100:
-            raise InvalidRequest("max_users must be between 1 and 100")
+        if not 1 <= max_users <= MAX_USERS:
+            raise InvalidRequest(f"max_users must be between 1 and {MAX_USERS}")
         state = await ctx.in_thread(ctx.people(collection).state)
         searched_face, leave_out, leave_user = None, set[str](), None
         if image is not None:
@@ -193,7 +194,7 @@ async def search(
             user_faces = [] if face_id is not None else ctx.people(collection).user(str(user_id), state).faces
             wanted = [face_id] if face_id is not None else list(user_faces[:MAX_FACES_PER_ACT])
             if not wanted:
-                raise InvalidRequest(f"user {user_id!r} has no faces to search with")
+                raise UserHasNoFaces(f"user {user_id!r} has no faces to search with")
             found = await face_vectors(ctx, manifest, wanted)
             if face_id is not None and face_id not in found:
                 raise FaceNotFound(f"face {clipped(face_id, 64)!r} is not in collection {collection!r}")

@@ -8,11 +8,9 @@ from typing import Any
 from cluster.errors import InvalidRequest, PurposeRefused
 from cluster.index_spec import SearchKnobs
 from cluster.text import check_text
-from serving.usecases.audited import MAX_CASE_ID, MAX_PURPOSE, as_json_number, clipped
+from serving.rules import MAX_CASE_ID, MAX_FACE_INDEX, MAX_KNOB, MAX_PURPOSE
+from serving.usecases.audited import as_json_number, clipped
 from serving.usecases.context import Context
-
-# Larger nprobe or efSearch than this only burns CPU: at 4,096 an IVF search is close to exhaustive.
-MAX_KNOB = 4096
 
 
 @dataclass(frozen=True)
@@ -36,8 +34,8 @@ class SearchRequest:
             raise InvalidRequest(f"max_results must be between 1 and {max_results}")
         if self.max_faces < 1:
             raise InvalidRequest("max_faces must be at least 1")
-        if self.face_index is not None and not 0 <= self.face_index < 100:
-            raise InvalidRequest("face_index must be between 0 and 99")
+        if self.face_index is not None and not 0 <= self.face_index <= MAX_FACE_INDEX:
+            raise InvalidRequest(f"face_index must be between 0 and {MAX_FACE_INDEX}")
         for name, value in (("nprobe", self.knobs.nprobe), ("ef_search", self.knobs.ef_search)):
             if value is not None and not 1 <= value <= MAX_KNOB:
                 raise InvalidRequest(f"{name} must be between 1 and {MAX_KNOB}")

@@ -109,8 +109,13 @@ async def search_vector(
                 f"the vector is a {model_id} embedding; collection {collection!r} holds {manifest.model_id} "
                 "embeddings, which cannot be compared with it"
             )
-        norm = float(np.linalg.norm(query)) if query.ndim == 1 else 0.0
-        if query.shape != (manifest.dim,) or not np.isfinite(norm) or norm == 0:
+        if query.shape != (manifest.dim,):
+            raise ModelMismatch(
+                f"the vector has {query.size} numbers; collection {collection!r} holds {manifest.dim}-number "
+                f"{manifest.model_id} embeddings"
+            )
+        norm = float(np.linalg.norm(query))
+        if not np.isfinite(norm) or norm == 0:
             raise InvalidRequest(f"vector must be {manifest.dim} finite numbers, not all zero")
         matches, missing = await search_vectors(
             ctx, manifest, (query / norm)[None], request.max_results, limits["applied"], request.knobs

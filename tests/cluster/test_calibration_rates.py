@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cluster.calibration import FLOOR_MARGIN, MIN_EVENTS, Rates, build_calibration, check_calibration
-from cluster.errors import InvalidRequest
+from cluster.errors import InvalidCalibration, InvalidRequest, ModelMismatch, RateNotSupported
 from cluster.models.registry import PUBLISHED_CALIBRATIONS, SFACE_ID
 
 
@@ -33,15 +33,20 @@ def test_the_tail_is_a_bound_not_a_value(rates: Rates) -> None:
 
 
 def test_a_floor_the_calibration_cannot_support_is_refused(rates: Rates) -> None:
-    with pytest.raises(InvalidRequest, match="cannot be promised"):
+    with pytest.raises(RateNotSupported, match="cannot be promised"):
         rates.floor(1e-7)
 
 
 def test_check_calibration_refuses_what_is_not_one() -> None:
     made = {"model_id": SFACE_ID, **build_calibration(np.full(10, 0.8), np.linspace(-0.2, 0.4, 100_000))}
     assert check_calibration(made, SFACE_ID) == made
-    with pytest.raises(InvalidRequest, match="measured for"):
+    with pytest.raises(ModelMismatch, match="measured for"):
         check_calibration(made, "dlib-resnet-v1")
-    for broken in ({}, {"table": [[0.1, 0.2]], "impostor_comparisons": 10}, {**made, "table": made["table"][::-1]}):
+    shapes = ({}, [], {"table": [[0.1, 0.2]], "impostor_comparisons": 10}, {**made, "impostor_comparisons": "10"})
+    values = ({**made, "impostor_comparisons": 0}, {**made, "table": [[0.1, 0.2], [0.01, 1.5]]})
+    for broken in (*shapes, *values):
         with pytest.raises(InvalidRequest):
             check_calibration(broken, SFACE_ID)
+    with pytest.raises(InvalidCalibration, match="must go from high rates"):
+        check_calibration({**made, "table": made["table"][::-1]}, SFACE_ID)
+    assert check_calibration({**made, "impostor_comparisons": 1e5}, SFACE_ID)  # JSON's integers include 1e5

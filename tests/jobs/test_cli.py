@@ -163,7 +163,7 @@ def test_eval_moves_no_floor_and_calibrate_moves_exactly_one(
     assert after == {"kept": floors["kept"], "moved": change["new_floor_similarity"]}
     record = [r for r in read_records(LocalStore(Path(env["FACEGRID_STORE"]))) if r["action"] == "calibrate-collection"]
     assert [(r["collection"], r["outcome"]) for r in record] == [("moved", "refused"), ("moved", "ok")]
-    assert record[0]["code"] == "INVALID_REQUEST"
+    assert record[0]["code"] == "RATE_NOT_SUPPORTED"
     assert record[-1]["old_floor_similarity"] == floors["moved"]
     assert record[-1]["new_floor_similarity"] == change["new_floor_similarity"]
     for name in floors:
