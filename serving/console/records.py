@@ -12,7 +12,6 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
 from cluster.access import Action, Caller
-from cluster.audit import read_records
 from cluster.audit_export import formula_safe
 from cluster.errors import AuditUnavailable
 from cluster.pipeline.quality import QualityFilter
@@ -24,7 +23,7 @@ from serving.console.web import (
     problem,
 )
 from serving.deps import Ctx, read_upload
-from serving.usecases import audit, collections, ingest
+from serving.usecases import audit, collections, indexing, ingest
 from serving.usecases.context import Context
 from serving.usecases.failures import failure
 
@@ -40,21 +39,12 @@ async def collections_page(ctx: Ctx, caller: ConsoleCaller, request: Request) ->
     return page(request, "collections.html", caller, collections=described)
 
 
-def _jobs(ctx: Context, name: str) -> list[dict[str, Any]]:
-    jobs = [r for r in read_records(ctx.store) if r.get("action") == "index" and r.get("collection") == name][-10:]
-    for job in jobs:
-        job["summary"] = (
-            ", ".join(f"{k} {job[k]}" for k in ("images", "faces", "errors") if k in job) or job.get("code") or ""
-        )
-    return list(reversed(jobs))
-
-
 async def _collection_page(ctx: Context, request: Request, caller: Caller, name: str, **extra: Any) -> Response:
     try:
         described = await collections.describe(ctx, caller, name)
     except Exception as exc:
         return problem(request, caller, exc, "collections.html", collections=[])
-    jobs = await ctx.in_thread(_jobs, ctx, name)
+    jobs = await indexing.recent_jobs(ctx, caller, name)
     may_add = caller.may(Action.FACES_WRITE, name)
     return page(request, "collection.html", caller, c=described, jobs=jobs, may_add=may_add, **extra)
 

@@ -16,7 +16,6 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
 from cluster.access import Action, Caller
-from cluster.audit import read_records
 from cluster.errors import InvalidRequest
 from serving.console.sessions import Sessions
 from serving.console.web import (
@@ -183,8 +182,7 @@ def _face_id(match: Any) -> str:
 @router.get("/searches/{seq}")
 async def past_search(ctx: Ctx, caller: ConsoleCaller, request: Request, seq: int) -> Response:
     try:
-        record = await ctx.in_thread(review.search_record, ctx, caller, seq)
-        decided = review.decisions(seq, await ctx.in_thread(read_records, ctx.store))
+        record, decided = await ctx.in_thread(review.past_search, ctx, caller, seq)
         manifest = ctx.manifest(record["collection"])
     except Exception as exc:
         return problem(request, caller, exc, "search.html", collections=_searchable(ctx, caller), purposes=[])

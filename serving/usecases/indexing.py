@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cluster.access import Action, Caller, authorize
+from cluster.audit import read_records
 from cluster.embedder import IndexRequest
 from cluster.errors import CollectionNotFound, IndexIncomplete
 from cluster.indexing import Progress, run_index_job
@@ -15,6 +16,21 @@ from serving.usecases.audited import audited
 from serving.usecases.context import Context
 
 SUMMARY_FIELDS = ("job_id", "images", "faces", "errors", "unread_objects", "version")
+
+
+async def recent_jobs(ctx: Context, caller: Caller, collection: str, count: int = 10) -> list[dict[str, Any]]:
+    """The collection's last index jobs as the audit log recorded them, newest first, each with a one-line
+    summary (counts, or the error code of one that failed)."""
+    authorize(caller, Action.COLLECTIONS_READ, collection)
+
+    def read() -> list[dict[str, Any]]:
+        return [r for r in read_records(ctx.store) if r.get("action") == "index" and r.get("collection") == collection]
+
+    jobs = (await ctx.in_thread(read))[-count:]
+    for job in jobs:
+        counts = ", ".join(f"{k} {job[k]}" for k in ("images", "faces", "errors") if k in job)
+        job["summary"] = counts or job.get("code") or ""
+    return list(reversed(jobs))
 
 
 async def index(

@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from cluster.access import Action, Caller, Forbidden, authorize
-from cluster.audit import record_at
+from cluster.audit import read_records, record_at
 from cluster.errors import FaceNotFound, InvalidRequest
 from cluster.storage import LocalStore, ObjectNotFound, open_store
 from cluster.transparency import returned_faces
@@ -33,6 +33,12 @@ def search_record(ctx: Context, caller: Caller, seq: int) -> dict[str, Any]:
     if record.get("key_id") != caller.key_id and not caller.may(Action.AUDIT_READ):
         raise Forbidden(f"search {seq} was not run by key {caller.key_id}")
     return record
+
+
+def past_search(ctx: Context, caller: Caller, seq: int) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """A search's audit record (as `search_record` allows it) and the latest decision on each of its faces."""
+    record = search_record(ctx, caller, seq)
+    return record, decisions(seq, read_records(ctx.store))
 
 
 def decisions(seq: int, records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
