@@ -183,7 +183,7 @@ def _face_id(match: Any) -> str:
 async def past_search(ctx: Ctx, caller: ConsoleCaller, request: Request, seq: int) -> Response:
     try:
         record, decided = await ctx.in_thread(review.past_search, ctx, caller, seq)
-        manifest = ctx.manifest(record["collection"])
+        manifest = await ctx.read_manifest(record["collection"])
     except Exception as exc:
         return problem(request, caller, exc, "search.html", collections=_searchable(ctx, caller), purposes=[])
     groups = await _past_candidates(ctx, manifest, record)

@@ -65,10 +65,10 @@ def _threshold(rates_of: Manifest | str | None, ctx: Context, asked: float | Non
     return cosine_for(asked, ctx.models.rates(rates_of))
 
 
-def _manifest(ctx: Context, collection: str) -> Manifest | None:
+async def _manifest(ctx: Context, collection: str) -> Manifest | None:
     """The collection's manifest, or None: a missing collection is for the audited use case to report."""
     try:
-        return ctx.manifest(collection)
+        return await ctx.read_manifest(collection)
     except CollectionNotFound:
         return None
 
@@ -101,8 +101,9 @@ async def describe_collection(ctx: Context, who: Who, p: dict[str, Any]) -> dict
 async def list_collections(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, Any]:
     start, size = render.offset_of(p.get("NextToken")), p.get("MaxResults") or 1000
     names = collections.names(ctx, who.caller)
-    page = [n for n in names[start : start + size] if _manifest(ctx, n) is not None]  # one deleted meanwhile
-    versions = [ctx.manifest(n).model_id for n in page]
+    held = [(n, await _manifest(ctx, n)) for n in names[start : start + size]]
+    page = [n for n, manifest in held if manifest is not None]  # one deleted meanwhile
+    versions = [manifest.model_id for _, manifest in held if manifest is not None]
     out: dict[str, Any] = {"CollectionIds": page, "FaceModelVersions": versions}
     if start + size < len(names):
         out["NextToken"] = render.token(start + size)
@@ -163,7 +164,7 @@ async def list_faces(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, Any
     listed = await faces.page(ctx, who.caller, collection, size, start)
     owners = await _owners(ctx, collection)
     wanted = {render.face_id_of(f) for f in p.get("FaceIds", [])}
-    model = ctx.manifest(collection).model_id
+    model = (await ctx.read_manifest(collection)).model_id
     found = [
         render.face(r.model_dump(), model, owners.get(r.face_id))
         for r in listed.faces
@@ -197,12 +198,12 @@ def _face_matches(matches: list[Any], rates: Any, model: str, owners: dict[str, 
 
 async def search_faces(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, Any]:
     collection = p["CollectionId"]
-    manifest = _manifest(ctx, collection)
+    manifest = await _manifest(ctx, collection)
     cap = min(p.get("MaxFaces", 100), ctx.settings.serving.max_results)
     request = _request(who, _threshold(manifest, ctx, p.get("FaceMatchThreshold")), cap)
     face_id = render.face_id_of(p["FaceId"]) or p["FaceId"]
     answer = await search.search_face(ctx, who.caller, collection, face_id, request)
-    rates = ctx.models.rates(ctx.manifest(collection))
+    rates = ctx.models.rates(await ctx.read_manifest(collection))
     return {
         "SearchedFaceId": p["FaceId"],
         "FaceMatches": _face_matches(answer.matches, rates, answer.model_id, await _owners(ctx, collection)),
@@ -212,13 +213,13 @@ async def search_faces(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, A
 
 async def search_faces_by_image(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, Any]:
     collection = p["CollectionId"]
-    manifest = _manifest(ctx, collection)
+    manifest = await _manifest(ctx, collection)
     blob = await _image(ctx, p["Image"])
     cap = min(p.get("MaxFaces", 100), ctx.settings.serving.max_results)
     request = _request(who, _threshold(manifest, ctx, p.get("FaceMatchThreshold")), cap)
     answer = await search.search(ctx, who.caller, collection, blob, request)
     size = image_size(blob)
-    rates = ctx.models.rates(ctx.manifest(collection))
+    rates = ctx.models.rates(await ctx.read_manifest(collection))
     return {
         "SearchedFaceBoundingBox": render.box(answer.searched_face.bbox, size),
         "SearchedFaceConfidence": round(answer.searched_face.confidence * 100, 4),
@@ -315,14 +316,14 @@ def _user_matches(answer: Any, rates: Any) -> list[dict[str, Any]]:
 
 async def search_users(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, Any]:
     collection = p["CollectionId"]
-    manifest = _manifest(ctx, collection)
+    manifest = await _manifest(ctx, collection)
     request = _request(who, _threshold(manifest, ctx, p.get("UserMatchThreshold")))
     face_id = (render.face_id_of(p["FaceId"]) or p["FaceId"]) if "FaceId" in p else None
     cap = min(p.get("MaxUsers", 10), 100)
     answer = await people.search(
         ctx, who.caller, collection, request, face_id=face_id, user_id=p.get("UserId"), max_users=cap
     )
-    rates = ctx.models.rates(ctx.manifest(collection))
+    rates = ctx.models.rates(await ctx.read_manifest(collection))
     out: dict[str, Any] = {"UserMatches": _user_matches(answer, rates), "FaceModelVersion": answer.model_id}
     out["SearchedFace" if "FaceId" in p else "SearchedUser"] = (
         {"FaceId": p["FaceId"]} if "FaceId" in p else {"UserId": p["UserId"]}
@@ -332,7 +333,7 @@ async def search_users(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, A
 
 async def search_users_by_image(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, Any]:
     collection = p["CollectionId"]
-    manifest = _manifest(ctx, collection)
+    manifest = await _manifest(ctx, collection)
     blob = await _image(ctx, p["Image"])
     request = _request(who, _threshold(manifest, ctx, p.get("UserMatchThreshold")))
     cap = min(p.get("MaxUsers", 10), 100)
@@ -340,7 +341,7 @@ async def search_users_by_image(ctx: Context, who: Who, p: dict[str, Any]) -> di
     size = image_size(blob)
     searched = render.detail(answer.searched_face, size) if answer.searched_face else {}
     return {
-        "UserMatches": _user_matches(answer, ctx.models.rates(ctx.manifest(collection))),
+        "UserMatches": _user_matches(answer, ctx.models.rates(await ctx.read_manifest(collection))),
         "FaceModelVersion": answer.model_id,
         "SearchedFace": {"FaceDetail": searched},
         "UnsearchedFaces": [],

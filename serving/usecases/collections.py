@@ -59,7 +59,7 @@ async def create(
             calibration_sha256=calibration_sha256(calibration),
         )
         entry.update(calibration_sha256=manifest.calibration_sha256, floor_similarity=round(floor, 6))
-        return info(ctx.collections.create(manifest))
+        return info(await ctx.in_thread(ctx.collections.create, manifest))
 
 
 def names(ctx: Context, caller: Caller) -> list[str]:
@@ -99,7 +99,7 @@ async def rebuild(
     async with audited(ctx, caller, "rebuild-collection", name, shards=shards, index_spec=index) as entry:
         authorize(caller, Action.COLLECTIONS_WRITE, name)
         check_shards(ctx, shards)
-        old = ctx.manifest(name, fresh=True)
+        old = await ctx.read_manifest(name, fresh=True)
         new = await ctx.publish_task(lambda p: p.rebuild(old, shards, index, retrain))
         await ctx.shards(name).sync(old, new, ready=ctx.remember)
         entry.update(version=new.version, built_spec=new.built_spec, faces=new.face_count)
@@ -130,7 +130,7 @@ async def calibrate(ctx: Context, caller: Caller, name: str, calibration: dict[s
     only way a floor moves; audited with the old and the new floor."""
     async with audited(ctx, caller, "calibrate-collection", name) as entry:
         authorize(caller, Action.COLLECTIONS_WRITE, name)
-        current = ctx.manifest(name, fresh=True)
+        current = await ctx.read_manifest(name, fresh=True)
         checked = check_calibration(calibration, current.model_id)
         sha256 = calibration_sha256(checked)
         new_floor = Rates(checked).floor(current.max_false_match_rate)  # refuses one too small for the floor

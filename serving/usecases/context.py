@@ -123,6 +123,13 @@ class Context:
             return cached[1]
         return self.remember(self.collections.get(name))
 
+    async def read_manifest(self, name: str, fresh: bool = False) -> Manifest:
+        """`manifest` for async code: a fresh-enough cached one at once, a store read on a worker thread."""
+        cached = self._manifests.get(name)
+        if not fresh and cached and time.monotonic() - cached[0] < MANIFEST_TTL_S:
+            return cached[1]
+        return await self.in_thread(self.manifest, name, fresh)
+
     def remember(self, manifest: Manifest) -> Manifest:
         self._manifests[manifest.name] = (time.monotonic(), manifest)
         return manifest

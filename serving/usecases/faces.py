@@ -21,7 +21,7 @@ async def page(ctx: Context, caller: Caller, collection: str, limit: int, offset
         authorize(caller, Action.FACES_READ, collection)
         if not 1 <= limit <= MAX_PAGE or offset < 0:
             raise InvalidRequest(f"limit must be 1-{MAX_PAGE} and offset non-negative")
-        manifest = ctx.manifest(collection, fresh=True)
+        manifest = await ctx.read_manifest(collection, fresh=True)
         table = await ctx.in_thread(lambda: all_faces(ctx.collections, manifest, LISTED).sort_by("face_id"))
         shown = table.slice(offset, limit).to_pylist()
         entry.update(faces=len(shown), total=table.num_rows)
@@ -44,7 +44,7 @@ async def erase(
         authorize(caller, Action.FACES_DELETE, collection)
         if not face_ids and not external_ids:
             raise InvalidRequest("give face_ids or external_image_ids to delete")
-        manifest = ctx.manifest(collection, fresh=True)
+        manifest = await ctx.read_manifest(collection, fresh=True)
         wanted, named = set(face_ids), set(external_ids)
         by = caller.key_id
         published, rows = await ctx.publish_task(lambda p: p.erase_faces(manifest, wanted, named, by))

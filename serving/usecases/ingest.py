@@ -67,7 +67,7 @@ async def add_faces(
         check_text(external, "external_image_id")
         if max_faces is not None and not 1 <= max_faces <= MAX_FACES_INDEXED:
             raise InvalidRequest(f"max_faces must be between 1 and {MAX_FACES_INDEXED}")
-        manifest = ctx.manifest(collection)
+        manifest = await ctx.read_manifest(collection)
         image = await probe_faces(ctx, photo, max_faces, manifest.model_id, quality_filter, ctx.ingests)
         rows = face_rows(collection, key, etag, location, external, image.faces, f"ingest-{caller.key_id}")
         erased = await ctx.in_thread(ErasureRegister(ctx.store, collection).erased_ids)
@@ -145,8 +145,8 @@ def fold_when_long(ctx: Context, collection: str) -> None:
 
     async def fold() -> None:
         try:
-            manifest = ctx.manifest(collection, fresh=True)
-            if len(live_segments(ctx.collections, manifest)) < FOLD_AFTER_SEGMENTS:
+            manifest = await ctx.read_manifest(collection, fresh=True)
+            if len(await ctx.in_thread(live_segments, ctx.collections, manifest)) < FOLD_AFTER_SEGMENTS:
                 return
             published = await ctx.publish_task(lambda p: p.publish_latest(collection))
             await ctx.shards(collection).sync(manifest, ctx.remember(published))
@@ -166,7 +166,7 @@ async def readmit(ctx: Context, caller: Caller, collection: str, face_ids: list[
         authorize(caller, Action.COLLECTIONS_WRITE, collection)
         if not face_ids and not sources:
             raise InvalidRequest("give face ids or source objects to readmit")
-        ctx.manifest(collection)  # the collection exists
+        await ctx.read_manifest(collection)  # the collection exists
         register = ErasureRegister(ctx.store, collection)
         lifted = await ctx.in_thread(register.readmit, set(face_ids), set(sources), caller.key_id)
         entry["readmitted"] = [e["face_id"] for e in lifted]

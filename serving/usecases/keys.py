@@ -52,7 +52,7 @@ async def create(
         authorize(caller, Action.KEYS_WRITE)
         check_text(label, "label")
         check_grants(collections)
-        key, token = ctx.keys.create(role, collections, label)
+        key, token = await ctx.in_thread(ctx.keys.create, role, collections, label)
         entry["key"] = key.key_id
     return key, token
 
@@ -67,8 +67,8 @@ async def create_protocol_credential(
         if purpose not in ctx.settings.serving.purposes:
             raise InvalidRequest(f"purpose {clipped(purpose, 64)!r} is not one of {ctx.settings.serving.purposes}")
         check_grants(collections)
-        key, _token = ctx.keys.create(role, collections, label)
-        credential, secret = ctx.credentials.create(key.key_id, purpose)
+        key, _token = await ctx.in_thread(ctx.keys.create, role, collections, label)
+        credential, secret = await ctx.in_thread(ctx.credentials.create, key.key_id, purpose)
         entry.update(key=key.key_id, access_key_id=credential.access_key_id)
     return key, credential, secret
 
@@ -80,7 +80,7 @@ async def session(
     fields = {"access_key_id": clipped(access_key_id, 32), "case_id": clipped(case_id, 256), "ttl_s": ttl_s}
     async with audited(ctx, caller, "key-session", None, **fields) as entry:
         authorize(caller, Action.KEYS_WRITE)
-        minted = ctx.credentials.session(access_key_id, case_id, ttl_s)
+        minted = await ctx.in_thread(ctx.credentials.session, access_key_id, case_id, ttl_s)
         if purpose is not None and purpose != minted["Purpose"]:
             raise InvalidRequest(
                 f"access key {access_key_id} is bound to purpose {minted['Purpose']!r}, not {purpose!r}"
@@ -97,13 +97,13 @@ def listed(ctx: Context, caller: Caller) -> list[dict[str, Any]]:
 async def revoke(ctx: Context, caller: Caller, key_id: str) -> ApiKey:
     async with audited(ctx, caller, "key-revoke", None, key=key_id):
         authorize(caller, Action.KEYS_WRITE)
-        revoked = ctx.keys.revoke(key_id)
-        ctx.credentials.revoke_for_key(key_id)
+        revoked = await ctx.in_thread(ctx.keys.revoke, key_id)
+        await ctx.in_thread(ctx.credentials.revoke_for_key, key_id)
         return revoked
 
 
 async def bootstrap(ctx: Context, caller: Caller) -> str | None:
     """On a store with no keys, the first admin key's token (printed once by `facegrid serve`)."""
-    if ctx.keys.keys():
+    if await ctx.in_thread(ctx.keys.keys):
         return None
     return (await create(ctx, caller, Role.ADMIN, None, "bootstrap admin"))[1]

@@ -45,7 +45,7 @@ async def create(ctx: Context, caller: Caller, collection: str, user_id: str) ->
     async with audited(ctx, caller, "create-user", collection, user_id=clipped(user_id, 140)):
         authorize(caller, Action.FACES_WRITE, collection)
         check_user_id(user_id)
-        ctx.manifest(collection, fresh=True)  # the collection exists
+        await ctx.read_manifest(collection, fresh=True)  # the collection exists
         people = ctx.people(collection)
         if user_id in (await ctx.in_thread(people.state)).users:
             raise UserExists(f"user {user_id!r} already exists in collection {collection!r}")
@@ -59,7 +59,7 @@ async def page(ctx: Context, caller: Caller, collection: str, limit: int, offset
         authorize(caller, Action.FACES_READ, collection)
         if not 1 <= limit <= MAX_PAGE or offset < 0:
             raise InvalidRequest(f"limit must be 1-{MAX_PAGE} and offset non-negative")
-        ctx.manifest(collection, fresh=True)
+        await ctx.read_manifest(collection, fresh=True)
         users = sorted((await ctx.in_thread(ctx.people(collection).state)).users.values(), key=lambda u: u.user_id)
         shown = users[offset : offset + limit]
         entry.update(users=len(shown), total=len(users))
@@ -80,7 +80,7 @@ async def associate(
     async with audited(ctx, caller, "associate-faces", collection, user_id=clipped(user_id, 140)) as entry:
         authorize(caller, Action.FACES_WRITE, collection)
         wanted = check_face_ids(face_ids)
-        manifest = ctx.manifest(collection, fresh=True)
+        manifest = await ctx.read_manifest(collection, fresh=True)
         people = ctx.people(collection)
         before = await ctx.in_thread(people.state)
         people.user(user_id, before)
@@ -112,7 +112,7 @@ async def disassociate(
     async with audited(ctx, caller, "disassociate-faces", collection, user_id=clipped(user_id, 140)) as entry:
         authorize(caller, Action.FACES_WRITE, collection)
         wanted = check_face_ids(face_ids)
-        ctx.manifest(collection, fresh=True)
+        await ctx.read_manifest(collection, fresh=True)
         people = ctx.people(collection)
         before = await ctx.in_thread(people.state)
         people.user(user_id, before)
@@ -174,7 +174,7 @@ async def search(
         reference = hashlib.sha256(f"{face_id}\0{user_id}".encode()).hexdigest()
     fields = {**request.audit_fields(reference), "face_id": clipped(face_id, 64), "user_id": clipped(user_id, 140)}
     async with audited(ctx, caller, "search-users", collection, **fields) as entry:
-        manifest, limits = prepare(ctx, caller, collection, request)
+        manifest, limits = await prepare(ctx, caller, collection, request)
         if given != 1:
             raise InvalidRequest("give exactly one of face_id, user_id or an image")
         if not 1 <= max_users <= MAX_USERS:

@@ -85,7 +85,7 @@ async def crop(ctx: Context, caller: Caller, collection: str, face_id: str, seq:
         if record.get("collection") != collection or face_id not in returned_faces(record):
             raise Forbidden(f"face {clipped(face_id, 64)!r} was not returned to this key by search {seq}")
         entry["case_id"] = record.get("case_id")
-        manifest = ctx.manifest(collection, fresh=True)
+        manifest = await ctx.read_manifest(collection, fresh=True)
         held = await ctx.shards(collection).records(manifest, [face_id])  # an erased face is in no shard
         if face_id not in held:
             raise FaceNotFound(f"face {face_id!r} is not in collection {collection!r} (erased, or never indexed)")

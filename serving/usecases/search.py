@@ -21,12 +21,14 @@ from serving.usecases.images import pick, probe_faces
 from serving.usecases.policy import SearchRequest, check_purpose
 
 
-def prepare(ctx: Context, caller: Caller, collection: str, request: SearchRequest) -> tuple[Manifest, dict[str, Any]]:
+async def prepare(
+    ctx: Context, caller: Caller, collection: str, request: SearchRequest
+) -> tuple[Manifest, dict[str, Any]]:
     """The checks every search passes before any work: role, purpose, case id, limits, collection, floor."""
     authorize(caller, Action.SEARCH, collection)
     check_purpose(ctx, request.purpose, request.case_id)
     request.check(ctx.settings.serving.max_results)
-    manifest = ctx.manifest(collection)
+    manifest = await ctx.read_manifest(collection)
     return manifest, ctx.models.applied_threshold(manifest, request.threshold)
 
 
@@ -64,7 +66,7 @@ async def search(ctx: Context, caller: Caller, collection: str, blob: bytes, req
     """Search with the faces of a probe photo: the largest, or up to `request.max_faces` of them."""
     fields = request.audit_fields(hashlib.sha256(blob).hexdigest())
     async with audited(ctx, caller, "search", collection, **fields) as entry:
-        manifest, limits = prepare(ctx, caller, collection, request)
+        manifest, limits = await prepare(ctx, caller, collection, request)
         wanted = None if request.face_index is not None else request.max_faces
         probe = await probe_faces(ctx, blob, wanted, manifest.model_id)
         if not probe.faces:
@@ -103,7 +105,7 @@ async def search_vector(
     query = np.asarray(vector, dtype=np.float32)
     fields = request.audit_fields(hashlib.sha256(query.tobytes()).hexdigest())
     async with audited(ctx, caller, "search-vector", collection, **fields) as entry:
-        manifest, limits = prepare(ctx, caller, collection, request)
+        manifest, limits = await prepare(ctx, caller, collection, request)
         if model_id is not None and model_id != manifest.model_id:
             raise ModelMismatch(
                 f"the vector is a {model_id} embedding; collection {collection!r} holds {manifest.model_id} "
@@ -137,7 +139,7 @@ async def search_face(
     """More like an indexed face: its stored vector searched like a probe's; the face itself is not a match."""
     fields = request.audit_fields(hashlib.sha256(face_id.encode()).hexdigest())
     async with audited(ctx, caller, "search-face", collection, **fields, face_id=clipped(face_id, 64)) as entry:
-        manifest, limits = prepare(ctx, caller, collection, request)
+        manifest, limits = await prepare(ctx, caller, collection, request)
         found = await face_vectors(ctx, manifest, [face_id])
         if face_id not in found:
             raise FaceNotFound(f"face {clipped(face_id, 64)!r} is not in collection {collection!r}")

@@ -156,7 +156,7 @@ def test_a_failed_index_job_is_recorded(world: dict[str, Any]) -> None:
     with pytest.raises(Exception, match="holds sface-2021dec embeddings"):
         index(ctx, "sface-only", str(folder), model=DLIB_ID)
     record = _last(ctx, "index", "cli")
-    assert (record["outcome"], record["code"], record["collection"]) == ("error", "MODEL_MISMATCH", "sface-only")
+    assert (record["outcome"], record["code"], record["collection"]) == ("refused", "MODEL_MISMATCH", "sface-only")
 
 
 def test_requests_with_a_missing_or_revoked_key_are_counted(world: dict[str, Any]) -> None:
