@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,10 @@ SHARD_CPUS = 0.1
 SHARD_CONCURRENCY = 4
 # A new shard actor starts a worker process and reads its snapshot and records before it can answer.
 SHARD_STARTUP_TIMEOUT_S = 600.0
+# A host's set number in its name (`set_prefix`): collection names hold no '@'.
+_SET_NUMBER = re.compile(r"@(\d+):")
+# Background sweeps of earlier sets, kept referenced until they end.
+_SWEEPS: set[asyncio.Task[None]] = set()
 # How long a server's manifest read stays fresh for searches; publishes reach searches within this time.
 MANIFEST_TTL_S = 1.0
 
@@ -106,6 +111,8 @@ class ShardSet:
         held = self._handles.get(key)
         if held is None or len(held[0]) != manifest.replicas:
             before = held
+            if held is None:  # a set new to this server: whoever resharded, earlier sets here are retired
+                self._retire_older_later(manifest)
             held = self._create(manifest)
             every = _hosts(held)
             await asyncio.wait_for(asyncio.gather(*(h.reload.remote() for h in every)), SHARD_STARTUP_TIMEOUT_S)
@@ -199,6 +206,30 @@ class ShardSet:
         """For jobs (no event loop, any machine of the cluster): reload the live hosts of the published set."""
         if ray.is_initialized():
             ray.get([h.reload.remote() for h in self.live(new)])
+
+    def _retire_older_later(self, manifest: Manifest) -> None:
+        """`retire_older`, `serving.retire_after_s` from now (searches begun on an earlier set finish first). A
+        reshard made by another server (or two in a row) leaves this cluster's hosts of the earlier sets to this
+        server: left up, each held its share of a CPU until new work could not be scheduled at all."""
+
+        async def later() -> None:
+            await asyncio.sleep(self.settings.serving.retire_after_s)
+            try:
+                await asyncio.to_thread(self.retire_older, manifest)
+            except Exception:  # a later sweep, or the set's own retirement, gets them
+                log.warning("retiring earlier shard sets of %s failed", self.collection, exc_info=True)
+
+        task = asyncio.get_running_loop().create_task(later())
+        _SWEEPS.add(task)
+        task.add_done_callback(_SWEEPS.discard)
+
+    def retire_older(self, manifest: Manifest) -> None:
+        """Every host of this collection's sets older than the manifest's (set numbers only grow)."""
+        for name, handle in _named_actors(f"shards:{self.collection}/"):
+            found = _SET_NUMBER.search(name)
+            if found is not None and int(found.group(1)) < manifest.shard_set:
+                ray.kill(handle)
+                log.info("retired %s (the collection's set is now %s)", name, manifest.shard_set)
 
     def retire(self, manifest: Manifest) -> None:
         for handle in self.live(manifest):

@@ -92,3 +92,36 @@ def test_a_replica_count_change_loads_the_new_layout_and_retires_the_old(tmp_pat
     while [n for n in ray.util.list_named_actors() if n.startswith("shards:r/")]:
         assert time.monotonic() < deadline, "the deleted collection's hosts are still up"
         time.sleep(0.2)
+
+
+def test_a_server_that_did_not_reshard_retires_the_earlier_sets_it_holds(tmp_path: Path, local_ray: None) -> None:
+    """Two reshards made elsewhere (another server's publishes): this server's hosts of both earlier sets go once
+    it serves the new one; left up, each held a share of a CPU until a rebuild's work could not be scheduled."""
+    settings = Settings(store=str(tmp_path / "store"), shard_cache=tmp_path / "cache")
+    settings.serving.retire_after_s = 0.0
+    collections = Collections(LocalStore(tmp_path / "store"))
+    publisher = Publisher(collections)
+    manifest = collections.create(
+        Manifest(name="t", model_id="dlib-resnet-v1", model_sha256="x", shard_count=2, index_spec="Flat")
+    )
+    vectors, _ = clustered_vectors(100, 128)
+    collections.store.put_parquet("collections/t/faces/a.parquet", records(vectors))
+    first = publisher.publish(manifest, ["collections/t/faces/a.parquet"])
+    here = ShardSet(settings, "t")
+    asyncio.run(here.handles(first))
+    three = publisher.rebuild(first, shard_count=3)
+    asyncio.run(here.handles(three))  # searches met the second set: it starts here, the first stays a while
+    four = publisher.rebuild(three, shard_count=4)
+
+    async def serve_latest() -> None:
+        await here.handles(four)
+        await asyncio.sleep(0.5)  # the sweep, retire_after_s (0 here) after the new set started
+
+    asyncio.run(serve_latest())
+    deadline = time.monotonic() + 30
+    while (held := sorted({n.split(":")[1] for n in ray.util.list_named_actors() if n.startswith("shards:t/")})) != [
+        f"t/4@{four.shard_set}"
+    ]:
+        assert time.monotonic() < deadline, held
+        time.sleep(0.2)
+    asyncio.run(here.drop())
