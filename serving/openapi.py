@@ -22,8 +22,7 @@ SEARCHES = (
     "/v1/collections/{collection}/users/search",
     "/v1/compare",
 )
-
-
+# IndexFaces: a multipart upload, or JSON naming an object of the server's ingest source (where it has one).
 ADD_FACES = "/v1/collections/{collection}/faces"
 # Operations that set a collection's shard count.
 RESHARDS = ("/v1/collections", "/v1/collections/{collection}/rebuild")

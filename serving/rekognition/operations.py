@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from cluster.access import Caller
+from cluster.calibration import Rates
 from cluster.errors import CollectionNotFound
 from cluster.manifest import DEFAULT_MAX_FALSE_MATCH_RATE, DEFAULT_SHARDS, Manifest
 from cluster.models.registry import DEFAULT_EMBEDDER
@@ -18,7 +19,8 @@ from serving.rekognition import render
 from serving.rekognition.shapes import InvalidParameter
 from serving.rekognition.similarity import cosine_for, percent
 from serving.render import image_size
-from serving.schemas import FaceDetail
+from serving.rules import MAX_USERS
+from serving.schemas import FaceDetail, Match
 from serving.usecases import collections, faces, images, ingest, people, search
 from serving.usecases.context import Context
 from serving.usecases.policy import SearchRequest
@@ -166,7 +168,7 @@ async def list_faces(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, Any
     wanted = {render.face_id_of(f) for f in p.get("FaceIds", [])}
     model = (await ctx.read_manifest(collection)).model_id
     found = [
-        render.face(r.model_dump(), model, owners.get(r.face_id))
+        render.face(r, model, owners.get(r.face_id))
         for r in listed.faces
         if (not wanted or r.face_id in wanted) and ("UserId" not in p or owners.get(r.face_id) == p["UserId"])
     ]
@@ -188,10 +190,10 @@ async def delete_faces(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, A
     }
 
 
-def _face_matches(matches: list[Any], rates: Any, model: str, owners: dict[str, str]) -> list[dict[str, Any]]:
+def _face_matches(matches: list[Match], rates: Rates, model: str, owners: dict[str, str]) -> list[dict[str, Any]]:
     similarities = percent(np.array([m.similarity for m in matches]), rates).tolist()
     return [
-        {"Similarity": float(s), "Face": render.face(m.model_dump(), model, owners.get(m.face_id))}
+        {"Similarity": float(s), "Face": render.face(m, model, owners.get(m.face_id))}
         for m, s in zip(matches, similarities, strict=True)
     ]
 
@@ -319,7 +321,7 @@ async def search_users(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, A
     manifest = await _manifest(ctx, collection)
     request = _request(who, _threshold(manifest, ctx, p.get("UserMatchThreshold")))
     face_id = (render.face_id_of(p["FaceId"]) or p["FaceId"]) if "FaceId" in p else None
-    cap = min(p.get("MaxUsers", 10), 100)
+    cap = min(p.get("MaxUsers", 10), MAX_USERS)
     answer = await people.search(
         ctx, who.caller, collection, request, face_id=face_id, user_id=p.get("UserId"), max_users=cap
     )
@@ -336,7 +338,7 @@ async def search_users_by_image(ctx: Context, who: Who, p: dict[str, Any]) -> di
     manifest = await _manifest(ctx, collection)
     blob = await _image(ctx, p["Image"])
     request = _request(who, _threshold(manifest, ctx, p.get("UserMatchThreshold")))
-    cap = min(p.get("MaxUsers", 10), 100)
+    cap = min(p.get("MaxUsers", 10), MAX_USERS)
     answer = await people.search(ctx, who.caller, collection, request, image=blob, max_users=cap)
     size = image_size(blob)
     searched = render.detail(answer.searched_face, size) if answer.searched_face else {}

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from serving.rekognition.shapes import InvalidParameter
-from serving.schemas import FaceDetail
+from serving.schemas import FaceDetail, FaceRecord, Match
 
 # Ours: 16 lowercase hex digits. Rekognition's: a lowercase UUID. The map pads ours with a fixed tail, so it is
 # reversible and a UUID that does not end so is no face of ours.
@@ -75,18 +75,18 @@ def compared(face: FaceDetail, size: tuple[int, int] | None) -> dict[str, Any]:
     }
 
 
-def face(record: dict[str, Any], model_id: str, user_id: str | None = None) -> dict[str, Any]:
-    """A collection's face (Rekognition's Face). Its box needs the source image's size, which records do not
-    keep: left out."""
+def face(found: FaceRecord | Match, model_id: str, user_id: str | None = None) -> dict[str, Any]:
+    """A collection's face (Rekognition's Face), from its record or a search's match. Its box needs the source
+    image's size, which records do not keep: left out."""
     out: dict[str, Any] = {
-        "FaceId": face_uuid(record["face_id"]),
-        "ImageId": image_uuid(record.get("source")),
+        "FaceId": face_uuid(found.face_id),
+        "ImageId": image_uuid(found.source),
         "IndexFacesModelVersion": model_id,
     }
-    if record.get("external_image_id"):
-        out["ExternalImageId"] = record["external_image_id"]
-    if record.get("confidence") is not None:
-        out["Confidence"] = round(float(record["confidence"]) * 100, 4)
+    if found.external_image_id:
+        out["ExternalImageId"] = found.external_image_id
+    if isinstance(found, FaceRecord):  # a match carries its similarity instead
+        out["Confidence"] = round(found.confidence * 100, 4)
     if user_id is not None:
         out["UserId"] = user_id
     return out
