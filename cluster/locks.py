@@ -86,8 +86,10 @@ def lock_table() -> Any:
     from cluster.raycluster import NAMESPACE, ensure_ray
 
     ensure_ray()
+    # Detached: a named actor otherwise shares the fate of the process that first asked for it (a CLI index job,
+    # a publish task's worker), and every other holder of a handle met ActorDiedError once that process ended.
     remote = ray.remote(LockTable).options(
-        name="locks", namespace=NAMESPACE, get_if_exists=True, num_cpus=0, max_restarts=-1
+        name="locks", namespace=NAMESPACE, get_if_exists=True, num_cpus=0, max_restarts=-1, lifetime="detached"
     )
     return remote.remote()
 

@@ -63,8 +63,15 @@ def audit_actor(settings: Settings) -> Any:
     """
     if "audit" not in _handles:
         ensure_ray()
+        # Detached, as the lock table is (cluster/locks.py): not ended with the process that first asked for it.
         remote = ray.remote(AuditWriter).options(
-            name="audit", namespace=NAMESPACE, get_if_exists=True, num_cpus=0, max_restarts=-1, max_task_retries=0
+            name="audit",
+            namespace=NAMESPACE,
+            get_if_exists=True,
+            num_cpus=0,
+            max_restarts=-1,
+            max_task_retries=0,
+            lifetime="detached",
         )
         _handles["audit"] = remote.remote(settings)
     return _handles["audit"]

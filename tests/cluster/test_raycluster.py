@@ -3,11 +3,15 @@ cluster more embedders run at once than there are cores, and none is restarted (
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import ray
 
-from cluster.raycluster import embedder_count, embedder_options
+from cluster.raycluster import NAMESPACE, embedder_count, embedder_options
 
 
 class Probe:
@@ -38,3 +42,22 @@ def test_a_cpu_cluster_runs_more_embedders_than_cores_and_restarts_none(local_ra
         time.sleep(0.2)
     for actor in actors[1:]:
         ray.kill(actor)
+
+
+def test_the_cluster_wide_actors_outlive_the_process_that_first_asked_for_them(local_ray: None, tmp_path: Path) -> None:
+    """The lock table and the audit writer are made by whichever process asks first (a CLI index job, a publish
+    task's worker): once that process ends, everyone else's handles still work (they died with it: a 503
+    ActorDiedError under racing reshards on S3)."""
+    store = str(tmp_path / "store")
+    first = (
+        "from cluster.locks import lock_table; from cluster.raycluster import audit_actor; "
+        "from cluster.settings import Settings; import ray; "
+        "ray.get(lock_table().release.remote('k', 'x')); "
+        f"ray.get(audit_actor(Settings(store={store!r})).check_appendable.remote())"
+    )
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    subprocess.run([sys.executable, "-c", first], env=env, check=True, timeout=120, cwd=Path(__file__).parents[2])
+    table = ray.get_actor("locks", namespace=NAMESPACE)
+    ray.get(table.acquire.remote("k", "me", 30.0), timeout=30)
+    ray.get(table.release.remote("k", "me"), timeout=30)
+    ray.get(ray.get_actor("audit", namespace=NAMESPACE).check_appendable.remote(), timeout=30)
