@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from cluster import index_spec
 from cluster.index_spec import SearchKnobs, Tuning
-from cluster.storage import LocalStore, ObjectStore
+from cluster.storage import LocalStore, ObjectNotFound, ObjectStore
 
 RECORD_COLUMNS = ["face_id", "external_image_id", "source_key", "bbox"]
 INDEX_FILE = "index.faiss"
@@ -154,7 +154,10 @@ class ShardSnapshot:
         index = faiss.deserialize_index(np.frombuffer(store.get(f"{directory}/{INDEX_FILE}"), dtype=np.uint8))
         names = [IDS_FILE, RECORDS_FILE] + ([VECTORS_FILE] if index_spec.compressed(spec) else [])
         if isinstance(store, LocalStore):
-            return cls(index, {n: store.path_of(f"{directory}/{n}") for n in names}, spec, placement, owned=False)
+            try:
+                return cls(index, {n: store.path_of(f"{directory}/{n}") for n in names}, spec, placement, owned=False)
+            except FileNotFoundError as exc:  # dropped by a later publish between the index and its other files
+                raise ObjectNotFound(f"snapshot {directory!r} was removed while it was being loaded") from exc
         files = {}
         for name in names:
             files[name] = cache / directory / name

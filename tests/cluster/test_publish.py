@@ -13,8 +13,8 @@ import pytest
 from cluster.errors import CollectionChanged
 from cluster.manifest import Collections, Manifest
 from cluster.publish import Publisher
-from cluster.snapshot import Placement, ShardSnapshot
-from cluster.storage import LocalStore
+from cluster.snapshot import RECORDS_FILE, Placement, ShardSnapshot
+from cluster.storage import LocalStore, ObjectNotFound
 from tests.factories import clustered_vectors, records
 
 
@@ -155,6 +155,28 @@ def test_a_publish_whose_previous_snapshots_went_meanwhile_lost_a_race(tmp_path:
     with pytest.raises(CollectionChanged):
         publisher.publish(first, ["collections/gone/faces/c.parquet"])
     assert publisher.publish_latest("gone").face_count == 300
+
+
+def test_a_snapshot_dropped_while_it_loads_is_not_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder store's shard reads the index, then maps the other files: a publish that drops the folder in between
+    is a lost race (the shard reads the manifest again), never a FileNotFoundError (a 500 in an erasure's answer)."""
+    collections, publisher, manifest = _flat_collection(tmp_path, "dropped")
+    vectors, _ = clustered_vectors(100, 128, seed=4)
+    collections.store.put_parquet("collections/dropped/faces/a.parquet", records(vectors, 0))
+    published = publisher.publish(manifest, ["collections/dropped/faces/a.parquet"])
+    store, directory = collections.store, published.shards["0"]
+    path_of = store.path_of
+
+    def found_then_dropped(key: str) -> Path:
+        path = path_of(key)
+        if key.endswith(RECORDS_FILE):  # the racing publish lands just after the files were found
+            for info in list(store.list(directory)):
+                store.delete(info.key)
+        return path
+
+    monkeypatch.setattr(store, "path_of", found_then_dropped)
+    with pytest.raises(ObjectNotFound):
+        ShardSnapshot.load(store, directory, "Flat", tmp_path / "cache", Placement())
 
 
 def test_a_512_dimension_model_is_stored_published_and_searched(tmp_path: Path) -> None:

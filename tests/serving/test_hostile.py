@@ -234,6 +234,15 @@ with socket.create_connection((where.hostname, where.port)) as conn:
     conn.sendall(head + flood[:65536])  # the rest would follow; the answer comes first
     answer = conn.recv(65536)
     took = time.perf_counter() - began
+    head_end = answer.find(b"\\r\\n\\r\\n")
+    while head_end < 0 or len(answer) - head_end - 4 < int(
+        answer[:head_end].lower().split(b"content-length:")[1].split(b"\\r\\n")[0]
+    ):  # the head and the body may come in separate packets
+        more = conn.recv(65536)
+        if not more:
+            break
+        answer += more
+        head_end = answer.find(b"\\r\\n\\r\\n")
 status = answer.split(b" ", 2)[1].decode()
 sys.stdout.write(answer.split(b"\\r\\n\\r\\n", 1)[1].decode() + f"\\n{status} {took:.6f}")
 """
