@@ -22,10 +22,12 @@ from cluster.shardhost import ShardHost, layout
 
 log = logging.getLogger("facegrid.shards")
 
-# Shards are mostly idle memory: a host reserves none of Ray's CPUs. A tenth each made every publish (a task of one
-# CPU: rebuilds, erasures, folds) unschedulable, for ever, once 11 hosts lived on a 2-core node (11 collections,
-# or earlier sets left up); a quarter each kept a reshard's new set pending there.
-SHARD_CPUS = 0.0
+# Shards are mostly idle memory: a host reserves a token share of Ray's CPUs. A tenth each made every publish (a task
+# of one CPU: rebuilds, erasures, folds) unschedulable, for ever, once 11 hosts lived on a 2-core node (11
+# collections, or earlier sets left up); a quarter each kept a reshard's new set pending there. Not zero: Ray places
+# an actor that asks for no resources on a random node, soft node affinity or not (ray-project/ray#25360), and a
+# shard's two replicas then shared one node.
+SHARD_CPUS = 0.001
 # Calls a host runs at once: a reload beside searches (see FaceShard); more only queue inside FAISS.
 SHARD_CONCURRENCY = 4
 # A new shard actor starts a worker process and reads its snapshot and records before it can answer.
