@@ -58,12 +58,13 @@ def envelope(status: int, code: str, message: str, **details: object) -> JSONRes
 
 
 def allowed_methods(app: FastAPI, path: str) -> list[str]:
-    """The methods the schema documents for every operation whose path template matches `path`."""
-    methods: set[str] = set()
+    """The methods the schema documents for the path template that `path` names. As OpenAPI matches, a template
+    with fewer parameters comes first: `.../users/search` is that path's, not `.../users/{user_id}`'s."""
+    matching: dict[int, set[str]] = {}
     for template, operations in app.openapi()["paths"].items():
         if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", template), path):
-            methods |= {method.upper() for method in operations}
-    return sorted(methods)
+            matching.setdefault(template.count("{"), set()).update(method.upper() for method in operations)
+    return sorted(matching[min(matching)]) if matching else []
 
 
 def create_app(settings: Settings | None = None, context: Context | None = None) -> FastAPI:

@@ -253,3 +253,16 @@ def test_every_declared_error_is_the_envelope(world: dict[str, Any]) -> None:
                 else:  # JSON, or the Prometheus exposition's text
                     content = response.get("content", {})
                     assert "schema" in content.get("application/json", content.get("text/plain", {})), (method, path)
+
+
+def test_a_405_allows_what_the_schema_documents_for_that_path(world: dict[str, Any]) -> None:
+    """`Allow` names the methods of the path the request names, matched as OpenAPI matches (a path without
+    parameters first): `users/search` is a search, not a user called "search"."""
+    headers = {"X-API-Key": world["admin"]}
+    for path, allowed in (
+        ("/v1/collections/dlib/users/search", "POST"),
+        ("/v1/collections/dlib/users/someone", "DELETE"),
+        ("/v1/collections", "GET, POST"),
+    ):
+        answer = httpx.request("OPTIONS", f"{world['url']}{path}", headers=headers, timeout=60)
+        assert answer.status_code == 405 and answer.headers["Allow"] == allowed, (path, answer.headers)
