@@ -34,11 +34,14 @@ def s3_server(root: Path, access_key: str, secret_key: str, port: int | None = N
     port = port or free_port()
     address = f"127.0.0.1:{port}"
     command = [binary, "serve", "s3", str(root), "--addr", address, "--auth-key", f"{access_key},{secret_key}"]
-    process = subprocess.Popen(
-        [*command, "--vfs-cache-mode", "off", "--config", "/dev/null"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    # Its log goes to a file beside the served folder: a pipe nobody read filled after some 64 KiB of "Dir.Remove
+    # not empty" lines, and rclone then hung every request that logged (the race runs' stalled S3 deletes).
+    root.parent.mkdir(parents=True, exist_ok=True)
+    log_path = root.parent / f"{root.name}-rclone-{port}.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [*command, "--vfs-cache-mode", "off", "--config", "/dev/null"], stdout=subprocess.DEVNULL, stderr=log
+        )
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -48,7 +51,7 @@ def s3_server(root: Path, access_key: str, secret_key: str, port: int | None = N
             except OSError:
                 time.sleep(0.1)
         else:
-            raise RuntimeError("rclone serve s3 did not start")
+            raise RuntimeError(f"rclone serve s3 did not start; its log: {log_path}")
         yield address
     finally:
         process.terminate()
