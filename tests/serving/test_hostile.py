@@ -222,7 +222,7 @@ def test_public_routes_are_rate_limited_per_client(world: dict[str, Any]) -> Non
 # Another process sends the flood, as a client on a socket would: the head and the body's first 64 kB, then it
 # reads the answer (the server's own process keeps its interpreter lock to itself).
 SEND = """
-import socket, sys, time
+import http.client, socket, sys, time
 from urllib.parse import urlsplit
 url, path, key = sys.argv[1:]
 flood = open(path, "rb").read()
@@ -232,19 +232,11 @@ head = (f"DELETE {where.path} HTTP/1.1\\r\\nHost: {where.netloc}\\r\\nX-API-Key:
 with socket.create_connection((where.hostname, where.port)) as conn:
     began = time.perf_counter()
     conn.sendall(head + flood[:65536])  # the rest would follow; the answer comes first
-    answer = conn.recv(65536)
+    answer = http.client.HTTPResponse(conn)
+    answer.begin()  # the status line and head; the body (by its length) may come in later packets
     took = time.perf_counter() - began
-    head_end = answer.find(b"\\r\\n\\r\\n")
-    while head_end < 0 or len(answer) - head_end - 4 < int(
-        answer[:head_end].lower().split(b"content-length:")[1].split(b"\\r\\n")[0]
-    ):  # the head and the body may come in separate packets
-        more = conn.recv(65536)
-        if not more:
-            break
-        answer += more
-        head_end = answer.find(b"\\r\\n\\r\\n")
-status = answer.split(b" ", 2)[1].decode()
-sys.stdout.write(answer.split(b"\\r\\n\\r\\n", 1)[1].decode() + f"\\n{status} {took:.6f}")
+    body = answer.read()
+sys.stdout.write(body.decode() + f"\\n{answer.status} {took:.6f}")
 """
 
 
