@@ -97,7 +97,7 @@ REFUSAL_CODES = frozenset(
         "FORBIDDEN",
         "PURPOSE_REQUIRED",
         "THRESHOLD_BELOW_FLOOR",
-        # The Rekognition protocol's credentials and signatures (cluster/credentials.py, serving/rekognition/).
+        # The Rekognition protocol's credentials and signatures (cluster/keys/credentials.py, serving/rekognition/).
         "UNRECOGNIZED_CLIENT",
         "EXPIRED_TOKEN",
         "INVALID_SIGNATURE",

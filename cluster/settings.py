@@ -85,7 +85,7 @@ class ServingSettings(BaseModel):
     # The most shards a collection may have here: each is an index and its records, written by every publish and
     # loaded by a host (a rebuild of 500 shards took minutes on 2 cores). At most the manifest's own 1,024.
     max_shards: int = Field(default=256, ge=1, le=1024)
-    # The Fernet key that seals Rekognition-protocol secrets and session tokens (cluster/credentials.py); every
+    # The Fernet key that seals Rekognition-protocol secrets and session tokens (cluster/keys/credentials.py); every
     # server of a deployment needs the same one. None: a key file created beside the user's configuration.
     credential_key: str | None = None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cluster.access import Caller
+from cluster.keys.access import Caller
 from serving.schemas import SearchAnswer
 from serving.usecases import search
 from serving.usecases.context import Context

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from cluster.calibration import build_calibration, floor_similarity
+from cluster.collections.manifest import DEFAULT_MAX_FALSE_MATCH_RATE
 from cluster.errors import RateNotSupported
-from cluster.manifest import DEFAULT_MAX_FALSE_MATCH_RATE
+from cluster.models.calibration import build_calibration, floor_similarity
+from cluster.models.faces import FacePipeline
 from cluster.models.registry import embedding_of
 from cluster.pipeline.errors import ImageError
-from cluster.pipeline.faces import FacePipeline
 
 BATCH = 32
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any
 
-from cluster.access import local_operator
-from cluster.embedder import IndexRequest
+from cluster.indexing.embedder import IndexRequest
+from cluster.keys.access import local_operator
 from cluster.settings import SECRET_FIELDS, Settings, load_settings
 
 # The job driver receives the whole request and the submitter's settings (store, detector, runtime, serving) as
@@ -18,8 +19,22 @@ from cluster.settings import SECRET_FIELDS, Settings, load_settings
 REQUEST_ENV = "FACEGRID_JOB_REQUEST"
 SETTINGS_ENV = "FACEGRID_JOB_SETTINGS"
 SUBMITTER_ENV = "FACEGRID_JOB_SUBMITTER"
+# The job's first line: can the cluster's Python import facegrid? If not, one plain line says which module it
+# lacks and how to fix it (instead of a traceback from deep inside the job), and the job ends with PREFLIGHT_EXIT.
+CANNOT_IMPORT = "facegrid: the Ray cluster's Python cannot import facegrid"
+PREFLIGHT_EXIT = 3
+PREFLIGHT = f"""
+import sys
+try:
+    import jobs.cli.main
+except ImportError as exc:
+    print(f"{CANNOT_IMPORT} ({{sys.executable}}: no module {{exc.name!r}}). Start every Ray node from facegrid's "
+          "environment (`source .venv/bin/activate`, then `ray start ...`), or install facegrid into the Python "
+          "the nodes run.", file=sys.stderr)
+    sys.exit({PREFLIGHT_EXIT})
+"""
 # Our own module through the cluster's Python: no assumption that a `facegrid` script is on the cluster's PATH.
-ENTRYPOINT = "python -m jobs.cli jobs run-index --json"
+ENTRYPOINT = f"python -c {shlex.quote(PREFLIGHT)} && python -m jobs.cli jobs run-index --json"
 
 
 def job_client(address: str) -> Any:
@@ -64,5 +79,8 @@ def submit_index(address: str, settings: Settings, request: IndexRequest, wait: 
         while (status := client.get_job_status(job_id)).is_terminal() is False:
             time.sleep(2)
         result["status"] = str(status)
-        result["logs_tail"] = client.get_job_logs(job_id)[-4000:]
+        logs = client.get_job_logs(job_id)
+        result["logs_tail"] = logs[-4000:]
+        if cannot := [line for line in logs.splitlines() if line.startswith(CANNOT_IMPORT)]:
+            result["error"] = cannot[0]
     return result

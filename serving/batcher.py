@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cluster.index_spec import SearchKnobs
+from cluster.collections.index_spec import SearchKnobs
 from serving.fanout import FanOutResult
 
 Run = Callable[[np.ndarray, int, SearchKnobs], Awaitable[FanOutResult]]

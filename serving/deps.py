@@ -11,8 +11,8 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile as StarletteUpload
 
-from cluster.access import Caller, Role
-from cluster.index_spec import SearchKnobs
+from cluster.collections.index_spec import SearchKnobs
+from cluster.keys.access import Caller, Role
 from cluster.pipeline.errors import ImageError, Reason
 from serving import stages
 from serving.schemas import ErrorEnvelope, SearchOptions

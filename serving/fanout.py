@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import numpy as np
 import ray
 
-from cluster.index_spec import SearchKnobs
-from cluster.shardhost import ShardAnswer
+from cluster.collections.index_spec import SearchKnobs
+from cluster.shards.host import ShardAnswer
 
 log = logging.getLogger("facegrid.fanout")
 T = TypeVar("T")

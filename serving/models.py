@@ -6,11 +6,11 @@ from typing import Any
 
 import numpy as np
 
-from cluster.calibration import Rates
+from cluster.collections.manifest import DEFAULT_MAX_FALSE_MATCH_RATE, Manifest
 from cluster.errors import ThresholdBelowFloor
-from cluster.manifest import DEFAULT_MAX_FALSE_MATCH_RATE, Manifest
+from cluster.models.calibration import Rates
+from cluster.models.faces import FacePipeline
 from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry, embedding_of
-from cluster.pipeline.faces import FacePipeline
 from cluster.settings import Settings
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cluster.manifest import Manifest
-from cluster.pipeline.faces import Face
+from cluster.collections.manifest import Manifest
+from cluster.models.faces import Face
 from serving.fanout import Hit
 from serving.schemas import FaceDetail, FaceRecord, Match, Threshold, VectorAnswer
 

@@ -6,9 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cluster.access import Role
-from cluster.index_spec import SPEC_PATTERN
-from cluster.manifest import DEFAULT_SHARDS, MAX_REPLICAS, NAME
+from cluster.collections.index_spec import SPEC_PATTERN
+from cluster.collections.manifest import DEFAULT_SHARDS, MAX_REPLICAS, NAME
 from cluster.models.registry import EMBEDDERS, MODELS
 from cluster.text import SAFE_NON_BLANK_PATTERN, SAFE_TEXT_PATTERN
 from serving.rules import MAX_CASE_ID, MAX_EXTERNAL_ID, MAX_FACES_INDEXED, MAX_IDS, MAX_PURPOSE
@@ -218,37 +217,6 @@ class FacesDeleted(BaseModel):
     collection_faces: int = Field(description="Faces the collection holds now, published and live")
 
 
-class AuditProblem(BaseModel):
-    segment: str = Field(description="The segment (or HEAD.json, or the end of the log) where the damage is")
-    line: int
-    seq: int | None
-    problem: str
-
-
-class AuditCheck(BaseModel):
-    ok: bool
-    records: int | None = Field(default=None, description="Records verified, when the whole chain is sound")
-    head: str | None = None
-    records_verified: int | None = Field(default=None, description="Sound records before the first damage")
-    first_bad_record: AuditProblem | None = None
-
-
-class AuditRepair(BaseModel):
-    repaired: bool
-    records: int | None = Field(default=None, description="The chain verified: nothing was done")
-    problem: AuditProblem | None = None
-    anchored_seq: int | None = Field(default=None, description="The last verified record, which the chain goes on from")
-    anchored_hash: str | None = None
-    moved_to: str | None = Field(default=None, description="Where the damaged part was kept, in the store")
-    moved: list[str] = []
-
-
-class AuditPage(BaseModel):
-    records: list[dict[str, Any]]
-    total: int
-    truncated: bool
-
-
 # A calibration file's shape (`facegrid eval --save-calibration`); that its rates fall as similarity rises is
 # checked on arrival (422 INVALID_CALIBRATION), and that it was made for the collection's model (409).
 CALIBRATION: dict[str, Any] = {
@@ -328,62 +296,6 @@ class DeleteFaces(Body):
     face_ids: list[str] = Field(default=[], max_length=MAX_IDS)
     external_image_ids: list[str] = Field(default=[], max_length=MAX_IDS)
     model_config = ConfigDict(json_schema_extra=either("face_ids", "external_image_ids"))
-
-
-class KeyInfo(BaseModel):
-    """An API key as shown: never its secret or the secret's hash."""
-
-    key_id: str
-    role: str
-    collections: list[str]
-    label: str
-    created_at: str
-    revoked_at: str | None
-
-
-class KeyCreated(KeyInfo):
-    token: str = Field(description="Shown once, now; only its sha256 is stored")
-
-
-class KeyList(BaseModel):
-    keys: list[KeyInfo]
-
-
-class CreateKey(Body):
-    role: str = Field(description="admin, indexer, searcher or auditor", json_schema_extra={"enum": list(Role)})
-    collections: list[str] | None = Field(
-        default=None,
-        max_length=1024,
-        description="Grant only these collections (default: all)",
-        json_schema_extra={"items": {"type": "string", **NAME_RULE}},
-    )
-    label: str = Field(default="", json_schema_extra=SAFE_TEXT)
-
-
-class TransparencyReport(BaseModel):
-    """Public counts from the audit log: never case ids, faces or keys."""
-
-    records: int
-    period: dict[str, str | None] = Field(description="`from` and `to`: the first and last record's time")
-    searches: int
-    searches_by_purpose: dict[str, int]
-    searches_by_role: dict[str, int]
-    searches_by_month: dict[str, int]
-    refused_searches: int
-    refused_by_reason: dict[str, int]
-    failed_searches: int
-    faces_deleted: int
-    deletion_requests: int
-    index_jobs: int
-    exports: int
-    key_changes: int
-    head: dict[str, Any] = Field(description="The chain's latest checkpoint: seq, hash and time of its last record")
-    reviews: int = Field(description="Faces a reviewer decided on (the latest decision per face and search)")
-    decisions: dict[str, int]
-    searches_with_candidates: int
-    searches_reviewed: int = Field(description="Searches whose every returned face was decided")
-    top_candidates_decided: int
-    top_candidates_rejected: int = Field(description="Top candidates a reviewer marked `not a match`")
 
 
 class IndexedFace(BaseModel):

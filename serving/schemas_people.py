@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from cluster.people import USER_ID
+from cluster.collections.people import USER_ID
 from serving.schemas import RATE, Body, FaceDetail, Match, SearchOptions, Threshold, VectorAnswer
 
 

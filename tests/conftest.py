@@ -64,15 +64,15 @@ def registry(settings: Settings) -> ModelRegistry:
 @pytest.fixture(scope="session")
 def pipeline(settings: Settings, registry: ModelRegistry):  # type: ignore[no-untyped-def]
     """The default model's pipeline (SFace)."""
-    from cluster.pipeline.faces import FacePipeline
+    from cluster.models.faces import FacePipeline
 
     return FacePipeline(settings, registry)
 
 
 @pytest.fixture(scope="session")
 def dlib_pipeline(settings: Settings, registry: ModelRegistry):  # type: ignore[no-untyped-def]
+    from cluster.models.faces import FacePipeline
     from cluster.models.registry import DLIB_ID
-    from cluster.pipeline.faces import FacePipeline
 
     return FacePipeline(settings, registry, DLIB_ID)
 

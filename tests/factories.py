@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from cluster.access import local_operator
-from cluster.embedder import IndexRequest
+from cluster.indexing.embedder import IndexRequest
+from cluster.keys.access import local_operator
 from cluster.settings import Settings
-from jobs.synthetic import face_records
+from jobs.bench.synthetic import face_records
 from serving.usecases import indexing
 from serving.usecases.context import Context
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import ray
 
-from cluster.access import Role, local_operator
-from cluster.manifest import Collections
+from cluster.collections.manifest import Collections
+from cluster.keys.access import Role, local_operator
 from cluster.models.registry import DEFAULT_EMBEDDER, embedding_of
 from cluster.pipeline.quality import QualityFilter
 from cluster.settings import Settings

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import ray
 
-from cluster.access import Role, local_operator
+from cluster.keys.access import Role, local_operator
 from cluster.pipeline.quality import QualityFilter
 from cluster.settings import Settings
 from jobs.s3local import free_port

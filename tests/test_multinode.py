@@ -16,15 +16,15 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from cluster.access import KeyStore, Role, local_operator
-from cluster.embedder import IndexRequest
-from cluster.indexing import run_index_job
-from cluster.manifest import Collections, Manifest
-from cluster.publish import Publisher
+from cluster.collections.manifest import Collections, Manifest
+from cluster.collections.publish import Publisher
+from cluster.indexing.embedder import IndexRequest
+from cluster.indexing.job import run_index_job
+from cluster.keys.access import KeyStore, Role, local_operator
 from cluster.settings import Settings
-from cluster.shardset import ShardSet
+from cluster.shards.set import ShardSet
 from cluster.storage import LocalStore
-from jobs.bench_search import BENCH_MAX_FALSE_MATCH_RATE
+from jobs.bench.search import BENCH_MAX_FALSE_MATCH_RATE
 from serving.threaded import serve_in_thread
 from serving.usecases import collections as collection_cases
 from serving.usecases.context import Context

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cluster.access import Role, local_operator
-from cluster.audit import read_records
+from cluster.audit.log import read_records
+from cluster.keys.access import Role, local_operator
 from cluster.settings import Settings
 from serving.threaded import serve_in_thread
 from serving.usecases import collections

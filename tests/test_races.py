@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from jobs import s3local
-from jobs.bench_races import run_races
+from jobs.bench.races import run_races
 
 pytestmark = [pytest.mark.slow, pytest.mark.lfw]
 

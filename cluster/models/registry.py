@@ -98,7 +98,7 @@ SFACE_ID = "sface-2021dec"
 # New collections use SFace: at FMR 1e-5 it misses 6% of true mates on lfw-dev where dlib's ResNet misses half.
 DEFAULT_EMBEDDER = SFACE_ID
 # Calibrations measured on lfw-dev by `facegrid eval lfw` and shipped, so a fresh install has honest rates.
-PUBLISHED_CALIBRATIONS = Path(__file__).parent / "calibration"
+PUBLISHED_CALIBRATIONS = Path(__file__).parent / "calibrations"
 MODELS: dict[str, ModelSpec] = {
     SFACE_ID: ModelSpec(
         SFACE_ID,

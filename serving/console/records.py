@@ -11,9 +11,9 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
-from cluster.access import Action, Caller
-from cluster.audit_export import formula_safe
+from cluster.audit.export import formula_safe
 from cluster.errors import AuditUnavailable
+from cluster.keys.access import Action, Caller
 from cluster.pipeline.quality import QualityFilter
 from serving.console.web import (
     SECURITY_HEADERS,

@@ -15,8 +15,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
-from cluster.access import Action, Caller
 from cluster.errors import InvalidRequest
+from cluster.keys.access import Action, Caller
 from serving.console.sessions import Sessions
 from serving.console.web import (
     SECURITY_HEADERS,

@@ -13,8 +13,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from cluster.access import Caller
 from cluster.errors import CsrfRefused
+from cluster.keys.access import Caller
 from serving.console.sessions import Sessions
 from serving.deps import Ctx
 from serving.usecases.audited import audited

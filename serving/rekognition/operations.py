@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from cluster.access import Caller
-from cluster.calibration import Rates
+from cluster.collections.manifest import DEFAULT_MAX_FALSE_MATCH_RATE, DEFAULT_SHARDS, Manifest
 from cluster.errors import CollectionNotFound
-from cluster.manifest import DEFAULT_MAX_FALSE_MATCH_RATE, DEFAULT_SHARDS, Manifest
+from cluster.keys.access import Caller
+from cluster.models.calibration import Rates
 from cluster.models.registry import DEFAULT_EMBEDDER
 from cluster.pipeline.quality import QualityFilter
 from serving.rekognition import render

@@ -13,8 +13,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as AwsCredentials
 
-from cluster.credentials import Resolved
 from cluster.errors import FacegridError
+from cluster.keys.credentials import Resolved
 
 SERVICE = "rekognition"
 # AWS's own window for a signed request's time; past it the request is refused, within it a replay is (below).

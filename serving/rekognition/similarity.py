@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from cluster.calibration import FLOOR_MARGIN, Rates
+from cluster.models.calibration import FLOOR_MARGIN, Rates
 
 SCALE = 10.0
 OFFSET = 30.0

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from serving.deps import CallerDep, Ctx, errors
-from serving.schemas import AuditCheck, AuditPage, AuditRepair, TransparencyReport
+from serving.schemas_admin import AuditCheck, AuditPage, AuditRepair, TransparencyReport
 from serving.usecases import audit
 
 # A date or a time (a time without an offset is UTC), or empty for no bound (as forms send it); anything else is

@@ -10,8 +10,8 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile as StarletteUpload
 
+from cluster.collections.index_spec import SearchKnobs
 from cluster.errors import InvalidRequest
-from cluster.index_spec import SearchKnobs
 from cluster.pipeline.quality import QualityFilter
 from serving.deps import CallerDep, Ctx, errors, json_response, read_upload, search_request
 from serving.rules import MAX_PAGE

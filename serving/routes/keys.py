@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from cluster.access import Role
 from cluster.errors import InvalidRequest
+from cluster.keys.access import Role
 from serving.deps import CallerDep, Ctx, errors
-from serving.schemas import CreateKey, KeyCreated, KeyInfo, KeyList
+from serving.schemas_admin import CreateKey, KeyCreated, KeyInfo, KeyList
 from serving.usecases import keys
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])

@@ -12,8 +12,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from cluster.access import NotAuthenticated
-from cluster.credentials import Resolved
+from cluster.keys.access import NotAuthenticated
+from cluster.keys.credentials import Resolved
 from serving.deps import Ctx
 from serving.rekognition import shapes, signing
 from serving.rekognition.errors import aws_error, exception_for

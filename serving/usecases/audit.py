@@ -7,13 +7,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cluster.access import Action, Caller, authorize
-from cluster.audit import head, read_records
-from cluster.audit_export import export_records
-from cluster.audit_verify import verify
+from cluster.audit.export import export_records
+from cluster.audit.log import head, read_records
+from cluster.audit.verify import verify
+from cluster.audit.writer import repair_audit
 from cluster.errors import InvalidRequest
-from cluster.raycluster import repair_audit
-from serving.schemas import AuditPage
+from cluster.keys.access import Action, Caller, authorize
+from serving.schemas_admin import AuditPage
 from serving.usecases.audited import audited, clipped
 from serving.usecases.context import Context
 
@@ -74,7 +74,7 @@ def check(ctx: Context, caller: Caller, checkpoint: dict[str, Any] | None = None
 
 async def repair(ctx: Context, caller: Caller) -> dict[str, Any]:
     """Admins: cut a damaged log back to its last verified record, the damaged part kept aside; the repair is
-    recorded as the first record of the chain that goes on (cluster/audit_repair.py)."""
+    recorded as the first record of the chain that goes on (cluster/audit/repair.py)."""
     if not caller.may(Action.AUDIT_REPAIR):
         async with audited(ctx, caller, "audit-repair"):  # the refusal, recorded where the log can take it
             authorize(caller, Action.AUDIT_REPAIR)

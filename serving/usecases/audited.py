@@ -10,10 +10,10 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from cluster.access import Caller
-from cluster.audit import AuditLog
+from cluster.audit.log import AuditLog
+from cluster.audit.writer import append_audit, audit_actor
 from cluster.errors import AuditUnavailable
-from cluster.raycluster import append_audit, audit_actor
+from cluster.keys.access import Caller
 from cluster.storage import LocalStore
 from serving import stages
 from serving.metrics import AUDIT_APPEND, REFUSALS

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cluster.access import Action, Caller, authorize
-from cluster.calibration import Rates, calibration_sha256, check_calibration
+from cluster.collections.index_spec import AUTO
+from cluster.collections.live import live_face_count
+from cluster.collections.manifest import Manifest, check_replicas
+from cluster.collections.publish import Publisher
 from cluster.errors import InvalidRequest
-from cluster.index_spec import AUTO
-from cluster.live import live_face_count
-from cluster.manifest import Manifest, check_replicas
+from cluster.keys.access import Action, Caller, authorize
+from cluster.models.calibration import Rates, calibration_sha256, check_calibration
 from cluster.models.registry import DEFAULT_EMBEDDER
-from cluster.publish import Publisher
 from serving.schemas import CalibrationChange, CollectionDescription, CollectionInfo
 from serving.usecases.audited import audited
 from serving.usecases.context import Context

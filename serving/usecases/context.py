@@ -16,18 +16,19 @@ from typing import Any, TypeVar
 import numpy as np
 import ray
 
-from cluster.access import KeyStore
-from cluster.credentials import Credentials, server_cipher
-from cluster.index_spec import SearchKnobs
-from cluster.manifest import Collections, Manifest
+from cluster.audit.transparency import FollowedReport
+from cluster.audit.writer import AuditClient
+from cluster.collections.index_spec import SearchKnobs
+from cluster.collections.manifest import Collections, Manifest
+from cluster.collections.people import People
+from cluster.collections.publish import Publisher
+from cluster.keys.access import KeyStore
+from cluster.keys.credentials import Credentials, server_cipher
 from cluster.models.registry import ModelRegistry
-from cluster.people import People
-from cluster.publish import Publisher
-from cluster.raycluster import AuditClient, ensure_ray
+from cluster.raycluster import ensure_ray
 from cluster.settings import Settings
-from cluster.shardset import MANIFEST_TTL_S, ShardSet
+from cluster.shards.set import MANIFEST_TTL_S, ShardSet
 from cluster.storage import open_store
-from cluster.transparency import FollowedReport
 from serving.batcher import MicroBatcher
 from serving.fanout import FanOutResult, fan_out
 from serving.models import EmbeddingModels

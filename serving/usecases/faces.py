@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from cluster.access import Action, Caller, authorize
-from cluster.erasures import ErasureRegister
+from cluster.collections.erasures import ErasureRegister
+from cluster.collections.live import all_faces, live_face_count
 from cluster.errors import InvalidRequest
-from cluster.live import all_faces, live_face_count
+from cluster.keys.access import Action, Caller, authorize
 from serving import render
 from serving.rules import MAX_PAGE
 from serving.schemas import FacePage, FacesDeleted

@@ -7,11 +7,11 @@ import hashlib
 
 import numpy as np
 
-from cluster.access import Action, Caller, authorize
 from cluster.errors import InvalidRequest, NoFaceInProbe
+from cluster.keys.access import Action, Caller, authorize
+from cluster.models.faces import ImageFaces
 from cluster.models.registry import DEFAULT_EMBEDDER
 from cluster.pipeline.errors import ImageError, Reason
-from cluster.pipeline.faces import ImageFaces
 from cluster.pipeline.quality import QualityFilter
 from serving import render
 from serving.pools import BoundedPool

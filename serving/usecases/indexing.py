@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.access import Action, Caller, authorize
-from cluster.audit import read_records
-from cluster.embedder import IndexRequest
+from cluster.audit.log import read_records
+from cluster.collections.manifest import DEFAULT_MAX_FALSE_MATCH_RATE
 from cluster.errors import CollectionNotFound, IndexIncomplete
-from cluster.indexing import Progress, run_index_job
-from cluster.manifest import DEFAULT_MAX_FALSE_MATCH_RATE
+from cluster.indexing.embedder import IndexRequest
+from cluster.indexing.job import Progress, run_index_job
+from cluster.keys.access import Action, Caller, authorize
 from cluster.raycluster import ensure_ray
 from serving.usecases import collections
 from serving.usecases.audited import audited

@@ -9,13 +9,13 @@ import logging
 
 import pyarrow as pa
 
-from cluster.access import Action, Caller, authorize
-from cluster.embedder import source_location
-from cluster.erasures import ErasureRegister
+from cluster.collections.erasures import ErasureRegister
+from cluster.collections.live import live_segments, segment_key
+from cluster.collections.records import face_rows, face_schema, shard_of
 from cluster.errors import InvalidRequest, SourceObjectNotFound
-from cluster.live import live_segments, segment_key
+from cluster.indexing.embedder import source_location
+from cluster.keys.access import Action, Caller, authorize
 from cluster.pipeline.quality import QualityFilter
-from cluster.records import face_rows, face_schema, shard_of
 from cluster.storage import ObjectNotFound, open_store
 from cluster.text import check_text
 from serving import render

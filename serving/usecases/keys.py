@@ -6,10 +6,10 @@ from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
 
-from cluster.access import Action, ApiKey, Caller, Role, authorize
-from cluster.credentials import Credential
+from cluster.collections.manifest import NAME
 from cluster.errors import InvalidRequest
-from cluster.manifest import NAME
+from cluster.keys.access import Action, ApiKey, Caller, Role, authorize
+from cluster.keys.credentials import Credential
 from cluster.text import check_text
 from serving.usecases.audited import audited, clipped
 from serving.usecases.context import Context

@@ -7,9 +7,9 @@ import hashlib
 
 import numpy as np
 
-from cluster.access import Action, Caller, authorize
+from cluster.collections.people import MAX_FACES_PER_ACT, PeopleState, User, UserExists, check_face_ids, check_user_id
 from cluster.errors import FaceNotFound, InvalidRequest, NoFaceInProbe, UserHasNoFaces
-from cluster.people import MAX_FACES_PER_ACT, PeopleState, User, UserExists, check_face_ids, check_user_id
+from cluster.keys.access import Action, Caller, authorize
 from serving import render
 from serving.render import LEADS_NOTICE
 from serving.rules import MAX_PAGE, MAX_USERS

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from cluster.collections.index_spec import SearchKnobs
 from cluster.errors import InvalidRequest, PurposeRefused
-from cluster.index_spec import SearchKnobs
 from cluster.text import check_text
 from serving.rules import MAX_CASE_ID, MAX_FACE_INDEX, MAX_KNOB, MAX_PURPOSE
 from serving.usecases.audited import as_json_number, clipped

@@ -10,11 +10,11 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from cluster.access import Action, Caller, Forbidden, authorize
-from cluster.audit import read_records, record_at
+from cluster.audit.log import read_records, record_at
+from cluster.audit.transparency import returned_faces
 from cluster.errors import FaceNotFound, InvalidRequest
+from cluster.keys.access import Action, Caller, Forbidden, authorize
 from cluster.storage import LocalStore, ObjectNotFound, open_store
-from cluster.transparency import returned_faces
 from serving.usecases.audited import audited, clipped
 from serving.usecases.context import Context
 

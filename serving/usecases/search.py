@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from cluster.access import Action, Caller, authorize
+from cluster.collections.index_spec import SearchKnobs
+from cluster.collections.manifest import Manifest
 from cluster.errors import FaceNotFound, InvalidRequest, ModelMismatch, NoFaceInProbe, ShardsUnavailable
-from cluster.index_spec import SearchKnobs
-from cluster.manifest import Manifest
+from cluster.keys.access import Action, Caller, authorize
 from serving import metrics, render, stages
 from serving.fanout import Hit
 from serving.schemas import Match, SearchAnswer, SearchedFace, VectorAnswer

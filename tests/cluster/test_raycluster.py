@@ -50,7 +50,7 @@ def test_the_cluster_wide_actors_outlive_the_process_that_first_asked_for_them(l
     ActorDiedError under racing reshards on S3)."""
     store = str(tmp_path / "store")
     first = (
-        "from cluster.locks import lock_table; from cluster.raycluster import audit_actor; "
+        "from cluster.locks import lock_table; from cluster.audit.writer import audit_actor; "
         "from cluster.settings import Settings; import ray; "
         "ray.get(lock_table().release.remote('k', 'x')); "
         f"ray.get(audit_actor(Settings(store={store!r})).check_appendable.remote())"

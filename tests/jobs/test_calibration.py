@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cluster.calibration import floor_similarity
-from cluster.manifest import DEFAULT_MAX_FALSE_MATCH_RATE
+from cluster.collections.manifest import DEFAULT_MAX_FALSE_MATCH_RATE
+from cluster.models.calibration import floor_similarity
+from cluster.models.faces import FacePipeline
 from cluster.models.registry import DLIB_ID, SFACE_ID, ModelRegistry
-from cluster.pipeline.faces import FacePipeline
 from cluster.settings import Settings
 from jobs.evaluate import evaluate_lfw
 from tests.conftest import LFW

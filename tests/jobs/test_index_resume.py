@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster.access import local_operator
-from cluster.embedder import IndexRequest
-from cluster.manifest import Collections
+from cluster.collections.manifest import Collections
+from cluster.indexing.embedder import IndexRequest
+from cluster.keys.access import local_operator
 from cluster.pipeline.quality import QualityFilter
 from cluster.settings import Settings
 from cluster.storage import LocalStore

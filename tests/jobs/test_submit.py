@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +14,8 @@ from pathlib import Path
 import pytest
 from ray.cluster_utils import Cluster
 
-from cluster.embedder import IndexRequest
-from cluster.manifest import Collections
+from cluster.collections.manifest import Collections
+from cluster.indexing.embedder import IndexRequest
 from cluster.settings import SECRETS_DIR_ENV, Settings
 from cluster.storage import LocalStore
 from jobs.s3local import free_port
@@ -74,9 +75,9 @@ def test_the_job_names_its_submitter_and_a_failed_job_fails_the_command(
 ) -> None:
     from typer.testing import CliRunner
 
-    from cluster.access import local_operator
-    from cluster.audit import read_records
-    from jobs.cli import app
+    from cluster.audit.log import read_records
+    from cluster.keys.access import local_operator
+    from jobs.cli.main import app
 
     store = tmp_path / "store"
     env = {"RAY_ADDRESS": dashboard, "FACEGRID_STORE": str(store), "FACEGRID_MODEL_DIR": str(model_dir)}
@@ -116,3 +117,22 @@ def test_secrets_stay_out_of_the_job_record(
     logs = client.get_job_logs(result["submission_id"])
     assert SECRET_KEY not in shown and SECRET_KEY not in logs
     assert s3_endpoint in shown  # what is not secret still travels
+
+
+@pytest.mark.parametrize(("cwd", "missing"), [("repo", "typer"), ("elsewhere", "jobs")])
+def test_a_cluster_python_without_facegrid_is_named_plainly(tmp_path: Path, cwd: str, missing: str) -> None:
+    """The job's entrypoint, run as Ray runs it (a shell, `python` from the node's PATH), by a Python without our
+    environment: a node started by `.venv/bin/ray start` from the system's Python, beside the source (`jobs` found,
+    `typer` not) or away from it. One plain line, the module it lacks and the fix; the job never starts."""
+    from jobs.submit import CANNOT_IMPORT, ENTRYPOINT, PREFLIGHT_EXIT
+
+    shim = tmp_path / "bin" / "python"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')  # -S: no site-packages, as a bare Python
+    shim.chmod(0o755)
+    env = {**os.environ, "PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": ""}
+    where = Path(__file__).resolve().parents[2] if cwd == "repo" else tmp_path
+    ran = subprocess.run(["sh", "-c", ENTRYPOINT], cwd=where, env=env, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == PREFLIGHT_EXIT, ran.stderr
+    assert ran.stderr.startswith(CANNOT_IMPORT) and f"no module '{missing}'" in ran.stderr
+    assert "Traceback" not in ran.stderr and "ray start" in ran.stderr

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from cluster.access import Role, local_operator
-from cluster.audit import read_records
-from cluster.audit_verify import verify
+from cluster.audit.log import read_records
+from cluster.audit.verify import verify
+from cluster.keys.access import Role, local_operator
 from cluster.models.registry import DEFAULT_EMBEDDER
 from cluster.settings import Settings
 from serving.threaded import serve_in_thread

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from cluster.access import Role
-from cluster.audit import HEAD, read_records
+from cluster.audit.log import HEAD, read_records
+from cluster.keys.access import Role
 from cluster.settings import Settings
 from serving.threaded import serve_in_thread
 from serving.usecases.context import Context

@@ -8,7 +8,7 @@ import time
 import faiss
 import numpy as np
 
-from cluster.index_spec import SearchKnobs
+from cluster.collections.index_spec import SearchKnobs
 from serving.batcher import MicroBatcher
 from serving.fanout import FanOutResult, merge
 

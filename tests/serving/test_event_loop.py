@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from cluster import storage
-from cluster.access import Role
+from cluster.keys.access import Role
 from cluster.settings import Settings
 from serving.threaded import serve_in_thread
 from serving.usecases.context import Context

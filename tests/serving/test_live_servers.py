@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from cluster.access import KeyStore, Role
-from cluster.audit import iter_records
-from cluster.audit_verify import verify
+from cluster.audit.log import iter_records
+from cluster.audit.verify import verify
+from cluster.keys.access import KeyStore, Role
 from cluster.storage import LocalStore
 from jobs.processes import serve_process, stop_process
 from tests.conftest import lfw_photos

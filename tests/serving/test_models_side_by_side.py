@@ -12,8 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
-from cluster.access import Role, local_operator
 from cluster.errors import FacegridError, ModelMismatch
+from cluster.keys.access import Role, local_operator
 from cluster.models.registry import DLIB_ID, SFACE_ID
 from cluster.pipeline.quality import QualityFilter
 from cluster.settings import Settings

@@ -20,8 +20,8 @@ from botocore.exceptions import ClientError
 from cryptography.fernet import Fernet
 from PIL import Image
 
-from cluster.access import Role, local_operator
-from cluster.audit import read_records
+from cluster.audit.log import read_records
+from cluster.keys.access import Role, local_operator
 from cluster.settings import Settings
 from serving.threaded import serve_in_thread
 from serving.usecases import keys

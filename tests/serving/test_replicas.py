@@ -16,13 +16,13 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from cluster.access import KeyStore, Role
-from cluster.manifest import Collections, Manifest
-from cluster.publish import Publisher
+from cluster.collections.manifest import Collections, Manifest
+from cluster.collections.publish import Publisher
+from cluster.keys.access import KeyStore, Role
 from cluster.settings import Settings
-from cluster.shardset import ShardSet
+from cluster.shards.set import ShardSet
 from cluster.storage import LocalStore
-from jobs.bench_search import BENCH_MAX_FALSE_MATCH_RATE
+from jobs.bench.search import BENCH_MAX_FALSE_MATCH_RATE
 from jobs.processes import serve_process, stop_process
 from tests.factories import PER_IDENTITY, records
 

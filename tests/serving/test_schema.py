@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cluster.access import Role, local_operator
+from cluster.keys.access import Role, local_operator
 from cluster.settings import ServingSettings, Settings
 from serving.threaded import serve_in_thread
 from serving.usecases import collections

@@ -15,13 +15,13 @@ import pytest
 import ray
 from typer.testing import CliRunner
 
-from cluster.access import Role, local_operator
-from cluster.audit import read_records
-from cluster.audit_verify import verify
+from cluster.audit.log import read_records
+from cluster.audit.verify import verify
+from cluster.keys.access import Role, local_operator
 from cluster.models.registry import DLIB_ID
 from cluster.settings import Settings
-from cluster.shardset import _key
-from jobs.cli import app
+from cluster.shards.set import _key
+from jobs.cli.main import app
 from serving.threaded import serve_in_thread
 from serving.usecases import collections
 from serving.usecases.context import Context

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from cluster.access import Role, local_operator
-from cluster.audit import read_records
+from cluster.audit.log import read_records
+from cluster.keys.access import Role, local_operator
 from cluster.pipeline.quality import QualityFilter
 from cluster.settings import Settings
 from serving.threaded import serve_in_thread

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from cluster.access import Role, local_operator
-from cluster.audit import read_records
-from cluster.live import live_segments
+from cluster.audit.log import read_records
+from cluster.collections.live import live_segments
+from cluster.keys.access import Role, local_operator
 from cluster.pipeline.quality import QualityFilter
 from cluster.settings import ServingSettings, Settings
 from serving.threaded import serve_in_thread

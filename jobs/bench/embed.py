@@ -1,0 +1,114 @@
+"""Benchmark: our pipeline with one embedding model against dlib's reference pipeline (HOG, 5-point shape predictor,
+descriptor), per core, on the same photos."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from cluster.indexing.embedder import READ_BATCH
+from cluster.models.faces import FacePipeline
+from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry
+from cluster.pipeline.decode import decode_image
+from cluster.settings import RuntimeSettings, Settings
+
+BATCH_SIZES = (1, 8, 32, 128)
+
+
+def _reference_models() -> tuple[Any, Any, Any]:
+    import dlib
+    import face_recognition_models
+
+    folder = Path(face_recognition_models.__file__).parent / "models"
+    return (
+        dlib.get_frontal_face_detector(),
+        dlib.shape_predictor(str(folder / "shape_predictor_5_face_landmarks.dat")),
+        dlib.face_recognition_model_v1(str(folder / "dlib_face_recognition_resnet_model_v1.dat")),
+    )
+
+
+def _images(folder: Path, limit: int) -> list[bytes]:
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:limit]
+    return [p.read_bytes() for p in paths]
+
+
+def _own_chips(pipeline: FacePipeline, blobs: list[bytes], count: int, max_pixels: int) -> np.ndarray:
+    """Chips in the model's own layout, from the first photos: what the embedder sees in production."""
+    chips: list[np.ndarray] = []
+    for blob in blobs:
+        image = decode_image(blob, max_pixels)
+        chips.extend(pipeline.align(image, pipeline.detect([image])[0].landmarks))
+        if len(chips) >= count:
+            break
+    size = pipeline.align.aligner.chip_size
+    return np.stack(chips[:count]) if chips else np.zeros((0, size, size, 3), np.uint8)
+
+
+def run_embed_benchmark(
+    settings: Settings, folder: Path, limit: int, console: Console, model_id: str = DEFAULT_EMBEDDER
+) -> dict[str, Any]:
+    # Per core: one intra-op thread for ONNX Runtime; dlib's CPU path is single-threaded here too.
+    single = settings.model_copy(update={"runtime": RuntimeSettings(intra_op_threads=1)})
+    pipeline = FacePipeline(single, ModelRegistry(settings.model_dir), model_id)
+    blobs = _images(folder, limit)
+    pipeline(blobs[:4])  # warm-up: session initialisation is not throughput
+    pipeline.times.seconds.clear()
+    console.print(f"ours: {len(blobs)} images")
+    started = time.perf_counter()
+    ours = [r for i in range(0, len(blobs), READ_BATCH) for r in pipeline(blobs[i : i + READ_BATCH])]
+    ours_s = time.perf_counter() - started
+    ours_faces = sum(len(r.faces) for r in ours if not isinstance(r, Exception))
+
+    import dlib
+
+    detector, predictor, recogniser = _reference_models()
+    console.print(f"reference (dlib): {len(blobs)} images")
+    chips = []
+    started = time.perf_counter()
+    for blob in blobs:
+        image = decode_image(blob, settings.max_image_pixels)
+        for rect in detector(image, 1):
+            chip = dlib.get_face_chip(image, predictor(image, rect), 150, 0.25)
+            recogniser.compute_face_descriptor(chip)
+            chips.append(chip)
+    reference_s = time.perf_counter() - started
+
+    reference_sample = chips[:128]
+    started = time.perf_counter()
+    for chip in reference_sample:
+        recogniser.compute_face_descriptor(chip)
+    reference_embed = len(reference_sample) / (time.perf_counter() - started)
+    sample = _own_chips(pipeline, blobs, 128, settings.max_image_pixels)
+    per_batch, ms_per_face = {}, {}
+    for size in BATCH_SIZES:
+        pipeline.embed.batch_size = size
+        pipeline.embed(sample[:size])
+        started = time.perf_counter()
+        pipeline.embed(sample)
+        seconds = time.perf_counter() - started
+        per_batch[str(size)] = round(len(sample) / seconds, 1)
+        ms_per_face[str(size)] = round(1000 * seconds / max(len(sample), 1), 2)
+    ours_embed = max(per_batch.values())
+    ours_rate, reference_rate = len(blobs) / ours_s, len(blobs) / reference_s
+    return {
+        "model_id": model_id,
+        "images": len(blobs),
+        "threads": 1,
+        "cpu_count": os.cpu_count(),
+        "ours_faces": ours_faces,
+        "reference_faces": len(chips),
+        "ours_images_per_s": round(ours_rate, 2),
+        "reference_images_per_s": round(reference_rate, 2),
+        "ratio": round(ours_rate / reference_rate, 2),
+        "ours_embed_faces_per_s": ours_embed,
+        "reference_embed_faces_per_s": round(reference_embed, 2),
+        "embed_ratio": round(ours_embed / reference_embed, 2),
+        "embed_faces_per_s_by_batch": per_batch,
+        "embed_ms_per_face_by_batch": ms_per_face,
+        "ours_stage_seconds": {k: round(v, 3) for k, v in pipeline.times.seconds.items()},
+    }
