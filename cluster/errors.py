@@ -70,6 +70,14 @@ class RateNotSupported(FacegridError):
     status = 422
 
 
+class PromiseNotSupported(FacegridError):
+    """A search of more faces than the collection's per-search promise can be kept for: the false match rate
+    per comparison it would need is finer than the calibration's tail states. Not answered at a weaker one."""
+
+    code = "PROMISE_NOT_SUPPORTED"
+    status = 409
+
+
 class UserHasNoFaces(FacegridError):
     """A search by a user who has no faces yet: nothing to search with."""
 
@@ -107,8 +115,10 @@ REFUSAL_CODES = frozenset(
         # A console form posted from another site, or without its session's token (serving/console/web.py).
         "CSRF_REFUSED",
         # Requests of the right shape the system will not act on: a rate finer than the calibration resolves, a
-        # calibration whose rows do not make one, another model's vector or calibration, a user with no faces.
+        # collection too large for its per-search promise, a calibration whose rows do not make one, another model's
+        # vector or calibration, a user with no faces.
         "RATE_NOT_SUPPORTED",
+        "PROMISE_NOT_SUPPORTED",
         "INVALID_CALIBRATION",
         "MODEL_MISMATCH",
         "USER_HAS_NO_FACES",

@@ -55,9 +55,12 @@ class EmbeddingModels:
         """Per comparison, with the floor's margin; and whether each is a bound (see Rates.at)."""
         return self.rates(of).at(similarities)
 
-    def applied_threshold(self, of: Manifest | str, requested: float | None) -> dict[str, Any]:
-        """The threshold a search of a collection (or a comparison with a model) uses: the one asked for, never
-        looser than the floor."""
+    def applied_threshold(
+        self, of: Manifest | str, requested: float | None, faces: int | None = None
+    ) -> dict[str, Any]:
+        """The threshold a search of a collection (or a comparison with a model) uses: the strictest of the one
+        asked for, the floor, and, for a collection with a per-search promise, the similarity that keeps a search
+        of `faces` faces to at most that many expected strangers above it. Never looser than the floor."""
         rate = _max_rate(of, None)
         floor = self.floor_similarity(of)
         if requested is not None and requested < floor:
@@ -68,11 +71,21 @@ class EmbeddingModels:
                 floor=round(floor, 6),
                 max_false_match_rate=rate,
             )
+        applied = max(floor, requested or floor)
+        promise = of.max_false_candidates_per_search if isinstance(of, Manifest) else None
+        kept: dict[str, Any] = {"max_false_candidates_per_search": promise, "faces_searched": faces}
+        if promise is not None and faces is not None:
+            rates = self.rates(of)
+            implied = rates.search_threshold(promise, faces)  # refuses a size the calibration cannot keep it for
+            applied = max(applied, implied)
+            kept["promise_similarity"] = round(implied, 6)
+            kept["expected_false_candidates"] = float(f"{faces * rates.rate_bound(applied):.3g}")
         return {
             "requested": requested,
-            "applied": round(max(floor, requested or floor), 6),
+            "applied": round(applied, 6),
             "floor": round(floor, 6),
             "max_false_match_rate": rate,
+            **kept,
         }
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cluster.collections.index_spec import SPEC_PATTERN
-from cluster.collections.manifest import DEFAULT_SHARDS, MAX_REPLICAS, NAME
+from cluster.collections.manifest import DEFAULT_MAX_FALSE_CANDIDATES, DEFAULT_SHARDS, MAX_REPLICAS, NAME
 from cluster.models.registry import EMBEDDERS, MODELS
 from cluster.text import SAFE_NON_BLANK_PATTERN, SAFE_TEXT_PATTERN
 from serving.rules import MAX_CASE_ID, MAX_EXTERNAL_ID, MAX_FACES_INDEXED, MAX_IDS, MAX_PURPOSE
@@ -76,9 +76,19 @@ class Match(BaseModel):
 
 class Threshold(BaseModel):
     requested: float | str | None
-    applied: float
-    floor: float
+    applied: float = Field(description="The strictest of the one requested, the floor and the promise's")
+    floor: float = Field(description="The per-comparison floor: at most max_false_match_rate false matches each")
     max_false_match_rate: float
+    max_false_candidates_per_search: float | None = Field(
+        default=None, description="The collection's per-search promise (null: made before promises, floor only)"
+    )
+    faces_searched: int | None = Field(default=None, description="Faces this search compared with, live included")
+    promise_similarity: float | None = Field(
+        default=None, description="The similarity the promise implies at this size (an upper confidence bound)"
+    )
+    expected_false_candidates: float | None = Field(
+        default=None, description="Strangers expected above the applied threshold in this search (at most the promise)"
+    )
 
 
 class SearchedFace(BaseModel):
@@ -148,6 +158,9 @@ class CollectionInfo(BaseModel):
     shard_set: int
     replicas: int
     max_false_match_rate: float
+    max_false_candidates_per_search: float | None = Field(
+        description="The per-search promise: strangers expected above the threshold in one search (null: none)"
+    )
     calibration_sha256: str | None = Field(description="The pinned calibration; null: the model's, not pinned")
     version: int
     created_at: str
@@ -179,6 +192,24 @@ class CalibrationChange(BaseModel):
     old_calibration_sha256: str
     new_calibration_sha256: str
     dataset: str | None
+
+
+class Promise(Body):
+    max_false_candidates_per_search: float = Field(
+        gt=0, le=1, description="Strangers expected above the threshold in one search, whatever the collection's size"
+    )
+
+
+class PromiseChange(BaseModel):
+    """A per-search promise set for one collection: before and after, and what the new one holds for."""
+
+    collection: str
+    version: int
+    old_max_false_candidates_per_search: float | None
+    new_max_false_candidates_per_search: float
+    faces_now: int = Field(description="Faces a search compares with now, live included")
+    similarity_now: float | None = Field(description="The threshold the promise implies at that size (null: too big)")
+    largest_collection: int = Field(description="The most faces the pinned calibration keeps the promise for")
 
 
 class CollectionList(BaseModel):
@@ -247,6 +278,12 @@ class CreateCollection(Body):
     name: str = Field(json_schema_extra=NAME_RULE)
     shards: int = Field(default=DEFAULT_SHARDS, ge=1, le=1024)
     max_false_match_rate: float = Field(default=1e-5, gt=0, lt=1)
+    max_false_candidates_per_search: float = Field(
+        default=DEFAULT_MAX_FALSE_CANDIDATES,
+        gt=0,
+        le=1,
+        description="Strangers expected above the threshold in one search, whatever the collection's size",
+    )
     index_spec: str = Field(default="auto", json_schema_extra={"pattern": SPEC_PATTERN})
     model: str | None = Field(
         default=None,

@@ -17,6 +17,9 @@ from cluster.storage import ObjectNotFound, ObjectStore
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # whole names only: fullmatch (a $ allows a newline)
 DEFAULT_MAX_FALSE_MATCH_RATE = 1e-5
+# The per-search promise of a new collection: at most this many strangers expected above the threshold in one
+# search, whatever the collection's size (README, "The per-search promise", for how it was chosen).
+DEFAULT_MAX_FALSE_CANDIDATES = 0.01
 # Shards of a collection created without a count (both protocols): four keep a 1M-face collection's shards at
 # 250k faces, where IVF fast-scan answers in well under a millisecond.
 DEFAULT_SHARDS = 4
@@ -45,6 +48,10 @@ class Manifest(BaseModel):
     # another if that one fails or is late, so losing a node loses no answer.
     replicas: int = 1
     max_false_match_rate: float = DEFAULT_MAX_FALSE_MATCH_RATE
+    # Expected strangers above the threshold per search: the threshold a search applies tightens as the collection
+    # grows so that this holds. Set at create, changed only by `collections promise` (audited). None: made before
+    # promises; such a collection keeps only its per-comparison floor until an admin sets one.
+    max_false_candidates_per_search: float | None = None
     # The calibration the floor and every per-match rate come from, copied in when the collection is created and
     # changed only by `collections calibrate` (audited). None: made before calibrations were pinned; such a
     # collection reads its model's calibration on this machine until one is applied.
@@ -80,6 +87,12 @@ def check_replicas(replicas: int) -> int:
     return replicas
 
 
+def check_promise(promise: float | None) -> float | None:
+    if promise is not None and not 0 < promise <= 1:
+        raise InvalidRequest("max_false_candidates_per_search must be above 0 and at most 1")
+    return promise
+
+
 def check_shard_count(shard_count: int) -> int:
     if not 1 <= shard_count <= 1024:
         raise InvalidRequest("shard_count must be between 1 and 1024")
@@ -105,6 +118,7 @@ class Collections:
         index_spec.validate(manifest.index_spec)
         if not 0 < manifest.max_false_match_rate < 1:
             raise InvalidRequest("max_false_match_rate must be between 0 and 1")
+        check_promise(manifest.max_false_candidates_per_search)
         if self.store.exists(self.prefix(manifest.name) + "manifest.json"):
             raise CollectionExists(f"collection {manifest.name!r} already exists")
         self.write(manifest)

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from cluster.errors import InvalidCalibration, InvalidRequest, ModelMismatch, RateNotSupported
+from cluster.errors import InvalidCalibration, InvalidRequest, ModelMismatch, PromiseNotSupported, RateNotSupported
+from cluster.models.tail import Tail, fit_tail
 
 FMR_POINTS = ("1e-1", "1e-2", "1e-3", "1e-4", "1e-5", "1e-6", "1e-7")
 # The floor's threshold is the one measured for half the promised rate: on lfw-dev, people not in the calibration
@@ -27,7 +28,8 @@ def _threshold(impostor_sorted: np.ndarray, rate: float) -> float:
 
 
 def build_calibration(genuine: np.ndarray, impostor: np.ndarray, failed_genuine: int = 0) -> dict[str, Any]:
-    """Similarity thresholds for FMR targets that the number of impostor comparisons can support."""
+    """Similarity thresholds for FMR targets that the number of impostor comparisons can support, and the fitted
+    tail beyond them where there are enough comparisons to fit one (cluster/models/tail.py)."""
     impostor = np.sort(impostor)
     n = len(impostor)
     n_genuine = len(genuine) + failed_genuine
@@ -43,7 +45,7 @@ def build_calibration(genuine: np.ndarray, impostor: np.ndarray, failed_genuine:
         similarity_at[label] = round(threshold, 6)
         misses = int((genuine < threshold).sum()) + failed_genuine
         fnmr_at[label] = round(misses / n_genuine, 6) if n_genuine else None
-    return {
+    calibration = {
         "metric": "cosine",
         "impostor_comparisons": n,
         "genuine_comparisons": n_genuine,
@@ -51,6 +53,10 @@ def build_calibration(genuine: np.ndarray, impostor: np.ndarray, failed_genuine:
         "fnmr_at_fmr": fnmr_at,
         "table": table,
     }
+    tail = fit_tail(impostor)
+    if tail is not None:
+        calibration["tail"] = tail
+    return calibration
 
 
 def calibration_sha256(calibration: dict[str, Any]) -> str:
@@ -85,7 +91,29 @@ def check_calibration(calibration: Any, model_id: str) -> dict[str, Any]:
         raise InvalidRequest("a calibration needs impostor comparisons, rates in (0, 1] and similarities in [-1, 1]")
     if (np.diff(rates) > 0).any() or (np.diff(sims) < 0).any():
         raise InvalidCalibration("a calibration's rows must go from high rates at low similarity to low rates at high")
+    if "tail" in given:
+        _check_tail(given["tail"])
     return dict(calibration)
+
+
+def _check_tail(tail: Any) -> None:
+    """A fitted tail as `fit_tail` writes it: rows of [rate, estimate, upper bound], rates falling, similarities
+    rising, the bound never below the estimate."""
+    rows = tail.get("table") if isinstance(tail, dict) else None
+    if not (
+        isinstance(rows, list)
+        and len(rows) >= 2
+        and all(isinstance(row, list) and len(row) == 3 and all(map(_is_number, row)) for row in rows)
+    ):
+        raise InvalidRequest("a calibration's tail needs a table of at least 2 [rate, similarity, upper bound] rows")
+    table = np.array(rows, dtype=np.float64)
+    rates, estimate, upper = table[:, 0], table[:, 1], table[:, 2]
+    if not ((rates > 0) & (rates <= 1)).all() or not ((table[:, 1:] >= -1) & (table[:, 1:] <= 1)).all():
+        raise InvalidRequest("a calibration's tail needs rates in (0, 1] and similarities in [-1, 1]")
+    if (np.diff(rates) >= 0).any() or (np.diff(estimate) < 0).any() or (np.diff(upper) < 0).any():
+        raise InvalidCalibration("a calibration's tail must go from high rates at low similarity to low rates at high")
+    if (upper < estimate).any():
+        raise InvalidCalibration("a calibration's tail bound must be at least its estimate at every rate")
 
 
 class Rates:
@@ -103,6 +131,7 @@ class Rates:
         self.log_rates = np.log10([r[0] for r in rows])
         self.n = int(calibration["impostor_comparisons"])
         self.resolved = MIN_EVENTS / self.n  # the smallest rate measured with MIN_EVENTS impostors above it
+        self.tail = Tail(calibration["tail"]) if calibration.get("tail") else None
 
     def in_sample(self, similarity: float | np.ndarray) -> np.ndarray:
         """Interpolated rate among the calibration's own impostor comparisons (no margin)."""
@@ -124,6 +153,43 @@ class Rates:
             )
         # log-rate falls as similarity rises; interpolate on the reversed arrays.
         return float(np.interp(np.log10(target), self.log_rates[::-1], self.sims[::-1]))
+
+    def finest_rate(self) -> float:
+        """The smallest false match rate per comparison this calibration states a similarity for."""
+        return self.tail.end if self.tail is not None else FLOOR_MARGIN * self.resolved
+
+    def search_threshold(self, promise: float, faces: int) -> float:
+        """The similarity that keeps a search of `faces` faces to at most `promise` expected strangers above it:
+        that of the rate promise / faces, from the tail's upper bound, and never looser than the measured table
+        (with the floor's margin) where the table resolves that rate."""
+        needed = promise / max(faces, 1)
+        if needed < self.finest_rate():
+            largest = int(promise / self.finest_rate())
+            raise PromiseNotSupported(
+                f"a search of {faces:,} faces cannot keep this collection's promise of at most {promise:g} expected "
+                f"false candidates per search: that needs {needed:.2g} false matches per comparison, finer than its "
+                f"calibration states ({self.finest_rate():.2g}); the promise holds for collections of up to "
+                f"{largest:,} faces. An admin may set a looser promise (`facegrid collections promise`, audited).",
+                faces_searched=faces,
+                max_false_candidates_per_search=promise,
+                largest_collection=largest,
+            )
+        candidates = []
+        if self.tail is not None and needed <= self.tail.start:
+            candidates.append(self.tail.similarity(needed))
+        if needed / FLOOR_MARGIN >= self.resolved:
+            candidates.append(self.floor(needed))
+        if not candidates:  # between the table's reach and the tail's start: the tail's first row is stricter
+            assert self.tail is not None
+            candidates.append(self.tail.similarity(self.tail.start))
+        return max(candidates)
+
+    def rate_bound(self, similarity: float) -> float:
+        """A false match rate per comparison at least as high as the true one at this similarity, as carefully as
+        the promise is kept: the tail's upper bound where it reaches, else the floor's margin over the table."""
+        if self.tail is not None and similarity >= self.tail.upper[0]:
+            return float(self.tail.rate(similarity))
+        return float(self.at(similarity)[0])
 
 
 def floor_similarity(rate: float, calibration: dict[str, Any]) -> float:

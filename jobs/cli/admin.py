@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from cluster.collections.manifest import DEFAULT_MAX_FALSE_CANDIDATES
 from cluster.errors import InvalidRequest
 from cluster.keys.access import Caller, Role
 from jobs.cli.common import JsonFlag, ModelOption, call, console, emit, fail
@@ -41,11 +42,23 @@ def collections_calibrate(
     emit(call(lambda s, c: collections.calibrate(s, c, name, loaded)), as_json)
 
 
+@collections_app.command("promise")
+def collections_promise(name: str, max_false_candidates_per_search: float, as_json: JsonFlag = False) -> None:
+    """Set the per-search promise of one collection (strangers expected above the threshold in one search): the
+    only way it moves. Shows the old and the new one and the threshold it implies now; audited."""
+    from serving.usecases import collections
+
+    emit(call(lambda s, c: collections.set_promise(s, c, name, max_false_candidates_per_search)), as_json)
+
+
 @collections_app.command("create")
 def collections_create(
     name: str,
     shards: int = 4,
     max_false_match_rate: Annotated[float, typer.Option(help="The floor: most false matches per comparison.")] = 1e-5,
+    max_false_candidates_per_search: Annotated[
+        float, typer.Option(help="The per-search promise: strangers expected above the threshold in one search.")
+    ] = DEFAULT_MAX_FALSE_CANDIDATES,
     index: Annotated[str, typer.Option(help="auto, Flat, HNSW<M>, IVF<n>,SQ8 or IVF<n>,PQ<m> (per shard)")] = "auto",
     model: ModelOption = None,
     replicas: Annotated[
@@ -56,7 +69,10 @@ def collections_create(
     """Create an empty collection pinned to one embedding model (and that model's file, by sha256)."""
     from serving.usecases import collections
 
-    created = call(lambda s, c: collections.create(s, c, name, shards, max_false_match_rate, index, model, replicas))
+    promise = max_false_candidates_per_search
+    created = call(
+        lambda s, c: collections.create(s, c, name, shards, max_false_match_rate, index, model, replicas, promise)
+    )
     emit(created.model_dump(exclude={"shards"}), as_json)
 
 

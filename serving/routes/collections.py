@@ -15,6 +15,8 @@ from serving.schemas import (
     CollectionInfo,
     CollectionList,
     CreateCollection,
+    Promise,
+    PromiseChange,
     RebuildCollection,
     Replicas,
 )
@@ -26,8 +28,23 @@ router = APIRouter(prefix="/v1/collections", tags=["collections"])
 @router.post("", status_code=201, responses=errors(409))
 async def create(body: CreateCollection, ctx: Ctx, caller: CallerDep) -> CollectionInfo:
     return await collections.create(
-        ctx, caller, body.name, body.shards, body.max_false_match_rate, body.index_spec, body.model, body.replicas
+        ctx,
+        caller,
+        body.name,
+        body.shards,
+        body.max_false_match_rate,
+        body.index_spec,
+        body.model,
+        body.replicas,
+        body.max_false_candidates_per_search,
     )
+
+
+@router.put("/{collection}/promise", responses=errors(404, 409))
+async def set_promise(collection: str, body: Promise, ctx: Ctx, caller: CallerDep) -> PromiseChange:
+    """Set the per-search promise: strangers expected above the threshold in one search, whatever the
+    collection's size (the threshold tightens as it grows). Admin only; audited with the old and the new one."""
+    return await collections.set_promise(ctx, caller, collection, body.max_false_candidates_per_search)
 
 
 @router.put("/{collection}/replicas", responses=errors(404, 409))

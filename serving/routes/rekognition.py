@@ -20,6 +20,7 @@ from serving.rekognition.errors import aws_error, exception_for
 from serving.rekognition.operations import OPERATIONS, Who
 from serving.usecases.audited import LAST_RECORD, audited, clipped, record
 from serving.usecases.context import Context
+from serving.usecases.search import THRESHOLD_APPLIED
 
 log = logging.getLogger("facegrid.rekognition")
 router = APIRouter(tags=["rekognition"])
@@ -101,7 +102,20 @@ async def rekognition(request: Request, ctx: Ctx) -> Response:
         REPLAYS.answered_now({k.lower(): v for k, v in request.headers.items()})
     response = Response(json.dumps(answer), media_type=CONTENT_TYPE, headers={"x-amzn-requestid": request_id})
     _echo_audit(response, LAST_RECORD.get())
+    _echo_threshold(response, THRESHOLD_APPLIED.get())
     return response
+
+
+def _echo_threshold(response: Response, limits: dict[str, Any] | None) -> None:
+    """A search's FaceMatchThreshold stays a per-comparison similarity; what the search applied (the strictest of
+    it, the floor and the collection's per-search promise) has no field in Rekognition's shapes: headers say it."""
+    if limits is None:
+        return
+    response.headers["x-facegrid-threshold-applied"] = str(limits["applied"])
+    if limits.get("max_false_candidates_per_search") is not None:
+        response.headers["x-facegrid-max-false-candidates-per-search"] = str(limits["max_false_candidates_per_search"])
+        response.headers["x-facegrid-faces-searched"] = str(limits["faces_searched"])
+        response.headers["x-facegrid-expected-false-candidates"] = str(limits["expected_false_candidates"])
 
 
 def _echo_audit(response: Response, record: dict[str, Any] | None) -> None:

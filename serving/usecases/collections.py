@@ -7,13 +7,13 @@ from typing import Any
 
 from cluster.collections.index_spec import AUTO
 from cluster.collections.live import live_face_count
-from cluster.collections.manifest import Manifest, check_replicas
+from cluster.collections.manifest import DEFAULT_MAX_FALSE_CANDIDATES, Manifest, check_promise, check_replicas
 from cluster.collections.publish import Publisher
-from cluster.errors import InvalidRequest
+from cluster.errors import InvalidRequest, PromiseNotSupported
 from cluster.keys.access import Action, Caller, authorize
 from cluster.models.calibration import Rates, calibration_sha256, check_calibration
 from cluster.models.registry import DEFAULT_EMBEDDER
-from serving.schemas import CalibrationChange, CollectionDescription, CollectionInfo
+from serving.schemas import CalibrationChange, CollectionDescription, CollectionInfo, PromiseChange
 from serving.usecases.audited import audited
 from serving.usecases.context import Context
 
@@ -37,10 +37,12 @@ async def create(
     index: str = AUTO,
     model: str | None = None,
     replicas: int | None = None,
+    promise: float = DEFAULT_MAX_FALSE_CANDIDATES,
 ) -> CollectionInfo:
     model_id = model or DEFAULT_EMBEDDER
     replicas = replicas or ctx.settings.serving.replicas
     fields = {"max_false_match_rate": max_false_match_rate, "model_id": model_id, "shards": shards, "index_spec": index}
+    fields["max_false_candidates_per_search"] = promise
     async with audited(ctx, caller, "create-collection", name, **fields, replicas=replicas) as entry:
         authorize(caller, Action.COLLECTIONS_WRITE)
         check_replicas(replicas)
@@ -54,6 +56,7 @@ async def create(
             shard_count=shards,
             replicas=replicas,
             max_false_match_rate=max_false_match_rate,
+            max_false_candidates_per_search=check_promise(promise),
             index_spec=index,
             calibration=calibration,
             calibration_sha256=calibration_sha256(calibration),
@@ -148,6 +151,41 @@ async def calibrate(ctx: Context, caller: Caller, name: str, calibration: dict[s
         )
         entry.update(change.model_dump(exclude={"collection"}))
     ctx.remember(new)
+    return change
+
+
+async def set_promise(ctx: Context, caller: Caller, name: str, promise: float) -> PromiseChange:
+    """Set the per-search promise of one collection: the only way it moves. Audited with the old and the new one,
+    and what the new one implies now (a promise too strict for the collection's size is set all the same: its
+    searches are then refused, clearly, until it is loosened or the collection shrinks)."""
+    async with audited(ctx, caller, "promise-collection", name, max_false_candidates_per_search=promise) as entry:
+        authorize(caller, Action.COLLECTIONS_WRITE, name)
+        check_promise(promise)
+        old, new = await ctx.in_thread(lambda: Publisher(ctx.collections).amend(name, _promise(promise)))
+        rates = ctx.models.rates(new)
+        faces = await ctx.faces_searched(new)
+        try:
+            similarity: float | None = round(rates.search_threshold(promise, faces), 6)
+        except PromiseNotSupported:
+            similarity = None
+        change = PromiseChange(
+            collection=name,
+            version=new.version,
+            old_max_false_candidates_per_search=old.max_false_candidates_per_search,
+            new_max_false_candidates_per_search=promise,
+            faces_now=faces,
+            similarity_now=similarity,
+            largest_collection=int(promise / rates.finest_rate()),
+        )
+        entry.update(change.model_dump(exclude={"collection", "new_max_false_candidates_per_search"}))
+    ctx.remember(new)
+    return change
+
+
+def _promise(promise: float) -> Callable[[Manifest], None]:
+    def change(manifest: Manifest) -> None:
+        manifest.max_false_candidates_per_search = promise
+
     return change
 
 

@@ -19,6 +19,7 @@ import ray
 from cluster.audit.transparency import FollowedReport
 from cluster.audit.writer import AuditClient
 from cluster.collections.index_spec import SearchKnobs
+from cluster.collections.live import live_faces_at_most
 from cluster.collections.manifest import Collections, Manifest
 from cluster.collections.people import People
 from cluster.collections.publish import Publisher
@@ -99,6 +100,7 @@ class Context:
         self.reporting = Reporting(FollowedReport(self.store))
         self.audit = AuditClient(self.settings)  # appends through the cluster's writer (object stores)
         self._manifests: dict[str, tuple[float, Manifest]] = {}
+        self._faces: dict[str, tuple[float, int, int]] = {}  # name -> (when, manifest version, faces searched)
         self._shard_sets: dict[str, ShardSet] = {}
         self._people: dict[str, People] = {}
         self._batchers: dict[str, tuple[dict[int, Any], MicroBatcher]] = {}
@@ -131,12 +133,23 @@ class Context:
             return cached[1]
         return await self.in_thread(self.manifest, name, fresh)
 
+    async def faces_searched(self, manifest: Manifest) -> int:
+        """The faces a search of this collection compares with, at least: published and live (the live count at
+        most MANIFEST_TTL_S old, as the manifest is). What a per-search promise is divided by."""
+        cached = self._faces.get(manifest.name)
+        if cached and cached[1] == manifest.version and time.monotonic() - cached[0] < MANIFEST_TTL_S:
+            return cached[2]
+        faces = manifest.face_count + await self.in_thread(live_faces_at_most, self.collections, manifest)
+        self._faces[manifest.name] = (time.monotonic(), manifest.version, faces)
+        return faces
+
     def remember(self, manifest: Manifest) -> Manifest:
         self._manifests[manifest.name] = (time.monotonic(), manifest)
         return manifest
 
     def forget(self, name: str) -> None:
         self._manifests.pop(name, None)
+        self._faces.pop(name, None)
 
     @functools.cached_property
     def credentials(self) -> Credentials:

@@ -174,7 +174,7 @@ async def search(
         reference = hashlib.sha256(f"{face_id}\0{user_id}".encode()).hexdigest()
     fields = {**request.audit_fields(reference), "face_id": clipped(face_id, 64), "user_id": clipped(user_id, 140)}
     async with audited(ctx, caller, "search-users", collection, **fields) as entry:
-        manifest, limits = await prepare(ctx, caller, collection, request)
+        manifest, limits = await prepare(ctx, caller, collection, request, entry)
         if given != 1:
             raise InvalidRequest("give exactly one of face_id, user_id or an image")
         if not 1 <= max_users <= MAX_USERS:

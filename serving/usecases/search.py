@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -20,16 +21,28 @@ from serving.usecases.context import Context
 from serving.usecases.images import pick, probe_faces
 from serving.usecases.policy import SearchRequest, check_purpose
 
+# The threshold the current request's search applied, with its promise: interfaces whose answer has no field for it
+# (Rekognition's protocol) echo it in headers.
+THRESHOLD_APPLIED: ContextVar[dict[str, Any] | None] = ContextVar("threshold_applied", default=None)
+
 
 async def prepare(
-    ctx: Context, caller: Caller, collection: str, request: SearchRequest
+    ctx: Context, caller: Caller, collection: str, request: SearchRequest, entry: dict[str, Any]
 ) -> tuple[Manifest, dict[str, Any]]:
-    """The checks every search passes before any work: role, purpose, case id, limits, collection, floor."""
+    """The checks every search passes before any work: role, purpose, case id, limits, collection, floor, and the
+    per-search promise at the collection's size now (recorded in `entry`, the search's audit record, answered or
+    refused)."""
     authorize(caller, Action.SEARCH, collection)
     check_purpose(ctx, request.purpose, request.case_id)
     request.check(ctx.settings.serving.max_results)
     manifest = await ctx.read_manifest(collection)
-    return manifest, ctx.models.applied_threshold(manifest, request.threshold)
+    promise = manifest.max_false_candidates_per_search
+    faces = await ctx.faces_searched(manifest) if promise is not None else None
+    entry.update(max_false_candidates_per_search=promise, faces_searched=faces)
+    limits = ctx.models.applied_threshold(manifest, request.threshold, faces)
+    entry.update(promise_similarity=limits.get("promise_similarity"))
+    THRESHOLD_APPLIED.set(limits)
+    return manifest, limits
 
 
 def _matches(ctx: Context, hits: list[Hit], manifest: Manifest, threshold: float) -> list[Match]:
@@ -58,6 +71,7 @@ async def search_vectors(
 
 def _record_results(entry: dict[str, Any], answer: VectorAnswer, searched: list[list[Match]]) -> None:
     entry["threshold_applied"] = answer.threshold.applied
+    entry["expected_false_candidates"] = answer.threshold.expected_false_candidates
     entry["partial"] = answer.partial
     entry["results"] = [[{"face_id": m.face_id, "similarity": m.similarity} for m in face] for face in searched]
 
@@ -66,7 +80,7 @@ async def search(ctx: Context, caller: Caller, collection: str, blob: bytes, req
     """Search with the faces of a probe photo: the largest, or up to `request.max_faces` of them."""
     fields = request.audit_fields(hashlib.sha256(blob).hexdigest())
     async with audited(ctx, caller, "search", collection, **fields) as entry:
-        manifest, limits = await prepare(ctx, caller, collection, request)
+        manifest, limits = await prepare(ctx, caller, collection, request, entry)
         wanted = None if request.face_index is not None else request.max_faces
         probe = await probe_faces(ctx, blob, wanted, manifest.model_id)
         if not probe.faces:
@@ -105,7 +119,7 @@ async def search_vector(
     query = np.asarray(vector, dtype=np.float32)
     fields = request.audit_fields(hashlib.sha256(query.tobytes()).hexdigest())
     async with audited(ctx, caller, "search-vector", collection, **fields) as entry:
-        manifest, limits = await prepare(ctx, caller, collection, request)
+        manifest, limits = await prepare(ctx, caller, collection, request, entry)
         if model_id is not None and model_id != manifest.model_id:
             raise ModelMismatch(
                 f"the vector is a {model_id} embedding; collection {collection!r} holds {manifest.model_id} "
@@ -139,7 +153,7 @@ async def search_face(
     """More like an indexed face: its stored vector searched like a probe's; the face itself is not a match."""
     fields = request.audit_fields(hashlib.sha256(face_id.encode()).hexdigest())
     async with audited(ctx, caller, "search-face", collection, **fields, face_id=clipped(face_id, 64)) as entry:
-        manifest, limits = await prepare(ctx, caller, collection, request)
+        manifest, limits = await prepare(ctx, caller, collection, request, entry)
         found = await face_vectors(ctx, manifest, [face_id])
         if face_id not in found:
             raise FaceNotFound(f"face {clipped(face_id, 64)!r} is not in collection {collection!r}")
