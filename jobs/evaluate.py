@@ -6,7 +6,7 @@ import csv
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,10 @@ import numpy as np
 
 from cluster.collections.manifest import DEFAULT_MAX_FALSE_MATCH_RATE
 from cluster.errors import RateNotSupported
-from cluster.models.calibration import build_calibration, floor_similarity
+from cluster.models.calibration import FLOOR_MARGIN, build_calibration, floor_similarity
 from cluster.models.faces import FacePipeline
-from cluster.models.registry import embedding_of
+from cluster.models.registry import PUBLISHED_CALIBRATIONS, embedding_of
+from cluster.models.tail import Tail, fit_tail
 from cluster.pipeline.errors import ImageError
 
 BATCH = 32
@@ -59,17 +60,59 @@ def embed_central_faces(
     return found
 
 
-def impostor_similarities(embeddings: dict[str, np.ndarray]) -> np.ndarray:
-    """Similarities of every pair of images of different people (LFW folders name the person)."""
+LABEL_NOISE = PUBLISHED_CALIBRATIONS / "lfw-dev-label-noise.json"
+
+
+@dataclass(frozen=True)
+class LabelNoise:
+    """A reviewed list of what a data set's folders get wrong (cluster/models/calibrations/lfw-dev-label-noise.json):
+    photos filed twice under two names, one person under two names, a photo of someone else. Impostor comparisons
+    leave them out; each entry in the file says why."""
+
+    same_photos: frozenset[frozenset[str]] = frozenset()
+    alias_of: dict[str, str] = field(default_factory=dict)  # a name -> the one name its person is counted under
+    shows: dict[str, str] = field(default_factory=dict)  # an image -> the person it shows
+
+    @classmethod
+    def load(cls, path: Path = LABEL_NOISE) -> LabelNoise:
+        listed = json.loads(path.read_text())
+        alias_of = {name: entry["names"][0] for entry in listed["aliases"] for name in entry["names"]}
+        return cls(
+            frozenset(frozenset(entry["images"]) for entry in listed["same_photos"]),
+            alias_of,
+            {entry["image"]: entry["shows"] for entry in listed["relabelled"]},
+        )
+
+    def person(self, image: str) -> str:
+        name = self.shows.get(image, image.split("/")[0])
+        return self.alias_of.get(name, name)
+
+    def excluded(self, names: list[str]) -> list[tuple[int, int]]:
+        """Index pairs (i < j) of these images that are one photograph."""
+        where = {name: i for i, name in enumerate(names)}
+        pairs = [sorted(where[n] for n in same) for same in self.same_photos if all(n in where for n in same)]
+        return [(i, j) for i, j in pairs]
+
+
+NO_NOISE = LabelNoise()
+
+
+def impostor_similarities(embeddings: dict[str, np.ndarray], noise: LabelNoise = NO_NOISE) -> np.ndarray:
+    """Similarities of every pair of images of different people (LFW folders name the person; `noise` corrects
+    the folders where a reviewed list says they are wrong)."""
     names = sorted(embeddings)
-    people = np.array([n.split("/")[0] for n in names])
+    people = np.array([noise.person(n) for n in names])
     vectors = np.stack([embeddings[n] for n in names])
+    same_photo = noise.excluded(names)
     chunks = []
     for start in range(0, len(names), 512):
         sims = vectors[start : start + 512] @ vectors.T
         rows = np.arange(start, min(start + 512, len(names)))
         # Upper triangle only, and only pairs of different people.
         mask = (np.arange(len(names))[None, :] > rows[:, None]) & (people[None, :] != people[rows][:, None])
+        for i, j in same_photo:
+            if start <= i < start + len(rows):
+                mask[i - start, j] = False
         chunks.append(sims[mask])
     return np.concatenate(chunks) if chunks else np.zeros(0)
 
@@ -80,6 +123,7 @@ def floor_check(
     sims: np.ndarray,
     impostor: np.ndarray,
     calibration: dict[str, Any],
+    noise: LabelNoise = NO_NOISE,
     rate: float = DEFAULT_MAX_FALSE_MATCH_RATE,
 ) -> dict[str, Any]:
     """Does the floor keep its promise? At the default floor: false matches among the listed different-person pairs
@@ -88,11 +132,9 @@ def floor_check(
     threshold = floor_similarity(rate, calibration)
     different = np.array([not p.same for p in pairs]) & ~np.isnan(sims)
     listed = sims[different]
-    people = sorted({name.split("/")[0] for name in embeddings})
-    first = {p for p in people if int(hashlib.sha256(p.encode()).hexdigest(), 16) % 2 == 0}
-    halves = [{n: v for n, v in embeddings.items() if (n.split("/")[0] in first) == side} for side in (True, False)]
-    half_calibration = build_calibration(np.zeros(0), impostor_similarities(halves[0]))
-    held_out = impostor_similarities(halves[1])
+    fitted_on, held = halves(embeddings, noise)
+    half_calibration = build_calibration(np.zeros(0), impostor_similarities(fitted_on, noise))
+    held_out = impostor_similarities(held, noise)
     heldout = []
     for check in (1e-3, 1e-4, 3e-5, rate):
         try:
@@ -177,27 +219,35 @@ def evaluate_lfw(
     pairs = read_pairs(pairs_path, limit)
     names = sorted({p.a for p in pairs} | {p.b for p in pairs})
     embeddings = embed_central_faces(pipeline, images, names, progress)
+    return evaluate_embeddings(pipeline.model_id, embeddings, pairs, out, len(names))
+
+
+def evaluate_embeddings(
+    model_id: str, embeddings: dict[str, np.ndarray], pairs: list[Pair], out: Path | None, images: int
+) -> dict[str, Any]:
+    """The figures of `evaluate_lfw` from the photos' embeddings (a name with none: no face was found)."""
     # A pair with no face on either side is an error: predicted "different" when same, kept as a miss either way.
     sims = np.array(
         [float(embeddings[p.a] @ embeddings[p.b]) if p.a in embeddings and p.b in embeddings else np.nan for p in pairs]
     )
     labels = np.array([p.same for p in pairs])
     failed = np.isnan(sims)
-    threshold = embedding_of(pipeline.model_id).match_similarity
+    threshold = embedding_of(model_id).match_similarity
     correct = (sims >= threshold) == labels
     correct[failed] = False
     genuine = sims[labels & ~failed]
-    impostor = impostor_similarities(embeddings)
+    noise = LabelNoise.load()
+    impostor = impostor_similarities(embeddings, noise)
     calibration = build_calibration(genuine, impostor, failed_genuine=int((labels & failed).sum()))
     filled = np.where(failed, np.where(labels, -1.0, 1.0), sims)
     result: dict[str, Any] = {
-        "model_id": pipeline.model_id,
+        "model_id": model_id,
         "pairs": len(pairs),
         "same_pairs": int(labels.sum()),
         "different_pairs": int((~labels).sum()),
         "failed_pairs": int(failed.sum()),
-        "images": len(names),
-        "images_without_face": len(names) - len(embeddings),
+        "images": images,
+        "images_without_face": images - len(embeddings),
         "threshold": threshold,
         "accuracy": round(float(correct.mean()), 5),
         "accuracy_10fold": round(_cross_validated_accuracy(filled, labels), 5),
@@ -209,13 +259,87 @@ def evaluate_lfw(
         "similarity_at_fmr_1e-3": calibration["similarity_at_fmr"]["1e-3"],
         "similarity_at_fmr_1e-4": calibration["similarity_at_fmr"]["1e-4"],
         "similarity_at_fmr_1e-5": calibration["similarity_at_fmr"]["1e-5"],
+        "tail": tail_figures(calibration, genuine, int((labels & failed).sum()), impostor_similarities(embeddings)),
     }
     if out is not None:
         result["plots"] = _plots(out, genuine, impostor)
         (out / "lfw.json").write_text(json.dumps(result, indent=2))
     try:
-        result["floor_check"] = floor_check(embeddings, pairs, sims, impostor, calibration)
+        result["floor_check"] = floor_check(embeddings, pairs, sims, impostor, calibration, noise)
     except RateNotSupported as exc:  # too few photos for the default floor: say so rather than pretend
         result["floor_check"] = {"error": exc.message}
+    result["tail_check"] = tail_check(embeddings, noise)
     result["calibration"] = calibration
     return result
+
+
+TAIL_RATES = ("1e-5", "1e-6", "1e-7", "1e-8", "1e-9")
+
+
+def tail_figures(
+    calibration: dict[str, Any], genuine: np.ndarray, failed_genuine: int, as_filed: np.ndarray
+) -> dict[str, Any]:
+    """The fitted tail's similarity (estimate and upper bound) and FNMR at the bound for rates down to 1e-9, with
+    the reviewed label noise left out (what the calibration uses) and as the folders file the photos."""
+
+    def figures(tail: dict[str, Any] | None) -> dict[str, Any] | None:
+        if tail is None:
+            return None
+        read, count = Tail(tail), len(genuine) + failed_genuine
+        rows = {}
+        for label in TAIL_RATES:
+            upper = read.similarity(float(label))
+            misses = int((genuine < upper).sum()) + failed_genuine
+            rows[label] = {
+                "similarity": round(read.similarity(float(label), bound=False), 4),
+                "similarity_bound": round(upper, 4),
+                "fnmr_at_bound": round(misses / max(count, 1), 4),
+            }
+        return {"threshold": tail["threshold"], "shape": tail["shape"], "scale": tail["scale"], "rates": rows}
+
+    return {"label_noise_removed": figures(calibration.get("tail")), "as_filed": figures(fit_tail(as_filed))}
+
+
+def halves(embeddings: dict[str, np.ndarray], noise: LabelNoise) -> list[dict[str, np.ndarray]]:
+    """The photos split in two by person (a hash of the name the person is counted under): no one in both."""
+    first = {n for n in embeddings if int(hashlib.sha256(noise.person(n).encode()).hexdigest(), 16) % 2 == 0}
+    return [{n: v for n, v in embeddings.items() if (n in first) == side} for side in (True, False)]
+
+
+def tail_check(
+    embeddings: dict[str, np.ndarray], noise: LabelNoise, rates: tuple[float, ...] = (1e-5, 1e-6, 1e-7)
+) -> dict[str, Any]:
+    """Out of sample: the tail fitted on one half of the people, the other half's impostor comparisons counted
+    above the threshold a search promising each rate applies (the tail's bound with the floor's margin), and above
+    the bound alone. Within bounds when each count is at most the 99th percentile of a Poisson count whose mean
+    is the promised rate times the comparisons (what a true rate at the promise would give)."""
+    from scipy.stats import poisson
+
+    fitted_on, held = halves(embeddings, noise)
+    tail = fit_tail(impostor_similarities(fitted_on, noise))
+    held_out = impostor_similarities(held, noise)
+    if tail is None:
+        return {"error": f"too few comparisons in half the photos to fit a tail ({len(held_out)})"}
+    read = Tail(tail)
+    rows = []
+    for rate in rates:
+        at = read.similarity(rate / FLOOR_MARGIN)
+        count = int((held_out >= at).sum())
+        allowed = int(poisson.ppf(0.99, rate * len(held_out)))
+        rows.append(
+            {
+                "rate": rate,
+                "similarity_bound": round(at, 4),
+                "false_matches": count,
+                "false_matches_without_margin": int((held_out >= read.similarity(rate)).sum()),
+                "expected_at_most": round(rate * len(held_out), 2),
+                "allowed": allowed,
+                "within": count <= allowed,
+            }
+        )
+    return {
+        "fitted_comparisons": tail["comparisons"],
+        "heldout_comparisons": len(held_out),
+        "rates": rows,
+        "within": all(r["within"] for r in rows),
+    }

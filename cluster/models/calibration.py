@@ -155,13 +155,14 @@ class Rates:
         return float(np.interp(np.log10(target), self.log_rates[::-1], self.sims[::-1]))
 
     def finest_rate(self) -> float:
-        """The smallest false match rate per comparison this calibration states a similarity for."""
-        return self.tail.end if self.tail is not None else FLOOR_MARGIN * self.resolved
+        """The smallest false match rate per comparison this calibration states a similarity for, with the margin."""
+        return FLOOR_MARGIN * (self.tail.end if self.tail is not None else self.resolved)
 
     def search_threshold(self, promise: float, faces: int) -> float:
         """The similarity that keeps a search of `faces` faces to at most `promise` expected strangers above it:
         that of the rate promise / faces, from the tail's upper bound, and never looser than the measured table
-        (with the floor's margin) where the table resolves that rate."""
+        where the table resolves that rate; both with the floor's margin (people the calibration never saw score
+        up to 1.7 times as many impostors above a threshold: README)."""
         needed = promise / max(faces, 1)
         if needed < self.finest_rate():
             largest = int(promise / self.finest_rate())
@@ -175,9 +176,10 @@ class Rates:
                 largest_collection=largest,
             )
         candidates = []
-        if self.tail is not None and needed <= self.tail.start:
-            candidates.append(self.tail.similarity(needed))
-        if needed / FLOOR_MARGIN >= self.resolved:
+        target = needed / FLOOR_MARGIN
+        if self.tail is not None and target <= self.tail.start:
+            candidates.append(self.tail.similarity(target))
+        if target >= self.resolved:
             candidates.append(self.floor(needed))
         if not candidates:  # between the table's reach and the tail's start: the tail's first row is stricter
             assert self.tail is not None
@@ -188,7 +190,7 @@ class Rates:
         """A false match rate per comparison at least as high as the true one at this similarity, as carefully as
         the promise is kept: the tail's upper bound where it reaches, else the floor's margin over the table."""
         if self.tail is not None and similarity >= self.tail.upper[0]:
-            return float(self.tail.rate(similarity))
+            return min(1.0, FLOOR_MARGIN * float(self.tail.rate(similarity)))
         return float(self.at(similarity)[0])
 
 
