@@ -35,6 +35,7 @@ from cluster.raycluster import ensure_ray
 from cluster.settings import Settings
 from cluster.shards.set import ShardSet
 from cluster.storage import LocalStore
+from jobs.bench.promise import search_under_the_promise
 from jobs.bench.stages import percentiles_ms, same_recipe_baseline, start_recording, stop_recording, time_each
 from jobs.bench.synthetic import FaceStatistics, face_records
 from serving.threaded import serve_in_thread
@@ -285,6 +286,8 @@ def run_search_benchmark(
             breakdown = {} if compare_accountability else stop_recording(settings, manifest)
             say(f"{clients} clients for {LOAD_SECONDS:.0f} s")
             load = concurrent_load(served[0][0], variants[0][1], body, gallery.probes, clients)
+            say("one search under the default per-search promise")
+            promise = search_under_the_promise(accountable, served[0][1], manifest, gallery.probes[0], body)
         resident = shard_memory(settings, manifest)
         say("the same recipe in one in-process index")
         baseline = same_recipe_baseline(collections, manifest, gallery.probes[:BASELINE_TIMED], TOP, knobs or {})
@@ -318,6 +321,7 @@ def run_search_benchmark(
             **baseline,
             "overhead_p50_ms": round(p50 - baseline["baseline_same_recipe_p50_ms"], 3),
             **breakdown,
+            "promise": promise,
             "audit_records_verified": verify(LocalStore(root)).get("records"),
         }
         if compare_accountability:
