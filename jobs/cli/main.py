@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cluster.collections.manifest import DEFAULT_MAX_FALSE_CANDIDATES
 from cluster.raycluster_env import prepare_ray_environment
 from cluster.settings import get_settings
 from jobs.cli.admin import audit_app, collections_app, faces_app, jobs_app, keys_app
@@ -118,6 +119,27 @@ def eval_lfw(
     calibration = result.pop("calibration")
     if save_calibration:
         result["calibration_file"] = str(save_new_calibration(out, model_id, calibration, images, pairs, limit))
+    emit(result, as_json)
+
+
+@eval_app.command("identify")
+def eval_identify(
+    images: Annotated[Path, typer.Option(exists=True, file_okay=False, help="One folder per person.")],
+    out: Annotated[Path, typer.Option(help="Folder for the FNIR/FPIR plot.")] = Path("out/eval"),
+    promise: Annotated[
+        float, typer.Option(help="The per-search promise to measure (default: a new collection's).")
+    ] = DEFAULT_MAX_FALSE_CANDIDATES,
+    model: ModelOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Open-set identification (1:N) through the product's own index job and search path: FNIR at FPIR 0.1, 0.01
+    and 0.003, and at the per-search promise, with the strangers per non-mated search it let through."""
+    from cluster.models.registry import DEFAULT_EMBEDDER
+    from jobs.identify import evaluate_identification
+
+    result = evaluate_identification(
+        settings(), images, model or DEFAULT_EMBEDDER, out, promise, lambda line: console.print(f"[dim]{line}[/dim]")
+    )
     emit(result, as_json)
 
 

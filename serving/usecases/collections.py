@@ -37,7 +37,7 @@ async def create(
     index: str = AUTO,
     model: str | None = None,
     replicas: int | None = None,
-    promise: float = DEFAULT_MAX_FALSE_CANDIDATES,
+    promise: float | None = DEFAULT_MAX_FALSE_CANDIDATES,
 ) -> CollectionInfo:
     model_id = model or DEFAULT_EMBEDDER
     replicas = replicas or ctx.settings.serving.replicas
