@@ -96,3 +96,8 @@ class TransparencyReport(BaseModel):
     searches_reviewed: int = Field(description="Searches whose every returned face was decided")
     top_candidates_decided: int
     top_candidates_rejected: int = Field(description="Top candidates a reviewer marked `not a match`")
+    promises: dict[str, dict[str, Any]] = Field(
+        default={},
+        description="Per collection: its per-search promise (expected strangers above the threshold in one search), "
+        "the searches answered under it, and those refused because its calibration could not keep it at that size",
+    )

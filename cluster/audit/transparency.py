@@ -45,6 +45,8 @@ class Tally:
         self.by_decision: Counter[str] = Counter()
         self.undecided: dict[int, set[str]] = {}
         self.with_candidates = self.reviewed = 0
+        # Per collection: its per-search promise, the searches answered under it, those it refused as beyond reach.
+        self.promises: dict[str, dict[str, Any]] = {}
 
     def fold(self, records: Iterable[dict[str, Any]]) -> Tally:
         for record in records:
@@ -57,6 +59,7 @@ class Tally:
         self.first_time = self.first_time or record.get("time")
         self.last_time = record.get("time")
         action, outcome = record.get("action"), record.get("outcome")
+        self._promise(record, action, outcome)
         if action in SEARCH_ACTIONS:
             if outcome == "ok":
                 self.searches += 1
@@ -83,6 +86,26 @@ class Tally:
             self._decided(int(record["search_seq"]), str(record["face_id"]), record)
         if str(action or "").startswith("key-"):
             self.key_changes += 1
+
+    def _promise(self, record: dict[str, Any], action: Any, outcome: Any) -> None:
+        collection, promise = record.get("collection"), record.get("max_false_candidates_per_search")
+        if not isinstance(collection, str):
+            return
+        if not isinstance(promise, int | float) or isinstance(promise, bool):
+            promise = None
+        if action == "delete-collection" and outcome == "ok":
+            self.promises.pop(collection, None)
+            return
+        held = self.promises.setdefault(
+            collection,
+            {"max_false_candidates_per_search": None, "searches_under_promise": 0, "refused_beyond_its_reach": 0},
+        )
+        if action in ("create-collection", "promise-collection") and outcome == "ok":
+            held["max_false_candidates_per_search"] = promise
+        elif action in SEARCH_ACTIONS and outcome == "ok" and promise is not None:
+            held["searches_under_promise"] += 1
+        elif action in SEARCH_ACTIONS and record.get("code") == "PROMISE_NOT_SUPPORTED":
+            held["refused_beyond_its_reach"] += 1
 
     def _decided(self, search_seq: int, face_id: str, record: dict[str, Any]) -> None:
         """A reviewer's decision; a later one on the same face of the same search replaces it."""
@@ -121,6 +144,7 @@ class Tally:
             "searches_reviewed": self.reviewed,
             "top_candidates_decided": len(top),
             "top_candidates_rejected": top.count("not a match"),
+            "promises": {name: dict(held) for name, held in sorted(self.promises.items())},
         }
 
 

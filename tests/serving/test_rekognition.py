@@ -229,6 +229,13 @@ def test_same_search_through_both_protocols(world: Any) -> None:
     assert ours["action"] == "search" and ours["client"].startswith("rekognition:")
     assert (ours["purpose"], ours["case_id"]) == (theirs["purpose"], theirs["case_id"]) == ("system-test", "RK-CASE")
     assert ours["results"] == theirs["results"]
+    # FaceMatchThreshold stays a per-comparison similarity; what the search applied, under the collection's
+    # per-search promise, comes back in headers and is the audited one.
+    headers = by_rk["ResponseMetadata"]["HTTPHeaders"]
+    assert float(headers["x-facegrid-threshold-applied"]) == ours["threshold_applied"] == by_v1["threshold"]["applied"]
+    assert float(headers["x-facegrid-max-false-candidates-per-search"]) == ours["max_false_candidates_per_search"]
+    assert int(headers["x-facegrid-faces-searched"]) == ours["faces_searched"] == by_v1["threshold"]["faces_searched"]
+    assert float(headers["x-facegrid-expected-false-candidates"]) <= ours["max_false_candidates_per_search"]
 
 
 def test_floor_and_roles(world: Any) -> None:
