@@ -237,6 +237,7 @@ def search(
         table.add_row(f"{m.similarity:.4f}", rate_text(m), m.external_image_id, m.source)
     Console().print(table)
     console.print(result.notice)
+    console.print(promise_text(result.threshold))
     if result.partial:
         console.print(f"[yellow]partial answer: shards {result.missing_shards} did not answer[/yellow]")
 
@@ -309,6 +310,16 @@ def demo(
             table.add_row("-", "-", "-", "no match above the collection's floor")
         Console().print(table)
     console.print(LEADS)
+
+
+def promise_text(threshold: Any) -> str:
+    if threshold.max_false_candidates_per_search is None:
+        return "no per-search promise: this collection keeps only its per-comparison floor"
+    return (
+        f"per-search promise: at most {threshold.max_false_candidates_per_search:g} strangers expected above the "
+        f"threshold; {threshold.faces_searched:,} faces searched needed similarity {threshold.promise_similarity:.4f}; "
+        f"expected strangers in this answer {threshold.expected_false_candidates:.2g}"
+    )
 
 
 def rate_text(match: Any) -> str:

@@ -190,6 +190,11 @@ async def past_search(ctx: Ctx, caller: ConsoleCaller, request: Request, seq: in
     floor = ctx.models.floor_similarity(manifest)
     threshold = {"applied": record.get("threshold_applied") or floor, "floor": floor,
                  "max_false_match_rate": manifest.max_false_match_rate}  # fmt: skip
+    # The promise as this search kept it (its record), not as the collection holds it now.
+    promised = ("max_false_candidates_per_search", "faces_searched", "promise_similarity", "expected_false_candidates")
+    threshold |= {key: record.get(key) for key in promised}
+    if threshold["promise_similarity"] is None or threshold["expected_false_candidates"] is None:
+        threshold["max_false_candidates_per_search"] = None  # recorded before promises, or refused
     return page(
         request,
         "results.html",
