@@ -36,7 +36,7 @@ def test_generated_requests_get_no_5xx_and_answers_fit_the_schema(
     # A few shards at most: the fuzzer asks for the largest count allowed, and 500 took minutes to publish here.
     serving = ServingSettings(max_shards=4)
     ctx = Context(Settings(model_dir=model_dir, store=str(tmp_path / "store"), serving=serving))
-    for name in ("gallery", "doomed"):
+    for name in ("gallery", "doomed", "promised"):
         asyncio.run(collections.create(ctx, local_operator(), name, 2, 1e-5))
     token = ctx.keys.create(Role.ADMIN)[1]
     with serve_in_thread(ctx) as url:
