@@ -270,6 +270,28 @@ CALIBRATION: dict[str, Any] = {
         },
         "impostor_comparisons": {"type": "integer", "minimum": 1},
         "model_id": {"type": "string", "enum": list(EMBEDDERS)},
+        "tail": {
+            "type": "object",
+            "required": ["table"],
+            "description": "The fitted tail (cluster/models/tail.py): what a per-search promise reads",
+            "properties": {
+                "table": {
+                    "type": "array",
+                    "minItems": 2,
+                    "description": "[rate, similarity, its upper bound] rows, rates falling as similarity rises",
+                    "items": {
+                        "type": "array",
+                        "prefixItems": [
+                            {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                            {"type": "number", "minimum": -1, "maximum": 1},
+                            {"type": "number", "minimum": -1, "maximum": 1},
+                        ],
+                        "minItems": 3,
+                        "maxItems": 3,
+                    },
+                }
+            },
+        },
     },
 }
 
