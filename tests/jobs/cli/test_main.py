@@ -34,7 +34,7 @@ def run(env: dict[str, str], *args: str) -> dict[str, Any]:
 def test_models_list_shows_cards(env: dict[str, str]) -> None:
     cards = run(env, "models", "list")["models"]
     by_id = {c["model_id"]: c for c in cards}
-    assert set(by_id) == {"sface-2021dec", "dlib-resnet-v1", "mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet"}
+    assert set(by_id) == {"sface-2021dec", "dlib-resnet-v1", "yunet-2023mar", "mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet"}
     assert all(len(c["sha256"]) == 64 and c["licence"] for c in cards)
     for embedder in ("sface-2021dec", "dlib-resnet-v1"):  # both cards carry their calibration and caveats
         card = by_id[embedder]
