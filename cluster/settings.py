@@ -26,6 +26,8 @@ class DetectorSettings(BaseModel):
     # on one core here, where 40 unscaled took 10.6 s); the smallest face found in a larger photo grows with it
     # (80 px in a 24-megapixel one).
     max_pixels: int = 6_000_000
+    # YuNet's bar for a face (its score: sqrt(class x objectness)); OpenCV's FaceDetectorYN default.
+    yunet_score_threshold: float = 0.9
 
 
 class RuntimeSettings(BaseModel):

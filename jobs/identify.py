@@ -81,6 +81,8 @@ async def _run(
         request = IndexRequest.model_validate(asked)
         summary = await indexing.index(ctx, caller, request)
         manifest = await ctx.read_manifest(COLLECTION, fresh=True)
+        if manifest.face_count < len(gallery) // 2:
+            raise RuntimeError(f"the gallery's {len(gallery)} photos gave {manifest.face_count} faces: {summary}")
         rates = ctx.models.rates(manifest)
         say(f"{len(probes)} searches")
         tops: list[tuple[bool, bool, float]] = []  # (mated, top candidate is the mate, its similarity)
@@ -161,12 +163,13 @@ def evaluate_identification(
     say: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     noise = LabelNoise.load()
+    images = images.resolve()  # the gallery links to the photos from another folder
     made, nonmated = galleries(images, noise)
     result: dict[str, Any] = {"model_id": model_id, "galleries": {}}
     for name, (gallery, mated) in made.items():
         probes = [(p, True) for p in mated] + [(p, False) for p in nonmated]
         run = asyncio.run(_run(settings, images, gallery, probes, model_id, noise, say))
-        result["galleries"][name] = _figures(run, promise)
+        result["galleries"][name] = {**_figures(run, promise), "gallery_photos": len(gallery)}
     first = result["galleries"]["one_photo_each"]
     for key in ("fnir_at_fpir", "promise", "promise_threshold", "fnir_at_promise", "nonmated_searches"):
         result[key] = first[key]

@@ -181,37 +181,6 @@ class CollectionDescription(CollectionInfo):
     errors_by_reason: dict[str, int]
 
 
-class CalibrationChange(BaseModel):
-    """A calibration applied to one collection: its floor before and after."""
-
-    collection: str
-    version: int
-    max_false_match_rate: float
-    old_floor_similarity: float
-    new_floor_similarity: float
-    old_calibration_sha256: str
-    new_calibration_sha256: str
-    dataset: str | None
-
-
-class Promise(Body):
-    max_false_candidates_per_search: float = Field(
-        gt=0, le=1, description="Strangers expected above the threshold in one search, whatever the collection's size"
-    )
-
-
-class PromiseChange(BaseModel):
-    """A per-search promise set for one collection: before and after, and what the new one holds for."""
-
-    collection: str
-    version: int
-    old_max_false_candidates_per_search: float | None
-    new_max_false_candidates_per_search: float
-    faces_now: int = Field(description="Faces a search compares with now, live included")
-    similarity_now: float | None = Field(description="The threshold the promise implies at that size (null: too big)")
-    largest_collection: int = Field(description="The most faces the pinned calibration keeps the promise for")
-
-
 class CollectionList(BaseModel):
     collections: list[str]
 
@@ -246,54 +215,6 @@ class FacesDeleted(BaseModel):
     already_erased: list[str] = Field(default=[], description="Asked for, and erased before (by another request)")
     unknown_face_ids: list[str] = Field(description="Asked for, and never in the collection")
     collection_faces: int = Field(description="Faces the collection holds now, published and live")
-
-
-# A calibration file's shape (`facegrid eval --save-calibration`); that its rates fall as similarity rises is
-# checked on arrival (422 INVALID_CALIBRATION), and that it was made for the collection's model (409).
-CALIBRATION: dict[str, Any] = {
-    "type": "object",
-    "required": ["table", "impostor_comparisons"],
-    "properties": {
-        "table": {
-            "type": "array",
-            "minItems": 2,
-            "description": "[false match rate, similarity] rows, rates falling as similarity rises",
-            "items": {
-                "type": "array",
-                "prefixItems": [
-                    {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                    {"type": "number", "minimum": -1, "maximum": 1},
-                ],
-                "minItems": 2,
-                "maxItems": 2,
-            },
-        },
-        "impostor_comparisons": {"type": "integer", "minimum": 1},
-        "model_id": {"type": "string", "enum": list(EMBEDDERS)},
-        "tail": {
-            "type": "object",
-            "required": ["table"],
-            "description": "The fitted tail (cluster/models/tail.py): what a per-search promise reads",
-            "properties": {
-                "table": {
-                    "type": "array",
-                    "minItems": 2,
-                    "description": "[rate, similarity, its upper bound] rows, rates falling as similarity rises",
-                    "items": {
-                        "type": "array",
-                        "prefixItems": [
-                            {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                            {"type": "number", "minimum": -1, "maximum": 1},
-                            {"type": "number", "minimum": -1, "maximum": 1},
-                        ],
-                        "minItems": 3,
-                        "maxItems": 3,
-                    },
-                }
-            },
-        },
-    },
-}
 
 
 class CreateCollection(Body):

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry, embedding_of
+from cluster.errors import InvalidRequest
+from cluster.models.registry import DEFAULT_EMBEDDER, YUNET_ID, ModelRegistry, embedding_of
 from cluster.pipeline.align import DLIB_ALIGNER, AlignFaces
 from cluster.pipeline.decode import DecodeImages
 from cluster.pipeline.detect import DetectFaces, onnx_net
+from cluster.pipeline.detect_yunet import DetectFacesYuNet
 from cluster.pipeline.embed import EmbedFaces, embed_batch_size, normalize
 from cluster.pipeline.errors import ImageError
 from cluster.pipeline.quality import FaceQuality, QualityFilter, SkipReason, assess, reasons_to_skip
@@ -47,27 +49,45 @@ class StageTimes:
         return now
 
 
+MTCNN, YUNET = "mtcnn", "yunet"
+# Each detector and the nets it runs. MTCNN stays the default until YuNet's FNMR through its landmarks is measured
+# no worse for every model (README, "Detectors").
+DETECTORS = {MTCNN: ("mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet"), YUNET: (YUNET_ID,)}
+DEFAULT_DETECTOR = MTCNN
+
+
 class FacePipeline:
     """Loads the detector and one embedding model once; call it with image bytes or decoded arrays, a batch at a time.
 
     One pipeline, one model and its aligner: a collection's faces never mix models or chip layouts."""
 
-    def __init__(self, settings: Settings, registry: ModelRegistry | None = None, model_id: str = DEFAULT_EMBEDDER):
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ModelRegistry | None = None,
+        model_id: str = DEFAULT_EMBEDDER,
+        detector: str = DEFAULT_DETECTOR,
+    ):
         registry = registry or ModelRegistry(settings.model_dir)
         embedding = embedding_of(model_id)
+        if detector not in DETECTORS:
+            raise InvalidRequest(f"unknown detector {detector!r}: one of {', '.join(DETECTORS)}")
         sessions = {
-            name: create_session(registry.ensure(name), settings.runtime)
-            for name in ("mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet", model_id)
+            name: create_session(registry.ensure(name), settings.runtime) for name in (*DETECTORS[detector], model_id)
         }
-        self.model_id = model_id
+        self.model_id, self.detector = model_id, detector
         self.model_sha256 = (registry.card(model_id) or {})["sha256"]
         self.decode = DecodeImages(settings.max_image_pixels)
-        self.detect = DetectFaces(
-            onnx_net(sessions["mtcnn-pnet"]),
-            onnx_net(sessions["mtcnn-rnet"]),
-            onnx_net(sessions["mtcnn-onet"]),
-            settings.detector,
-        )
+        self.detect: DetectFaces | DetectFacesYuNet
+        if detector == YUNET:
+            self.detect = DetectFacesYuNet(onnx_net(sessions[YUNET_ID]), settings.detector)
+        else:
+            self.detect = DetectFaces(
+                onnx_net(sessions["mtcnn-pnet"]),
+                onnx_net(sessions["mtcnn-rnet"]),
+                onnx_net(sessions["mtcnn-onet"]),
+                settings.detector,
+            )
         # Quality is measured on dlib's 150 px layout whatever the model (its bars were measured there).
         self.align_quality = AlignFaces(DLIB_ALIGNER)
         self.align = self.align_quality if embedding.aligner is DLIB_ALIGNER else AlignFaces(embedding.aligner)

@@ -98,6 +98,7 @@ def eval_lfw(
         ),
     ] = False,
     model: ModelOption = None,
+    detector: Annotated[str, typer.Option(help="mtcnn (default) or yunet: whose landmarks align the chips.")] = "mtcnn",
     as_json: JsonFlag = False,
 ) -> None:
     """Verification accuracy and FNMR at fixed FMR on an LFW-style pairs file. Moves no floor: collections keep
@@ -109,7 +110,7 @@ def eval_lfw(
     model_id = model or DEFAULT_EMBEDDER
     registry = ModelRegistry(settings().model_dir)
     try:
-        pipeline = FacePipeline(settings(), registry, model_id)
+        pipeline = FacePipeline(settings(), registry, model_id, detector)
     except user_errors() as exc:
         raise fail(exc) from exc
     count = len({n for p in read_pairs(pairs, limit) for n in (p.a, p.b)})
@@ -118,7 +119,8 @@ def eval_lfw(
         result = evaluate_lfw(pipeline, images, pairs, limit, out, lambda n: bar.advance(task, n))
     calibration = result.pop("calibration")
     if save_calibration:
-        result["calibration_file"] = str(save_new_calibration(out, model_id, calibration, images, pairs, limit))
+        saved = save_new_calibration(out, model_id, {"detector": detector, **calibration}, images, pairs, limit)
+        result["calibration_file"] = str(saved)
     emit(result, as_json)
 
 

@@ -8,18 +8,15 @@ from fastapi import APIRouter
 
 from serving.deps import CallerDep, Ctx, errors
 from serving.schemas import (
-    CALIBRATION,
-    CalibrationChange,
     CollectionDeleted,
     CollectionDescription,
     CollectionInfo,
     CollectionList,
     CreateCollection,
-    Promise,
-    PromiseChange,
     RebuildCollection,
     Replicas,
 )
+from serving.schemas_admin import CALIBRATION, CalibrationChange, Promise, PromiseChange
 from serving.usecases import collections
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])

