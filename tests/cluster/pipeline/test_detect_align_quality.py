@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from cluster.pipeline.align import TEMPLATE, similarity_transform
 from cluster.pipeline.decode import decode_image
@@ -86,3 +87,27 @@ def test_quality_filter_and_max_faces(lfw_images: Path, pipeline) -> None:  # ty
     tiny = group[::4, ::4].copy()
     small = pipeline.from_arrays([tiny], quality_filter=QualityFilter.HIGH)[0]
     assert all(SkipReason.SMALL_BOUNDING_BOX in f.skip_reasons for f in small.skipped)
+
+
+def test_yunet_finds_the_same_faces_and_landmarks_as_mtcnn(  # type: ignore[no-untyped-def]
+    lfw_images: Path, pipeline, settings, registry
+) -> None:
+    """YuNet as the pipeline's detector: every face of a group photo (photos of other sizes in the same batch),
+    its landmarks in MTCNN's order within a few pixels, and chips that embed as the same person."""
+    from cluster.errors import InvalidRequest
+    from cluster.models.faces import FacePipeline
+
+    yunet = FacePipeline(settings, registry, pipeline.model_id, "yunet")
+    group = _group_photo(lfw_images, 6)
+    single = decode_image(lfw_photos(lfw_images, people=1)[0].read_bytes(), 10**8)
+    found, alone = yunet.detect([group, single])
+    centres = (found.boxes[:, :2] + found.boxes[:, 2:]) / 2
+    assert {(int(x // 250), int(y // 250)) for x, y in centres} >= {(c, r) for r in range(2) for c in range(3)}
+    reference = pipeline.detect([single])[0]
+    best, theirs = alone.landmarks[np.argmax(alone.scores)], reference.landmarks[np.argmax(reference.scores)]
+    assert np.abs(best - theirs).mean() < 6  # the same five points, the image's left eye first
+    vectors = [p.embed(np.stack(p.align(single, marks[None]))) for p, marks in ((yunet, best), (pipeline, theirs))]
+    a, b = (v[0] / np.linalg.norm(v[0]) for v in vectors)
+    assert float(a @ b) > 0.85
+    with pytest.raises(InvalidRequest, match="unknown detector"):
+        FacePipeline(settings, registry, pipeline.model_id, "haar")
