@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cluster.collections.manifest import DEFAULT_MAX_FALSE_CANDIDATES
+from cluster.collections.manifest import DEFAULT_MAX_FALSE_CANDIDATES, DEFAULT_MAX_FALSE_MATCH_RATE
 from cluster.errors import NoFaceInProbe
 from cluster.indexing.embedder import IndexRequest
 from cluster.keys.access import local_operator
@@ -86,7 +86,7 @@ async def _run(
         rates = ctx.models.rates(manifest)
         say(f"{len(probes)} searches")
         tops: list[tuple[bool, bool, float]] = []  # (mated, top candidate is the mate, its similarity)
-        scores: list[list[float]] = []  # every candidate's similarity, of each non-mated search
+        scores: list[list[tuple[str, float]]] = []  # every candidate's person and similarity, of non-mated searches
         each = SearchRequest(SEARCH["purpose"], SEARCH["case_id"], None, CANDIDATES)
         for name, mated in probes:
             try:
@@ -99,7 +99,7 @@ async def _run(
             hit = top is not None and _person(top, noise) == noise.person(name)
             tops.append((mated, hit, top.similarity if top else -1.0))
             if not mated:
-                scores.append([m.similarity for m in matches])
+                scores.append([(_person(m, noise), m.similarity) for m in matches])
         return {"faces": manifest.face_count, "indexed": summary, "tops": tops, "scores": scores, "rates": rates}
     finally:
         if COLLECTION in ctx.collections.names():  # its shard actors are named by collection: the next run's own
@@ -123,9 +123,11 @@ def _figures(run: dict[str, Any], promise: float) -> dict[str, Any]:
         allowed = int(np.floor(float(label) * n))  # non-mated searches that may return a candidate
         threshold = float(np.nextafter(nonmated_tops[allowed], np.inf)) if allowed < n else -1.0
         at_fpir[label], thresholds[label] = fnir(threshold), round(threshold, 4)
-    faces = run["faces"]
-    implied = run["rates"].search_threshold(promise, faces)
-    strangers = sum(sum(1 for s in found if s >= implied) for found in run["scores"])
+    faces, rates = run["faces"], run["rates"]
+    # What a search of a collection made today applies: the default floor, tightened by the promise.
+    implied = max(rates.floor(DEFAULT_MAX_FALSE_MATCH_RATE), rates.search_threshold(promise, faces))
+    strangers = sum(sum(1 for _, s in found if s >= implied) for found in run["scores"])
+    people = sum(len({person for person, s in found if s >= implied}) for found in run["scores"])
     upper = chi2.ppf(0.95, 2 * (strangers + 1)) / 2  # exact Poisson upper bound on the count
     return {
         "gallery_faces": faces,
@@ -138,6 +140,7 @@ def _figures(run: dict[str, Any], promise: float) -> dict[str, Any]:
         "fnir_at_promise": fnir(implied),
         "fpir_at_promise": round(float((nonmated_tops >= implied).mean()), 4) if n else None,
         "false_candidates": strangers,
+        "strangers_per_nonmated_search": round(people / max(n, 1), 5),  # distinct people, however many faces each
         "false_candidates_per_nonmated_search": round(strangers / max(n, 1), 5),
         "false_candidates_per_nonmated_search_upper_95": round(float(upper) / max(n, 1), 5),
         "curve": _curve(mated, nonmated_tops),
