@@ -140,6 +140,13 @@ class IndexIncomplete(FacegridError):
     status = 503
 
 
+class DashboardUnreachable(FacegridError):
+    """The Ray dashboard (Job Submission API) named by --address did not answer, or refused the request."""
+
+    code = "CLUSTER_UNAVAILABLE"
+    status = 503
+
+
 class ShardsUnavailable(FacegridError):
     """No shard of the collection answered: an empty answer would look like "no match", so none is given."""
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cluster.errors import DashboardUnreachable
 from cluster.indexing.embedder import IndexRequest
 from cluster.keys.access import local_operator
 from cluster.settings import SECRET_FIELDS, Settings, load_settings
@@ -42,7 +43,10 @@ def job_client(address: str) -> Any:
 
     if (Path.home() / ".ray" / "auth_token").exists():
         os.environ.setdefault("RAY_AUTH_MODE", "token")
-    return JobSubmissionClient(address)
+    try:
+        return JobSubmissionClient(address)
+    except (ConnectionError, OSError) as exc:  # Ray's own, and requests' (an OSError)
+        raise DashboardUnreachable(f"the Ray dashboard at {address}: {str(exc).splitlines()[0][:300]}") from exc
 
 
 def job_environment(settings: Settings, request: IndexRequest, submitter: str) -> dict[str, str]:

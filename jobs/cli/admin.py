@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cluster.collections.manifest import DEFAULT_MAX_FALSE_CANDIDATES
-from cluster.errors import InvalidRequest
+from cluster.errors import DashboardUnreachable, InvalidRequest
 from cluster.keys.access import Caller, Role
 from jobs.cli.common import JsonFlag, ModelOption, call, console, emit, fail
 
@@ -176,39 +177,48 @@ def faces_readmit(
     emit(call(lambda s, c: ingest.readmit(s, c, collection, face_id or [], source or [])), as_json)
 
 
-def _jobs_client() -> Any:
+def _on_jobs(ask: Callable[[Any], Any]) -> Any:
+    """Ask the Job Submission API at --address; an address that does not answer, or a refusal (an unknown job
+    id), is one line and exit status 2, not a traceback."""
     from jobs.submit import job_client
 
     address = os.environ.get("RAY_ADDRESS", "")
     if not address.startswith("http"):
         console.print("[red]error[/red]: jobs commands need --address http://HEAD:8265 (the Ray dashboard)")
         raise typer.Exit(2)
-    return job_client(address)
+    try:
+        return ask(job_client(address))
+    except DashboardUnreachable as exc:
+        raise fail(exc) from exc
+    except (ConnectionError, RuntimeError, ValueError) as exc:  # requests' errors are ConnectionError or OSError
+        raise fail(DashboardUnreachable(f"the Ray dashboard at {address}: {str(exc).splitlines()[0][:300]}")) from exc
+    except OSError as exc:
+        raise fail(DashboardUnreachable(f"the Ray dashboard at {address} did not answer: {exc}")) from exc
 
 
 @jobs_app.command("list")
 def jobs_list(as_json: JsonFlag = False) -> None:
     rows = [
         {"submission_id": j.submission_id, "status": str(j.status), "entrypoint": j.entrypoint, "start": j.start_time}
-        for j in _jobs_client().list_jobs()
+        for j in _on_jobs(lambda client: client.list_jobs())
     ]
     emit({"jobs": rows}, as_json)
 
 
 @jobs_app.command("status")
 def jobs_status(job_id: str, as_json: JsonFlag = False) -> None:
-    info = _jobs_client().get_job_info(job_id)
+    info = _on_jobs(lambda client: client.get_job_info(job_id))
     emit({"submission_id": job_id, "status": str(info.status), "message": info.message}, as_json)
 
 
 @jobs_app.command("logs")
 def jobs_logs(job_id: str) -> None:
-    print(_jobs_client().get_job_logs(job_id))
+    print(_on_jobs(lambda client: client.get_job_logs(job_id)))
 
 
 @jobs_app.command("stop")
 def jobs_stop(job_id: str, as_json: JsonFlag = False) -> None:
-    emit({"submission_id": job_id, "stopped": _jobs_client().stop_job(job_id)}, as_json)
+    emit({"submission_id": job_id, "stopped": _on_jobs(lambda client: client.stop_job(job_id))}, as_json)
 
 
 @keys_app.command("create")

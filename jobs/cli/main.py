@@ -200,7 +200,10 @@ def index(
     if address.startswith("http"):
         from jobs.submit import submit_index
 
-        submitted = submit_index(address, settings(), request, wait)
+        try:
+            submitted = submit_index(address, settings(), request, wait)
+        except user_errors() as exc:
+            raise fail(exc) from exc
         emit(submitted, as_json)
         if wait and submitted.get("status") != "SUCCEEDED":
             reason = f": {submitted['error']}" if submitted.get("error") else ""

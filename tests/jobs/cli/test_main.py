@@ -48,6 +48,18 @@ def test_unknown_model_stops_at_the_command_line(env: dict[str, str]) -> None:
         assert result.exit_code == 2 and "unknown embedding model 'arcface'" in result.output, result.output
 
 
+def test_a_dashboard_that_does_not_answer_is_one_line(env: dict[str, str], tmp_path: Path) -> None:
+    """--address pointing nowhere: every jobs command and a submitted index say so plainly (exit 2), no traceback."""
+    from jobs.s3local import free_port
+
+    nowhere = {**env, "RAY_ADDRESS": f"http://127.0.0.1:{free_port()}"}
+    for args in (["jobs", "list"], ["jobs", "status", "x"], ["jobs", "logs", "x"], ["index", "c", str(tmp_path)]):
+        result = runner.invoke(app, args, env=nowhere)
+        assert result.exit_code == 2, (args, result.output)
+        assert "CLUSTER_UNAVAILABLE" in result.output and "Ray dashboard" in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
 def test_eval_lfw_quick(env: dict[str, str], lfw_images: Path, tmp_path: Path) -> None:
     out = run(
         env,
