@@ -118,23 +118,20 @@ def impostor_similarities(embeddings: dict[str, np.ndarray], noise: LabelNoise =
 
 
 def floor_check(
-    embeddings: dict[str, np.ndarray],
     pairs: list[Pair],
     sims: np.ndarray,
     impostor: np.ndarray,
     calibration: dict[str, Any],
-    noise: LabelNoise = NO_NOISE,
+    half_calibration: dict[str, Any],
+    held_out: np.ndarray,
     rate: float = DEFAULT_MAX_FALSE_MATCH_RATE,
 ) -> dict[str, Any]:
     """Does the floor keep its promise? At the default floor: false matches among the listed different-person pairs
-    and among all impostor comparisons. Out of sample: calibrate on half the people (split by a hash of the name)
-    and count false matches among the other half, at every rate that half can support."""
+    and among all impostor comparisons. Out of sample (`held_out`, see `out_of_sample`): the calibration of half the
+    people, and false matches among the other half's comparisons at every rate that half can support."""
     threshold = floor_similarity(rate, calibration)
     different = np.array([not p.same for p in pairs]) & ~np.isnan(sims)
     listed = sims[different]
-    fitted_on, held = halves(embeddings, noise)
-    half_calibration = build_calibration(np.zeros(0), impostor_similarities(fitted_on, noise))
-    held_out = impostor_similarities(held, noise)
     heldout = []
     for check in (1e-3, 1e-4, 3e-5, rate):
         try:
@@ -264,11 +261,12 @@ def evaluate_embeddings(
     if out is not None:
         result["plots"] = _plots(out, genuine, impostor)
         (out / "lfw.json").write_text(json.dumps(result, indent=2))
+    half_calibration, held_out = out_of_sample(embeddings, noise)
     try:
-        result["floor_check"] = floor_check(embeddings, pairs, sims, impostor, calibration, noise)
+        result["floor_check"] = floor_check(pairs, sims, impostor, calibration, half_calibration, held_out)
     except RateNotSupported as exc:  # too few photos for the default floor: say so rather than pretend
         result["floor_check"] = {"error": exc.message}
-    result["tail_check"] = tail_check(embeddings, noise)
+    result["tail_check"] = tail_check(half_calibration, held_out)
     result["calibration"] = calibration
     return result
 
@@ -306,8 +304,15 @@ def halves(embeddings: dict[str, np.ndarray], noise: LabelNoise) -> list[dict[st
     return [{n: v for n, v in embeddings.items() if (n in first) == side} for side in (True, False)]
 
 
+def out_of_sample(embeddings: dict[str, np.ndarray], noise: LabelNoise) -> tuple[dict[str, Any], np.ndarray]:
+    """The calibration of one half of the people (its tail fitted too), and the other half's impostor comparisons:
+    what the floor and the tail are checked on, computed once for both."""
+    fitted_on, held = halves(embeddings, noise)
+    return build_calibration(np.zeros(0), impostor_similarities(fitted_on, noise)), impostor_similarities(held, noise)
+
+
 def tail_check(
-    embeddings: dict[str, np.ndarray], noise: LabelNoise, rates: tuple[float, ...] = (1e-5, 1e-6, 1e-7)
+    half_calibration: dict[str, Any], held_out: np.ndarray, rates: tuple[float, ...] = (1e-5, 1e-6, 1e-7)
 ) -> dict[str, Any]:
     """Out of sample: the tail fitted on one half of the people, the other half's impostor comparisons counted
     above the threshold a search promising each rate applies (the tail's bound with the floor's margin), and above
@@ -315,9 +320,7 @@ def tail_check(
     is the promised rate times the comparisons (what a true rate at the promise would give)."""
     from scipy.stats import poisson
 
-    fitted_on, held = halves(embeddings, noise)
-    tail = fit_tail(impostor_similarities(fitted_on, noise))
-    held_out = impostor_similarities(held, noise)
+    tail = half_calibration.get("tail")
     if tail is None:
         return {"error": f"too few comparisons in half the photos to fit a tail ({len(held_out)})"}
     read = Tail(tail)
