@@ -115,14 +115,11 @@ def _figures(run: dict[str, Any], promise: float) -> dict[str, Any]:
     nonmated_tops = np.sort([s for is_mated, _, s in run["tops"] if not is_mated])[::-1]
     n = len(nonmated_tops)
 
-    def fnir(threshold: float) -> float:
-        return round(sum(1 for hit, s in mated if not (hit and s >= threshold)) / max(len(mated), 1), 4)
-
     at_fpir, thresholds = {}, {}
     for label in FPIR_POINTS:
         allowed = int(np.floor(float(label) * n))  # non-mated searches that may return a candidate
         threshold = float(np.nextafter(nonmated_tops[allowed], np.inf)) if allowed < n else -1.0
-        at_fpir[label], thresholds[label] = fnir(threshold), round(threshold, 4)
+        at_fpir[label], thresholds[label] = _fnir(mated, threshold), round(threshold, 4)
     faces, rates = run["faces"], run["rates"]
     # What a search of a collection made today applies: the default floor, tightened by the promise.
     implied = max(rates.floor(DEFAULT_MAX_FALSE_MATCH_RATE), rates.search_threshold(promise, faces))
@@ -137,7 +134,7 @@ def _figures(run: dict[str, Any], promise: float) -> dict[str, Any]:
         "threshold_at_fpir": thresholds,
         "promise": promise,
         "promise_threshold": round(implied, 4),
-        "fnir_at_promise": fnir(implied),
+        "fnir_at_promise": _fnir(mated, implied),
         "fpir_at_promise": round(float((nonmated_tops >= implied).mean()), 4) if n else None,
         "false_candidates": strangers,
         "strangers_per_nonmated_search": round(people / max(n, 1), 5),  # distinct people, however many faces each
@@ -147,13 +144,16 @@ def _figures(run: dict[str, Any], promise: float) -> dict[str, Any]:
     }
 
 
+def _fnir(mated: list[tuple[bool, float]], threshold: float) -> float:
+    """Mated searches whose person is not the top candidate at or above `threshold`."""
+    return round(sum(1 for hit, s in mated if not (hit and s >= threshold)) / max(len(mated), 1), 4)
+
+
 def _curve(mated: list[tuple[bool, float]], nonmated_tops: np.ndarray) -> list[list[float]]:
     """(FPIR, FNIR) at each non-mated top score, for the plot."""
     points = []
     for k in range(1, len(nonmated_tops)):
-        threshold = float(nonmated_tops[k - 1])
-        fnir = sum(1 for hit, s in mated if not (hit and s >= threshold)) / max(len(mated), 1)
-        points.append([k / len(nonmated_tops), round(fnir, 4)])
+        points.append([k / len(nonmated_tops), _fnir(mated, float(nonmated_tops[k - 1]))])
     return points
 
 
