@@ -37,9 +37,10 @@ BOUND = (
 
 class Body(BaseModel):
     """A request body: no NaN or infinity in any number (they passed range checks and reached the audit as
-    tokens strict JSON parsers reject), no string longer than a kilobyte."""
+    tokens strict JSON parsers reject), no string longer than a kilobyte, and each value of its own JSON type
+    (lax parsing took `true` for a shard count of 1)."""
 
-    model_config = ConfigDict(allow_inf_nan=False, str_max_length=1024)
+    model_config = ConfigDict(allow_inf_nan=False, str_max_length=1024, strict=True)
 
 
 class ErrorBody(BaseModel):
@@ -335,7 +336,7 @@ class AddFacesUpload(AddFaces):
     """Multipart form: the photo as the file field `image`, and these fields."""
 
     image: bytes | None = Field(default=None, description="The photo (a file field)")
-    model_config = ConfigDict(json_schema_extra={"required": ["image"]})
+    model_config = ConfigDict(json_schema_extra={"required": ["image"]}, strict=False)  # form fields are text
 
 
 class AddFacesFromObject(AddFaces):
