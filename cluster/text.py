@@ -1,8 +1,9 @@
 """What names, ids and case references may hold: no control characters (NUL, newlines) and no bidi overrides,
-which would let a record read differently in a log, a CSV or a console than it is."""
+which would let a record read differently in a log, a CSV or a console than it is. And what a JSON number may be."""
 
 from __future__ import annotations
 
+import math
 import re
 
 from cluster.errors import InvalidRequest
@@ -19,3 +20,14 @@ def check_text(value: str | None, what: str) -> None:
     found = UNSAFE.search(value) if value else None
     if found is not None:
         raise InvalidRequest(f"{what} holds the control or bidi character U+{ord(found.group()):04X}")
+
+
+def is_finite_number(value: object) -> bool:
+    """A finite JSON number, not a boolean: JSON's integers have no size limit, and one past a float's range is not
+    one (math.isfinite raises on it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False

@@ -10,6 +10,7 @@ import numpy as np
 
 from cluster.errors import InvalidCalibration, InvalidRequest, ModelMismatch, PromiseNotSupported, RateNotSupported
 from cluster.models.tail import Tail, fit_tail
+from cluster.text import is_finite_number
 
 FMR_POINTS = ("1e-1", "1e-2", "1e-3", "1e-4", "1e-5", "1e-6", "1e-7")
 # The floor's threshold is the one measured for half the promised rate: on lfw-dev, people not in the calibration
@@ -64,10 +65,6 @@ def calibration_sha256(calibration: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(calibration, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and bool(np.isfinite(value))
-
-
 def check_calibration(calibration: Any, model_id: str) -> dict[str, Any]:
     """A calibration fit to apply to a collection of `model_id`: the shape `build_calibration` writes, enough
     rows to interpolate, rates falling as similarity rises, and made for that model when it says which."""
@@ -77,8 +74,8 @@ def check_calibration(calibration: Any, model_id: str) -> dict[str, Any]:
     rows = table if isinstance(table, list) else []
     if not (
         len(rows) >= 2
-        and all(isinstance(row, list) and len(row) == 2 and all(map(_is_number, row)) for row in rows)
-        and _is_number(n)
+        and all(isinstance(row, list) and len(row) == 2 and all(map(is_finite_number, row)) for row in rows)
+        and is_finite_number(n)
         and float(n).is_integer()  # JSON's integers include 1e9 and 1000.0
         and isinstance(made_for, str)
     ):
@@ -103,7 +100,7 @@ def _check_tail(tail: Any) -> None:
     if not (
         isinstance(rows, list)
         and len(rows) >= 2
-        and all(isinstance(row, list) and len(row) == 3 and all(map(_is_number, row)) for row in rows)
+        and all(isinstance(row, list) and len(row) == 3 and all(map(is_finite_number, row)) for row in rows)
     ):
         raise InvalidRequest("a calibration's tail needs a table of at least 2 [rate, similarity, upper bound] rows")
     table = np.array(rows, dtype=np.float64)

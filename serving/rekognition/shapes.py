@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import re
 from functools import cache
 from typing import Any
 
 import botocore.session
 from botocore.model import OperationModel, ServiceModel, Shape
+
+from cluster.text import is_finite_number
 
 OPERATIONS = (
     "CreateCollection",
@@ -91,7 +92,7 @@ def _check(shape: Shape, value: Any, path: str) -> Any:
         _bounds(shape, value, path, "")
         return value
     if kind in ("float", "double"):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if not is_finite_number(value):
             raise InvalidParameter(f"{path} must be a finite number")
         _bounds(shape, value, path, "")
         return float(value)

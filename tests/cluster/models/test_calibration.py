@@ -44,6 +44,7 @@ def test_check_calibration_refuses_what_is_not_one() -> None:
         check_calibration(made, "dlib-resnet-v1")
     shapes = ({}, [], {"table": [[0.1, 0.2]], "impostor_comparisons": 10}, {**made, "impostor_comparisons": "10"})
     values = ({**made, "impostor_comparisons": 0}, {**made, "table": [[0.1, 0.2], [0.01, 1.5]]})
+    values += ({**made, "impostor_comparisons": 10**400}, {**made, "table": [[0.1, 0.2], [10**400, 0.3]]})
     for broken in (*shapes, *values):
         with pytest.raises(InvalidRequest):
             check_calibration(broken, SFACE_ID)
