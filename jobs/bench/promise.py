@@ -1,6 +1,7 @@
-"""The per-search promise at a benchmark's size: the bench collection given the default floor and promise (one
-audited amend, as `collections promise` makes), then one search through the API, answered at the threshold the
-promise implies or refused; what the answer and its audit record say."""
+"""The per-search promise at a benchmark's size: the bench collection given the default floor and promise (a new
+manifest version written by the bench itself, as set-up: not an act on the record, unlike `collections promise`),
+then one audited search through the API, answered at the threshold the promise implies or refused; what the answer
+and its audit record say."""
 
 from __future__ import annotations
 
