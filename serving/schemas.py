@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from cluster.collections.index_spec import SPEC_PATTERN
 from cluster.collections.manifest import DEFAULT_MAX_FALSE_CANDIDATES, DEFAULT_SHARDS, MAX_REPLICAS, NAME
@@ -41,6 +42,23 @@ class Body(BaseModel):
     (lax parsing took `true` for a shard count of 1)."""
 
     model_config = ConfigDict(allow_inf_nan=False, str_max_length=1024, strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _integral_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """JSON has one number type: 6.0 is the integer 6 (JSON Schema agrees), which strict parsing refuses."""
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, float) and value.is_integer() and field is not None and _takes_int(field.annotation):
+            return int(value)
+        return value
+
+
+def _takes_int(annotation: Any) -> bool:
+    """An integer field (or an optional one), not one that takes floats too."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = get_args(annotation)
+        return int in members and float not in members
+    return annotation is int
 
 
 class ErrorBody(BaseModel):

@@ -266,3 +266,18 @@ def test_a_405_allows_what_the_schema_documents_for_that_path(world: dict[str, A
     ):
         answer = httpx.request("OPTIONS", f"{world['url']}{path}", headers=headers, timeout=60)
         assert answer.status_code == 405 and answer.headers["Allow"] == allowed, (path, answer.headers)
+
+
+@pytest.mark.parametrize(
+    ("body", "accepted"), [("6", True), ("6.0", True), ("6.5", False), ("true", False), ('"6"', False)]
+)
+def test_an_integer_field_takes_json_integers_only(body: str, accepted: bool) -> None:
+    from pydantic import ValidationError
+
+    from serving.schemas import Replicas
+
+    try:
+        assert Replicas.model_validate_json(f'{{"replicas": {body}}}').replicas == 6
+        assert accepted
+    except ValidationError:
+        assert not accepted
