@@ -216,7 +216,7 @@ def evaluate_lfw(
     pairs = read_pairs(pairs_path, limit)
     names = sorted({p.a for p in pairs} | {p.b for p in pairs})
     embeddings = embed_central_faces(pipeline, images, names, progress)
-    return {"detector": pipeline.detector, **evaluate_embeddings(pipeline.model_id, embeddings, pairs, out, len(names))}
+    return {**pipeline.recipe.describe(), **evaluate_embeddings(pipeline.model_id, embeddings, pairs, out, len(names))}
 
 
 def evaluate_embeddings(

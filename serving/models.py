@@ -10,12 +10,13 @@ from cluster.collections.manifest import DEFAULT_MAX_FALSE_MATCH_RATE, Manifest
 from cluster.errors import ThresholdBelowFloor
 from cluster.models.calibration import Rates
 from cluster.models.faces import FacePipeline
-from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry, embedding_of
+from cluster.models.recipes import Recipe, plain_recipe
+from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry
 from cluster.settings import Settings
 
 
 class EmbeddingModels:
-    """Loaded on first use, once per model: a collection is embedded with its own model, floored and rated with
+    """Loaded on first use, once per recipe: a collection is embedded with its own recipe, floored and rated with
     its own pinned calibration (its model's, for collections made before calibrations were pinned)."""
 
     def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
@@ -24,16 +25,19 @@ class EmbeddingModels:
         self._pipelines: dict[str, FacePipeline] = {}
         self._rates: dict[str, Rates] = {}  # by calibration sha256, or by model id for a model's own
 
-    def pipeline(self, model_id: str = DEFAULT_EMBEDDER) -> FacePipeline:
-        pipeline = self._pipelines.get(model_id)
-        if pipeline is None:  # FacePipeline refuses ids this build does not know
-            pipeline = self._pipelines[model_id] = FacePipeline(self.settings, self.registry, model_id)
+    def pipeline(self, of: Recipe | str = DEFAULT_EMBEDDER) -> FacePipeline:
+        """A recipe's pipeline, or a model's plain recipe's (what compare uses)."""
+        recipe = of if isinstance(of, Recipe) else plain_recipe(of)
+        pipeline = self._pipelines.get(recipe.name)
+        if pipeline is None:
+            pipeline = self._pipelines[recipe.name] = FacePipeline(self.settings, self.registry, recipe=recipe)
         return pipeline
 
-    def calibration(self, model_id: str) -> dict[str, Any]:
-        """The model's calibration on this machine: what a new collection pins, and what compare uses."""
-        embedding_of(model_id)
-        return self.registry.calibration(model_id)
+    def calibration(self, of: Recipe | str) -> dict[str, Any]:
+        """A recipe's calibration on this machine (what a new collection pins), or a model's plain recipe's (what
+        compare uses)."""
+        recipe = of if isinstance(of, Recipe) else plain_recipe(of)  # refuses ids this build does not know
+        return self.registry.calibration(recipe.calibration_name)
 
     def rates(self, of: Manifest | str) -> Rates:
         """A collection's pinned calibration (a manifest), or a model's own (a model id)."""

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from cluster.collections.index_spec import SPEC_PATTERN
 from cluster.collections.manifest import DEFAULT_MAX_FALSE_CANDIDATES, DEFAULT_SHARDS, MAX_REPLICAS, NAME
+from cluster.models.recipes import ALIASES, RECIPES
 from cluster.models.registry import EMBEDDERS, MODELS
 from cluster.text import SAFE_NON_BLANK_PATTERN, SAFE_TEXT_PATTERN
 from serving.rules import MAX_CASE_ID, MAX_EXTERNAL_ID, MAX_FACES_INDEXED, MAX_IDS, MAX_PURPOSE
@@ -181,6 +182,7 @@ class CollectionInfo(BaseModel):
         description="The per-search promise: strangers expected above the threshold in one search (null: none)"
     )
     calibration_sha256: str | None = Field(description="The pinned calibration; null: the model's, not pinned")
+    recipe: str | None = Field(default=None, description="null: made before recipes (its model's plain one)")
     version: int
     created_at: str
     updated_at: str | None
@@ -251,6 +253,12 @@ class CreateCollection(Body):
         default=None,
         description="Embedding model: sface-2021dec (default) or dlib-resnet-v1",
         json_schema_extra={"enum": [*EMBEDDERS, None]},
+    )
+    recipe: str | None = Field(
+        default=None,
+        description="Detector, model, mirroring and precision by name (default: the model's plain recipe, or the "
+        "default recipe)",
+        json_schema_extra={"enum": [*RECIPES, *ALIASES, None]},
     )
     replicas: int | None = Field(
         default=None, ge=1, le=MAX_REPLICAS, description="Actors per shard, on different nodes (default: the server's)"

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from cluster.collections import index_spec
 from cluster.collections.records import ERROR_SCHEMA, FACE_SCHEMA, face_schema
 from cluster.errors import CollectionExists, CollectionNotFound, InvalidCollectionName, InvalidRequest
+from cluster.models.recipes import Recipe, plain_recipe, recipe
 from cluster.pipeline.embed import EMBEDDING_DIM
 from cluster.storage import ObjectNotFound, ObjectStore
 
@@ -35,6 +36,9 @@ class Manifest(BaseModel):
     name: str
     model_id: str
     model_sha256: str
+    # What turns a photo into this collection's vectors (detector, mirroring, precision; cluster/models/recipes.py).
+    # None: made before recipes, with its model's plain recipe (MTCNN, fp32).
+    recipe: str | None = None
     dim: int = EMBEDDING_DIM
     metric: str = "cosine"
     index_spec: str = index_spec.AUTO
@@ -68,6 +72,11 @@ class Manifest(BaseModel):
     # Live-log segments this version folded into its records (removed from the log once it is published; a shard
     # that still lists one leaves it out of its live faces).
     folded: list[str] = []
+
+    @property
+    def face_recipe(self) -> Recipe:
+        """The recipe its faces were made with, and every probe searched against it must be."""
+        return recipe(self.recipe) if self.recipe else plain_recipe(self.model_id)
 
     def public(self) -> dict[str, object]:
         """The manifest as the API and the CLI show it: without the lists of record files."""

@@ -15,6 +15,7 @@ from cluster import metrics
 from cluster.collections.erasures import ErasureRegister
 from cluster.collections.records import ERROR_SCHEMA, face_rows, face_schema
 from cluster.models.faces import FacePipeline, ImageFaces
+from cluster.models.recipes import recipe
 from cluster.pipeline.errors import ImageError, Reason
 from cluster.pipeline.quality import QualityFilter
 from cluster.settings import Settings
@@ -42,17 +43,20 @@ class IndexRequest(BaseModel):
     # "key": the object key relative to the source; "basename": its file name.
     external_image_id: Literal["key", "basename"] = "key"
     model: str | None = Field(default=None, description="Embedding model when the collection is created by this job")
+    recipe: str | None = Field(default=None, description="Recipe when the collection is created by this job")
     partition_size: int = Field(default=PARTITION_SIZE, ge=1)
 
 
 class IndexJobSpec(BaseModel):
-    """The request as resolved for the actors: the job's id, absolute locations, the collection's pinned model."""
+    """The request as resolved for the actors: the job's id, absolute locations, the collection's pinned model and
+    recipe."""
 
     request: IndexRequest
     job_id: str
     store_uri: str
     source_uri: str
     model_id: str
+    recipe: str
 
 
 @dataclass
@@ -92,7 +96,7 @@ class IndexPartition:
     def __init__(self, settings: Settings, spec: IndexJobSpec) -> None:
         self.settings = settings
         self.spec = spec
-        self.pipeline = FacePipeline(settings, model_id=spec.model_id)
+        self.pipeline = FacePipeline(settings, recipe=recipe(spec.recipe))
         self.source = open_store(spec.source_uri, settings)
         self.store = open_store(spec.store_uri, settings)
         # Erased faces stay erased: a photo indexed again by this job does not bring them back.

@@ -30,6 +30,7 @@ from cluster.indexing.embedder import (
     PartitionResult,
     source_location,
 )
+from cluster.models.recipes import recipe
 from cluster.models.registry import ModelRegistry
 from cluster.pipeline.errors import Reason
 from cluster.raycluster import cluster_gpus, embedder_count, embedder_options, ensure_ray
@@ -130,13 +131,21 @@ def run_partitions(actors: list[Any], partitions: Iterator[Partition]) -> Iterat
         yield result
 
 
-def check_model(manifest: Manifest, registry: ModelRegistry, model_id: str | None) -> None:
-    """An existing collection keeps its own model: asking for another one, or a build whose file of that model
-    differs from the one the collection was indexed with, is refused rather than mixing embeddings."""
+def check_model(
+    manifest: Manifest, registry: ModelRegistry, model_id: str | None, recipe_name: str | None = None
+) -> None:
+    """An existing collection keeps its own model and recipe: asking for another one, or a build whose file of that
+    model differs from the one the collection was indexed with, is refused rather than mixing embeddings."""
     if model_id is not None and model_id != manifest.model_id:
         raise ModelMismatch(
             f"collection {manifest.name!r} holds {manifest.model_id} embeddings, not {model_id}: "
             f"index into a new collection created with --model {model_id}"
+        )
+    held = manifest.face_recipe.name
+    if recipe_name is not None and recipe(recipe_name).name != held:
+        raise ModelMismatch(
+            f"collection {manifest.name!r} holds faces of recipe {held}, not {recipe(recipe_name).name}: "
+            f"index into a new collection created with --recipe {recipe_name}"
         )
     built = registry.pin(manifest.model_id)["model_sha256"]
     if manifest.model_sha256 != built:
@@ -167,7 +176,7 @@ def run_index_job(
     registry = ModelRegistry(settings.model_dir)
     registry.build_all()
     manifest = collections.get(request.collection)
-    check_model(manifest, registry, request.model)
+    check_model(manifest, registry, request.model, request.recipe)
     # Objects held, and objects whose faces were erased (until an admin readmits them): a re-run adds neither.
     done_objects = indexed_objects(collections, manifest) | ErasureRegister(store, request.collection).erased_objects()
     job_id = job_id_for(request.collection, source.uri, manifest.version)
@@ -184,7 +193,12 @@ def run_index_job(
     pending = pending_objects(source, done_objects | objects_in(store, results))
     todo = iter_partitions(pending, request.partition_size, first=max(done, default=-1) + 1)
     spec = IndexJobSpec(
-        request=request, job_id=job_id, store_uri=store.uri, source_uri=source.uri, model_id=manifest.model_id
+        request=request,
+        job_id=job_id,
+        store_uri=store.uri,
+        source_uri=source.uri,
+        model_id=manifest.model_id,
+        recipe=manifest.face_recipe.name,
     )
     first = next(todo, None)
     if first is not None:

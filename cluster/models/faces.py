@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cluster.errors import InvalidRequest
+from cluster.models.recipes import DETECTORS, YUNET, Recipe, plain_recipe
 from cluster.models.registry import DEFAULT_EMBEDDER, YUNET_ID, ModelRegistry, embedding_of
 from cluster.pipeline.align import DLIB_ALIGNER, AlignFaces
 from cluster.pipeline.decode import DecodeImages
@@ -49,33 +49,27 @@ class StageTimes:
         return now
 
 
-MTCNN, YUNET = "mtcnn", "yunet"
-# Each detector and the nets it runs. MTCNN stays the default until YuNet's FNMR through its landmarks is measured
-# no worse for every model (README, "Detectors").
-DETECTORS = {MTCNN: ("mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet"), YUNET: (YUNET_ID,)}
-DEFAULT_DETECTOR = MTCNN
-
-
 class FacePipeline:
-    """Loads the detector and one embedding model once; call it with image bytes or decoded arrays, a batch at a time.
+    """Loads one recipe's detector and embedding model once; call it with image bytes or decoded arrays, a batch at
+    a time.
 
-    One pipeline, one model and its aligner: a collection's faces never mix models or chip layouts."""
+    One pipeline, one recipe: a collection's faces never mix models, chip layouts, mirroring or precision. Given a
+    model id (and a detector) instead of a recipe, it is that model's plain recipe (MTCNN, fp32, no mirror)."""
 
     def __init__(
         self,
         settings: Settings,
         registry: ModelRegistry | None = None,
         model_id: str = DEFAULT_EMBEDDER,
-        detector: str = DEFAULT_DETECTOR,
+        recipe: Recipe | None = None,
     ):
         registry = registry or ModelRegistry(settings.model_dir)
+        recipe = recipe or plain_recipe(model_id)
+        model_id, detector = recipe.model_id, recipe.detector
         embedding = embedding_of(model_id)
-        if detector not in DETECTORS:
-            raise InvalidRequest(f"unknown detector {detector!r}: one of {', '.join(DETECTORS)}")
-        sessions = {
-            name: create_session(registry.ensure(name), settings.runtime) for name in (*DETECTORS[detector], model_id)
-        }
-        self.model_id, self.detector = model_id, detector
+        sessions = {name: create_session(registry.ensure(name), settings.runtime) for name in DETECTORS[detector]}
+        sessions[model_id] = create_session(registry.ensure(model_id), settings.runtime, recipe.precision)
+        self.recipe, self.model_id, self.detector = recipe, model_id, detector
         self.model_sha256 = (registry.card(model_id) or {})["sha256"]
         self.decode = DecodeImages(settings.max_image_pixels)
         self.detect: DetectFaces | DetectFacesYuNet
@@ -144,8 +138,16 @@ class FacePipeline:
             results.append(result)
         started = self.times.add("align_quality", started)
         if kept_chips and embed:
-            vectors = normalize(self.embed(np.stack(kept_chips)))
+            vectors = self.embed_chips(np.stack(kept_chips))
             for face, vector in zip(kept_faces, vectors, strict=True):
                 face.embedding = vector
         self.times.add("embed", started)
         return results
+
+    def embed_chips(self, chips: np.ndarray) -> np.ndarray:
+        """Unit-length embeddings of aligned chips; a mirroring recipe averages each chip's with its mirror image's
+        (one batch of both, so the runtime sees twice the chips rather than twice the calls)."""
+        if not self.recipe.mirror:
+            return normalize(self.embed(chips))
+        both = normalize(self.embed(np.concatenate([chips, chips[:, :, ::-1]])))
+        return normalize(both[: len(chips)] + both[len(chips) :])

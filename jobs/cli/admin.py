@@ -14,7 +14,7 @@ import typer
 from cluster.collections.manifest import DEFAULT_MAX_FALSE_CANDIDATES
 from cluster.errors import DashboardUnreachable, InvalidRequest
 from cluster.keys.access import Caller, Role
-from jobs.cli.common import JsonFlag, ModelOption, call, console, emit, fail
+from jobs.cli.common import JsonFlag, ModelOption, RecipeOption, call, console, emit, fail
 
 if TYPE_CHECKING:
     from serving.usecases.context import Context
@@ -62,17 +62,21 @@ def collections_create(
     ] = DEFAULT_MAX_FALSE_CANDIDATES,
     index: Annotated[str, typer.Option(help="auto, Flat, HNSW<M>, IVF<n>,SQ8 or IVF<n>,PQ<m> (per shard)")] = "auto",
     model: ModelOption = None,
+    recipe: RecipeOption = None,
     replicas: Annotated[
         int | None, typer.Option(help="Actors per shard, on different nodes where there are enough (default 1).")
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Create an empty collection pinned to one embedding model (and that model's file, by sha256)."""
+    """Create an empty collection pinned to one recipe (detector, embedding model and its file by sha256, mirroring,
+    precision) and to that recipe's calibration."""
     from serving.usecases import collections
 
     promise = max_false_candidates_per_search
     created = call(
-        lambda s, c: collections.create(s, c, name, shards, max_false_match_rate, index, model, replicas, promise)
+        lambda s, c: collections.create(
+            s, c, name, shards, max_false_match_rate, index, model, replicas, promise, recipe
+        )
     )
     emit(created.model_dump(exclude={"shards"}), as_json)
 

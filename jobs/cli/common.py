@@ -42,6 +42,29 @@ ModelOption = Annotated[
 ]
 
 
+def _known_recipe(name: str | None) -> str | None:
+    """Unknown recipes stop at the command line, with the list of known ones."""
+    from cluster.models.recipes import UnknownRecipe, recipe
+
+    if name is not None:
+        try:
+            recipe(name)
+        except UnknownRecipe as exc:
+            raise typer.BadParameter(exc.message) from exc
+    return name
+
+
+RecipeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--recipe",
+        help="Detector, model, mirroring and precision by name (`facegrid models list`); default and accurate name "
+        "the default and the most accurate. Without it: --model's plain recipe, else the default.",
+        callback=_known_recipe,
+    ),
+]
+
+
 def settings() -> Settings:
     return get_settings()
 

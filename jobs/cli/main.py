@@ -16,7 +16,18 @@ from cluster.raycluster_env import prepare_ray_environment
 from cluster.settings import get_settings
 from jobs.cli.admin import audit_app, collections_app, faces_app, jobs_app, keys_app
 from jobs.cli.bench import bench_app
-from jobs.cli.common import JsonFlag, ModelOption, call, console, emit, fail, progress_bar, settings, user_errors
+from jobs.cli.common import (
+    JsonFlag,
+    ModelOption,
+    RecipeOption,
+    call,
+    console,
+    emit,
+    fail,
+    progress_bar,
+    settings,
+    user_errors,
+)
 from jobs.cli.people import users_app
 from jobs.cli.run import run_index
 
@@ -62,6 +73,7 @@ def models_build(force: bool = False, as_json: JsonFlag = False) -> None:
 @models_app.command("list")
 def models_list(as_json: JsonFlag = False) -> None:
     """Show a model card per model: source, licence, sha256, inputs, outputs and calibration."""
+    from cluster.models.recipes import offered
     from cluster.models.registry import EMBEDDERS, ModelRegistry
 
     registry = ModelRegistry(settings().model_dir)
@@ -71,8 +83,9 @@ def models_list(as_json: JsonFlag = False) -> None:
             # Until `facegrid eval` runs here, the calibration shipped with facegrid is the one searches use.
             calibration = registry.calibration(card["model_id"])
             card["calibration"] = {k: v for k, v in calibration.items() if k != "table"}
+    recipes = offered(registry.calibration)
     if as_json:
-        print(json.dumps({"models": cards}))
+        print(json.dumps({"models": cards, "recipes": recipes}))
         return
     for card in cards:
         table = Table(title=card["model_id"], show_header=False)
@@ -82,6 +95,14 @@ def models_list(as_json: JsonFlag = False) -> None:
             table.add_row(key, json.dumps(card[key]) if isinstance(card[key], list) else str(card[key]))
         table.add_row("calibration", json.dumps(card.get("calibration")) if card.get("calibration") else "none")
         Console().print(table)
+    table = Table(
+        "recipe", "aliases", "detector", "model", "mirror", "runs here on", "FNMR @ FMR 1e-5", title="recipes"
+    )
+    for row in recipes:
+        fnmr = (row["fnmr_at_fmr"] or {}).get("1e-5", "not calibrated")
+        cells = (row["recipe"], ", ".join(row["aliases"]), row["detector"], row["model_id"], str(row["mirror"]))
+        table.add_row(*cells, row["runs_here_on"], str(fnmr))
+    Console().print(table)
 
 
 @eval_app.command("lfw")
@@ -98,19 +119,20 @@ def eval_lfw(
         ),
     ] = False,
     model: ModelOption = None,
-    detector: Annotated[str, typer.Option(help="mtcnn (default) or yunet: whose landmarks align the chips.")] = "mtcnn",
+    recipe: RecipeOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Verification accuracy and FNMR at fixed FMR on an LFW-style pairs file. Moves no floor: collections keep
     the calibration pinned when they were created."""
     from cluster.models.faces import FacePipeline
-    from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry
+    from cluster.models.recipes import resolve
+    from cluster.models.registry import ModelRegistry
     from jobs.evaluate import evaluate_lfw, read_pairs
 
-    model_id = model or DEFAULT_EMBEDDER
     registry = ModelRegistry(settings().model_dir)
     try:
-        pipeline = FacePipeline(settings(), registry, model_id, detector)
+        chosen = resolve(recipe, model)
+        pipeline = FacePipeline(settings(), registry, recipe=chosen)
     except user_errors() as exc:
         raise fail(exc) from exc
     count = len({n for p in read_pairs(pairs, limit) for n in (p.a, p.b)})
@@ -119,7 +141,7 @@ def eval_lfw(
         result = evaluate_lfw(pipeline, images, pairs, limit, out, lambda n: bar.advance(task, n))
     calibration = result.pop("calibration")
     if save_calibration:
-        saved = save_new_calibration(out, model_id, {"detector": detector, **calibration}, images, pairs, limit)
+        saved = save_new_calibration(out, chosen.model_id, {**chosen.describe(), **calibration}, images, pairs, limit)
         result["calibration_file"] = str(saved)
     emit(result, as_json)
 
@@ -178,6 +200,7 @@ def index(
     external_image_id: Annotated[str, typer.Option(help="'key' (object key) or 'basename'")] = "key",
     wait: Annotated[bool, typer.Option(help="With a cluster address: follow the job's logs.")] = True,
     model: ModelOption = None,
+    recipe: RecipeOption = None,
     partition_size: Annotated[int, typer.Option(help="Photos an embedder takes at a time (a checkpoint each).")] = 64,
     as_json: JsonFlag = False,
 ) -> None:
@@ -189,7 +212,7 @@ def index(
 
     try:
         asked = {"collection": collection, "source": source, "shards": shards, "max_faces": max_faces, "model": model}
-        asked["partition_size"] = partition_size
+        asked |= {"partition_size": partition_size, "recipe": recipe}
         request = IndexRequest.model_validate(
             {**asked, "quality_filter": quality_filter.upper(), "external_image_id": external_image_id}
         )

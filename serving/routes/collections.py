@@ -34,6 +34,7 @@ async def create(body: CreateCollection, ctx: Ctx, caller: CallerDep) -> Collect
         body.model,
         body.replicas,
         body.max_false_candidates_per_search,
+        body.recipe,
     )
 
 

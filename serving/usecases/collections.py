@@ -12,7 +12,7 @@ from cluster.collections.publish import Publisher
 from cluster.errors import InvalidRequest, PromiseNotSupported
 from cluster.keys.access import Action, Caller, authorize
 from cluster.models.calibration import Rates, calibration_sha256, check_calibration
-from cluster.models.registry import DEFAULT_EMBEDDER
+from cluster.models.recipes import resolve
 from serving.schemas import CollectionDescription, CollectionInfo
 from serving.schemas_admin import CalibrationChange, PromiseChange
 from serving.usecases.audited import audited
@@ -39,21 +39,24 @@ async def create(
     model: str | None = None,
     replicas: int | None = None,
     promise: float | None = DEFAULT_MAX_FALSE_CANDIDATES,
+    recipe: str | None = None,
 ) -> CollectionInfo:
-    model_id = model or DEFAULT_EMBEDDER
     replicas = replicas or ctx.settings.serving.replicas
-    fields = {"max_false_match_rate": max_false_match_rate, "model_id": model_id, "shards": shards, "index_spec": index}
+    fields = {"max_false_match_rate": max_false_match_rate, "model_id": model, "shards": shards, "index_spec": index}
     fields["max_false_candidates_per_search"] = promise
-    async with audited(ctx, caller, "create-collection", name, **fields, replicas=replicas) as entry:
+    async with audited(ctx, caller, "create-collection", name, **fields, recipe=recipe, replicas=replicas) as entry:
         authorize(caller, Action.COLLECTIONS_WRITE)
+        chosen = resolve(recipe, model)
+        entry.update(model_id=chosen.model_id, recipe=chosen.name)
         check_replicas(replicas)
         check_shards(ctx, shards)
-        pinned = ctx.registry.pin(model_id)
-        calibration = ctx.models.calibration(model_id)
-        floor = ctx.models.floor_similarity(model_id, max_false_match_rate)  # refuses rates it cannot support
+        pinned = ctx.registry.pin(chosen.model_id)
+        calibration = ctx.models.calibration(chosen)
+        floor = Rates(calibration).floor(max_false_match_rate)  # refuses rates it cannot support
         manifest = Manifest(
             name=name,
             **pinned,
+            recipe=chosen.name,
             shard_count=shards,
             replicas=replicas,
             max_false_match_rate=max_false_match_rate,

@@ -10,6 +10,7 @@ import numpy as np
 from cluster.errors import InvalidRequest, NoFaceInProbe
 from cluster.keys.access import Action, Caller, authorize
 from cluster.models.faces import ImageFaces
+from cluster.models.recipes import Recipe, plain_recipe
 from cluster.models.registry import DEFAULT_EMBEDDER
 from cluster.pipeline.errors import ImageError, Reason
 from cluster.pipeline.quality import QualityFilter
@@ -26,16 +27,16 @@ async def probe_faces(
     ctx: Context,
     blob: bytes,
     max_faces: int | None,
-    model_id: str = DEFAULT_EMBEDDER,
+    recipe: Recipe | None = None,
     quality_filter: QualityFilter = QualityFilter.NONE,
     pool: BoundedPool | None = None,
     embed: bool = True,
 ) -> ImageFaces:
-    """The faces of an uploaded photo through the model's pipeline (on `pool`, else the probe pool, which may
-    answer Busy); a photo that cannot be read raises."""
+    """The faces of an uploaded photo through a recipe's pipeline (a collection's; default: the default model's
+    plain recipe) on `pool`, else the probe pool, which may answer Busy; a photo that cannot be read raises."""
     if len(blob) > ctx.settings.serving.max_upload_bytes:
         raise ImageError(Reason.IMAGE_TOO_LARGE, f"upload over {ctx.settings.serving.max_upload_bytes} bytes")
-    pipeline = ctx.models.pipeline(model_id)
+    pipeline = ctx.models.pipeline(recipe or DEFAULT_EMBEDDER)
     result = (await (pool or ctx.probes).run(pipeline, [blob], max_faces, quality_filter, embed))[0]
     if isinstance(result, ImageError):
         raise result
@@ -77,8 +78,9 @@ async def compare(
         check_purpose(ctx, purpose, case_id)
         request.check(ctx.settings.serving.max_results)
         limits = ctx.models.applied_threshold(model_id, threshold)
+        plain = plain_recipe(model_id)
         first, second = await asyncio.gather(
-            probe_faces(ctx, a, 1, model_id), probe_faces(ctx, b, MAX_COMPARED_FACES, model_id)
+            probe_faces(ctx, a, 1, plain), probe_faces(ctx, b, MAX_COMPARED_FACES, plain)
         )
         if not first.faces or not second.faces:
             raise NoFaceInProbe("no face was found in " + ("the first" if not first.faces else "the second") + " image")

@@ -47,7 +47,13 @@ async def index(
             ctx.collections.get(request.collection)
         except CollectionNotFound:
             await collections.create(
-                ctx, caller, request.collection, request.shards, DEFAULT_MAX_FALSE_MATCH_RATE, model=request.model
+                ctx,
+                caller,
+                request.collection,
+                request.shards,
+                DEFAULT_MAX_FALSE_MATCH_RATE,
+                model=request.model,
+                recipe=request.recipe,
             )
         ensure_ray()  # from this thread: Ray sets its signal handlers only when joined from the main thread
         # Minutes of work driving actors: on a thread of its own, not the service's pool.

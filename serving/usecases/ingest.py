@@ -68,7 +68,7 @@ async def add_faces(
         if max_faces is not None and not 1 <= max_faces <= MAX_FACES_INDEXED:
             raise InvalidRequest(f"max_faces must be between 1 and {MAX_FACES_INDEXED}")
         manifest = await ctx.read_manifest(collection)
-        image = await probe_faces(ctx, photo, max_faces, manifest.model_id, quality_filter, ctx.ingests)
+        image = await probe_faces(ctx, photo, max_faces, manifest.face_recipe, quality_filter, ctx.ingests)
         rows = face_rows(collection, key, etag, location, external, image.faces, f"ingest-{caller.key_id}")
         erased = await ctx.in_thread(ErasureRegister(ctx.store, collection).erased_ids)
         kept = [(r, f) for r, f in zip(rows, image.faces, strict=True) if r["face_id"] not in erased]

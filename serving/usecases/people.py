@@ -182,7 +182,7 @@ async def search(
         state = await ctx.in_thread(ctx.people(collection).state)
         searched_face, leave_out, leave_user = None, set[str](), None
         if image is not None:
-            probe = await probe_faces(ctx, image, None if request.face_index is not None else 1, manifest.model_id)
+            probe = await probe_faces(ctx, image, None if request.face_index is not None else 1, manifest.face_recipe)
             if not probe.faces:
                 raise NoFaceInProbe("no face was found in the probe image")
             face = pick(probe, request.face_index or 0).faces[0]

@@ -82,7 +82,7 @@ async def search(ctx: Context, caller: Caller, collection: str, blob: bytes, req
     async with audited(ctx, caller, "search", collection, **fields) as entry:
         manifest, limits = await prepare(ctx, caller, collection, request, entry)
         wanted = None if request.face_index is not None else request.max_faces
-        probe = await probe_faces(ctx, blob, wanted, manifest.model_id)
+        probe = await probe_faces(ctx, blob, wanted, manifest.face_recipe)
         if not probe.faces:
             skipped = [render.face_detail(f).model_dump() for f in probe.skipped]
             raise NoFaceInProbe("no face was found in the probe image", skipped=skipped)

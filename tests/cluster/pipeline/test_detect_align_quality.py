@@ -94,10 +94,10 @@ def test_yunet_finds_the_same_faces_and_landmarks_as_mtcnn(  # type: ignore[no-u
 ) -> None:
     """YuNet as the pipeline's detector: every face of a group photo (photos of other sizes in the same batch),
     its landmarks in MTCNN's order within a few pixels, and chips that embed as the same person."""
-    from cluster.errors import InvalidRequest
     from cluster.models.faces import FacePipeline
+    from cluster.models.recipes import UnknownRecipe, recipe
 
-    yunet = FacePipeline(settings, registry, pipeline.model_id, "yunet")
+    yunet = FacePipeline(settings, registry, recipe=recipe("yunet-sface"))
     group = _group_photo(lfw_images, 6)
     single = decode_image(lfw_photos(lfw_images, people=1)[0].read_bytes(), 10**8)
     found, alone = yunet.detect([group, single])
@@ -109,5 +109,5 @@ def test_yunet_finds_the_same_faces_and_landmarks_as_mtcnn(  # type: ignore[no-u
     vectors = [p.embed(np.stack(p.align(single, marks[None]))) for p, marks in ((yunet, best), (pipeline, theirs))]
     a, b = (v[0] / np.linalg.norm(v[0]) for v in vectors)
     assert float(a @ b) > 0.85
-    with pytest.raises(InvalidRequest, match="unknown detector"):
-        FacePipeline(settings, registry, pipeline.model_id, "haar")
+    with pytest.raises(UnknownRecipe, match="unknown recipe 'haar-sface'; this build has mtcnn-sface"):
+        recipe("haar-sface")

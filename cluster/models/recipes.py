@@ -1,0 +1,144 @@
+"""Recipes: what turns a photo into a collection's vectors, named and pinned per collection. A recipe names its
+detector (whose landmarks align the chips), its embedding model, whether each chip is embedded with its mirror image
+and the two averaged, and the precision the embedder runs in. Each recipe has its own calibration, so its floor and
+every per-match rate are its own; a collection's faces never mix recipes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import onnxruntime as ort
+
+from cluster.errors import InvalidRequest
+from cluster.models.registry import DLIB_ID, SFACE_ID, YUNET_ID, ModelSourceMissing, embedding_of
+from cluster.pipeline.runtime import Precision
+
+MTCNN, YUNET = "mtcnn", "yunet"
+# Each detector and the nets it runs. MTCNN stays the default until YuNet's FNMR through its landmarks is measured
+# no worse (README, "Recipes").
+DETECTORS = {MTCNN: ("mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet"), YUNET: (YUNET_ID,)}
+
+
+class UnknownRecipe(InvalidRequest):
+    code = "UNKNOWN_RECIPE"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    detector: str
+    model_id: str
+    mirror: bool = False  # embed each chip and its mirror image, average the two (unit length again)
+    # bf16: OpenVINO runs the embedder in bfloat16 where the CPU computes in it, ONNX Runtime fp32 elsewhere (the
+    # two agree to a cosine of at least 0.9994 on lfw-dev chips; README, "Recipes").
+    precision: Precision = "fp32"
+    description: str = ""
+
+    @property
+    def is_plain(self) -> bool:
+        """MTCNN and the model in fp32, unmirrored: what every collection before recipes holds, calibrated by the
+        model's own calibration file."""
+        return self.detector == MTCNN and self.precision == "fp32" and not self.mirror
+
+    @property
+    def calibration_name(self) -> str:
+        """Its shipped calibration: `calibrations/<name>.json` (a plain recipe's is its model's)."""
+        return self.model_id if self.is_plain else self.name
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "recipe": self.name,
+            "detector": self.detector,
+            "model_id": self.model_id,
+            "mirror": self.mirror,
+            "precision": self.precision,
+            "description": self.description,
+        }
+
+
+RECIPES: dict[str, Recipe] = {
+    recipe.name: recipe
+    for recipe in (
+        Recipe("mtcnn-sface", MTCNN, SFACE_ID, description="MTCNN landmarks, SFace in fp32: as before recipes"),
+        Recipe("mtcnn-dlib", MTCNN, DLIB_ID, description="MTCNN landmarks, dlib's ResNet in fp32"),
+        Recipe(
+            "mtcnn-sface-bf16",
+            MTCNN,
+            SFACE_ID,
+            precision="bf16",
+            description="MTCNN landmarks, SFace in bfloat16 where the CPU has it (about 3x faster a chip)",
+        ),
+        Recipe(
+            "mtcnn-sface-mirror",
+            MTCNN,
+            SFACE_ID,
+            mirror=True,
+            precision="bf16",
+            description="MTCNN landmarks, SFace on each chip and its mirror image averaged, in bfloat16 where the "
+            "CPU has it: fewer missed mates for twice the embedding",
+        ),
+        Recipe(
+            "yunet-sface",
+            YUNET,
+            SFACE_ID,
+            precision="bf16",
+            description="YuNet landmarks (single shot, about twice MTCNN's speed), SFace in bfloat16 where the CPU "
+            "has it",
+        ),
+    )
+}
+# What new collections get, and one flag away (README, "Recipes", for the measurements behind both).
+ALIASES = {"default": "mtcnn-sface", "accurate": "mtcnn-sface-mirror"}
+DEFAULT_RECIPE = ALIASES["default"]
+
+
+def recipe(name: str) -> Recipe:
+    """A recipe by name or alias; a clear error naming those this build has."""
+    found = RECIPES.get(ALIASES.get(name, name))
+    if found is None:
+        known = ", ".join([*RECIPES, *ALIASES])
+        raise UnknownRecipe(f"unknown recipe {name!r}; this build has {known}")
+    return found
+
+
+def plain_recipe(model_id: str) -> Recipe:
+    """The recipe a collection made before recipes was indexed with: MTCNN's landmarks, its model in fp32."""
+    embedding_of(model_id)  # refuses ids this build does not know
+    return next(r for r in RECIPES.values() if r.model_id == model_id and r.is_plain)
+
+
+def offered(calibration: Callable[[str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every recipe as `facegrid models list` shows it: what it is, its aliases, what runs its embedder on this
+    machine, and its measured FNMR at each false match rate (from its shipped calibration; None where it has none)."""
+    from cluster.pipeline.runtime import choose_providers, choose_runtime, openvino_capabilities
+
+    providers = choose_providers(ort.get_available_providers())
+    rows = []
+    for each in RECIPES.values():
+        try:
+            fnmr = calibration(each.calibration_name).get("fnmr_at_fmr")
+        except ModelSourceMissing:
+            fnmr = None
+        runtime = choose_runtime(each.precision, providers, openvino_capabilities())
+        rows.append(
+            {
+                **each.describe(),
+                "aliases": [alias for alias, name in ALIASES.items() if name == each.name],
+                "runs_here_on": f"{runtime} ({'bf16' if runtime == 'openvino' else 'fp32'})",
+                "fnmr_at_fmr": fnmr,
+            }
+        )
+    return rows
+
+
+def resolve(name: str | None, model_id: str | None) -> Recipe:
+    """The recipe for a new collection from what was asked: a recipe, a model (its plain recipe), both (they must
+    agree), or neither (the default)."""
+    if name is None:
+        return plain_recipe(model_id) if model_id is not None else recipe(DEFAULT_RECIPE)
+    chosen = recipe(name)
+    if model_id is not None and model_id != chosen.model_id:
+        raise InvalidRequest(f"recipe {chosen.name} embeds with {chosen.model_id}, not {model_id}: name one of them")
+    return chosen

@@ -1,0 +1,53 @@
+"""Recipes: named, resolved from what a user asks, pinned by collections; a mirroring recipe's pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cluster.collections.manifest import Manifest
+from cluster.errors import InvalidRequest
+from cluster.models.recipes import ALIASES, DEFAULT_RECIPE, RECIPES, UnknownRecipe, plain_recipe, recipe, resolve
+from cluster.models.registry import DLIB_ID, SFACE_ID
+
+
+def test_todays_pipelines_are_recipes_and_aliases_name_recipes() -> None:
+    assert plain_recipe(SFACE_ID).name == "mtcnn-sface" and plain_recipe(DLIB_ID).name == "mtcnn-dlib"
+    assert {"default", "accurate"} <= set(ALIASES) and set(ALIASES.values()) <= set(RECIPES)
+    assert recipe("default").name == DEFAULT_RECIPE
+    assert all(r.calibration_name == r.model_id for r in RECIPES.values() if r.is_plain)
+
+
+def test_a_new_collection_gets_what_was_asked() -> None:
+    assert resolve(None, None) == recipe("default")
+    assert resolve(None, DLIB_ID) == plain_recipe(DLIB_ID)
+    assert resolve("accurate", None) == recipe(ALIASES["accurate"])
+    assert resolve("mtcnn-sface-mirror", SFACE_ID).mirror
+    with pytest.raises(InvalidRequest, match="recipe mtcnn-sface-mirror embeds with sface-2021dec, not dlib"):
+        resolve("mtcnn-sface-mirror", DLIB_ID)
+    with pytest.raises(UnknownRecipe, match="unknown recipe 'fast'; this build has mtcnn-sface, mtcnn-dlib"):
+        resolve("fast", None)
+
+
+def test_collections_made_before_recipes_keep_their_models_plain_recipe() -> None:
+    old = Manifest(name="old", model_id=DLIB_ID, model_sha256="0" * 64)
+    assert old.recipe is None and old.face_recipe == plain_recipe(DLIB_ID)
+    new = Manifest(name="new", model_id=SFACE_ID, model_sha256="0" * 64, recipe="yunet-sface")
+    assert new.face_recipe.detector == "yunet"
+
+
+def test_a_mirroring_recipe_averages_each_chip_with_its_mirror(settings, registry, pipeline, lfw_images) -> None:  # type: ignore[no-untyped-def]
+    from cluster.models.faces import FacePipeline
+    from tests.conftest import lfw_photos
+
+    mirrored = FacePipeline(settings, registry, recipe=recipe("mtcnn-sface-mirror"))
+    blobs = [p.read_bytes() for p in lfw_photos(lfw_images, 4)]
+    plain = np.stack([r.faces[0].embedding for r in pipeline(blobs)])
+    both = np.stack([r.faces[0].embedding for r in mirrored(blobs)])
+    assert np.allclose(np.linalg.norm(both, axis=1), 1.0, atol=1e-5)
+    cosines = np.sum(plain * both, axis=1)
+    assert np.all(cosines > 0.9) and np.all(cosines < 0.9999)  # the same faces, not the same vectors
+    images = pipeline.decode(blobs)
+    chips = np.stack([pipeline.align(i, pipeline.detect([i])[0].landmarks[:1])[0] for i in images])
+    flipped = mirrored.embed_chips(chips[:, :, ::-1])
+    assert np.allclose(flipped, mirrored.embed_chips(chips), atol=2e-3)  # a chip and its mirror: one embedding
