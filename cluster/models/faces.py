@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cluster.models.recipes import DETECTORS, YUNET, Recipe, plain_recipe
+from cluster.models.recipes import DETECTORS, YUNET, YUNET_ONET, Recipe, plain_recipe
 from cluster.models.registry import DEFAULT_EMBEDDER, YUNET_ID, ModelRegistry, embedding_of
 from cluster.pipeline.align import DLIB_ALIGNER, AlignFaces
 from cluster.pipeline.decode import DecodeImages
-from cluster.pipeline.detect import DetectFaces, onnx_net
-from cluster.pipeline.detect_yunet import DetectFacesYuNet
+from cluster.pipeline.detect import DetectFaces, ONetStage, onnx_net
+from cluster.pipeline.detect_yunet import DetectFacesYuNet, DetectFacesYuNetONet
 from cluster.pipeline.embed import EmbedFaces, embed_batch_size, normalize
 from cluster.pipeline.errors import ImageError
 from cluster.pipeline.quality import FaceQuality, QualityFilter, SkipReason, assess, reasons_to_skip
@@ -72,9 +72,12 @@ class FacePipeline:
         self.recipe, self.model_id, self.detector = recipe, model_id, detector
         self.model_sha256 = (registry.card(model_id) or {})["sha256"]
         self.decode = DecodeImages(settings.max_image_pixels)
-        self.detect: DetectFaces | DetectFacesYuNet
+        self.detect: DetectFaces | DetectFacesYuNet | DetectFacesYuNetONet
         if detector == YUNET:
             self.detect = DetectFacesYuNet(onnx_net(sessions[YUNET_ID]), settings.detector)
+        elif detector == YUNET_ONET:
+            yunet = DetectFacesYuNet(onnx_net(sessions[YUNET_ID]), settings.detector)
+            self.detect = DetectFacesYuNetONet(yunet, ONetStage(onnx_net(sessions["mtcnn-onet"]), settings.detector))
         else:
             self.detect = DetectFaces(
                 onnx_net(sessions["mtcnn-pnet"]),

@@ -15,10 +15,14 @@ from cluster.errors import InvalidRequest
 from cluster.models.registry import DLIB_ID, SFACE_ID, YUNET_ID, ModelSourceMissing, embedding_of
 from cluster.pipeline.runtime import Precision
 
-MTCNN, YUNET = "mtcnn", "yunet"
+MTCNN, YUNET, YUNET_ONET = "mtcnn", "yunet", "yunet-onet"
 # Each detector and the nets it runs. MTCNN stays the default until YuNet's FNMR through its landmarks is measured
 # no worse (README, "Recipes").
-DETECTORS = {MTCNN: ("mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet"), YUNET: (YUNET_ID,)}
+DETECTORS = {
+    MTCNN: ("mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet"),
+    YUNET: (YUNET_ID,),
+    YUNET_ONET: (YUNET_ID, "mtcnn-onet"),  # YuNet's faces, O-Net's landmarks
+}
 
 
 class UnknownRecipe(InvalidRequest):
@@ -86,6 +90,13 @@ RECIPES: dict[str, Recipe] = {
             precision="bf16",
             description="YuNet landmarks (single shot, about twice MTCNN's speed), SFace in bfloat16 where the CPU "
             "has it",
+        ),
+        Recipe(
+            "yunet-onet-sface",
+            YUNET_ONET,
+            SFACE_ID,
+            precision="bf16",
+            description="YuNet's faces with MTCNN O-Net's landmarks, SFace in bfloat16 where the CPU has it",
         ),
     )
 }

@@ -123,7 +123,7 @@ class DetectFaces:
     """Batch stage: RGB uint8 images in, one Detections per image out."""
 
     def __init__(self, pnet: Net, rnet: Net, onet: Net, config: DetectorSettings) -> None:
-        self.pnet, self.rnet, self.onet = pnet, rnet, onet
+        self.pnet, self.rnet, self.output = pnet, rnet, ONetStage(onet, config)
         self.config = config
 
     def __call__(self, images: list[np.ndarray]) -> list[Detections]:
@@ -140,7 +140,7 @@ class DetectFaces:
     def _cascade(self, normalized: list[np.ndarray], thresholds: tuple[float, float, float]) -> list[Detections]:
         candidates = [self._propose(img, thresholds[0]) for img in normalized]
         candidates = self._refine(normalized, candidates, thresholds[1])
-        return self._output(normalized, candidates, thresholds[2])
+        return self.output(normalized, candidates, thresholds[2])
 
     def _propose(self, image: np.ndarray, threshold: float) -> np.ndarray:
         """P-Net over the image pyramid -> square candidate boxes with scores, shape (n, 5)."""
@@ -167,22 +167,14 @@ class DetectFaces:
         merged[:, :4] = _square(merged[:, :4])
         return merged
 
-    def _patches(self, images: list[np.ndarray], candidates: list[np.ndarray], size: int) -> np.ndarray:
-        crops = [_crop(img, box, size) for img, boxes in zip(images, candidates, strict=True) for box in boxes[:, :4]]
-        return np.stack(crops) if crops else np.zeros((0, size, size, 3), np.float32)
-
-    def _split(self, candidates: list[np.ndarray], values: np.ndarray) -> list[np.ndarray]:
-        bounds = np.cumsum([len(c) for c in candidates])[:-1]
-        return np.split(values, bounds)
-
     def _refine(self, images: list[np.ndarray], candidates: list[np.ndarray], threshold: float) -> list[np.ndarray]:
-        patches = self._patches(images, candidates, 24)
+        patches = _patches(images, candidates, 24)
         if len(patches) == 0:
             return candidates
         out = self.rnet(patches)
         refined = []
         for boxes, prob, reg in zip(
-            candidates, self._split(candidates, out["prob"]), self._split(candidates, out["bbox_reg"]), strict=True
+            candidates, _split(candidates, out["prob"]), _split(candidates, out["bbox_reg"]), strict=True
         ):
             mask = prob[:, 1] > threshold
             boxes, scores, reg = boxes[mask, :4], prob[mask, 1], reg[mask]
@@ -191,17 +183,50 @@ class DetectFaces:
             refined.append(np.column_stack([boxes, scores[keep]]).astype(np.float32))
         return refined
 
-    def _output(self, images: list[np.ndarray], candidates: list[np.ndarray], threshold: float) -> list[Detections]:
-        patches = self._patches(images, candidates, 48)
+
+def _patches(images: list[np.ndarray], candidates: list[np.ndarray], size: int) -> np.ndarray:
+    crops = [_crop(img, box, size) for img, boxes in zip(images, candidates, strict=True) for box in boxes[:, :4]]
+    return np.stack(crops) if crops else np.zeros((0, size, size, 3), np.float32)
+
+
+def _split(candidates: list[np.ndarray], values: np.ndarray) -> list[np.ndarray]:
+    bounds = np.cumsum([len(c) for c in candidates])[:-1]
+    return np.split(values, bounds)
+
+
+class ONetStage:
+    """MTCNN's last stage: O-Net on candidate boxes -> faces with five landmarks. The cascade's end, and on its own
+    the landmark stage for faces another detector found (`refine`)."""
+
+    def __init__(self, onet: Net, config: DetectorSettings) -> None:
+        self.onet, self.config = onet, config
+
+    def refine(self, images: list[np.ndarray], found: list[Detections]) -> list[Detections]:
+        """O-Net alone on faces another detector found (boxes in pixels of `images`): MTCNN's landmarks and box
+        regression for each, its O-Net probability as the confidence. No face is dropped here: the other detector
+        decided what is a face."""
+        shrunk = [for_detection(img, self.config.max_pixels) for img in images]
+        normalized = [(img.astype(np.float32) - 127.5) / 128.0 for img, _ in shrunk]
+        candidates = [
+            np.column_stack([_square(d.boxes / factor), d.scores]).astype(np.float32)
+            for d, (_, factor) in zip(found, shrunk, strict=True)
+        ]
+        refined = self(normalized, candidates, threshold=-1.0, merge=False)
+        return [d if factor == 1.0 else d.scaled(factor) for d, (_, factor) in zip(refined, shrunk, strict=True)]
+
+    def __call__(
+        self, images: list[np.ndarray], candidates: list[np.ndarray], threshold: float, merge: bool = True
+    ) -> list[Detections]:
+        patches = _patches(images, candidates, 48)
         if len(patches) == 0:
             return [Detections.empty() for _ in images]
         out = self.onet(patches)
         results = []
         for boxes, prob, reg, marks in zip(
             candidates,
-            self._split(candidates, out["prob"]),
-            self._split(candidates, out["bbox_reg"]),
-            self._split(candidates, out["landmarks"]),
+            _split(candidates, out["prob"]),
+            _split(candidates, out["bbox_reg"]),
+            _split(candidates, out["landmarks"]),
             strict=True,
         ):
             mask = prob[:, 1] > threshold
@@ -210,7 +235,7 @@ class DetectFaces:
             h = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
             points = np.stack([boxes[:, 0:1] + marks[:, 0:5] * w, boxes[:, 1:2] + marks[:, 5:10] * h], axis=2)
             boxes = _regress(boxes, reg)
-            keep = nms(boxes, scores, self.config.nms[2], method="min")
+            keep = nms(boxes, scores, self.config.nms[2], method="min") if merge else np.arange(len(boxes))
             results.append(
                 Detections(
                     boxes[keep].astype(np.float32), points[keep].astype(np.float32), scores[keep].astype(np.float32)

@@ -111,3 +111,25 @@ def test_yunet_finds_the_same_faces_and_landmarks_as_mtcnn(  # type: ignore[no-u
     assert float(a @ b) > 0.85
     with pytest.raises(UnknownRecipe, match="unknown recipe 'haar-sface'; this build has mtcnn-sface"):
         recipe("haar-sface")
+
+
+def test_yunet_faces_with_onet_landmarks_land_where_mtcnn_puts_them(  # type: ignore[no-untyped-def]
+    lfw_images: Path, pipeline, settings, registry
+) -> None:
+    """YuNet's faces, O-Net's landmarks: every face YuNet finds is kept, and the five points sit within about a
+    pixel of MTCNN's (YuNet's own are about 3 px away on lfw-dev, which costs recall at the floor)."""
+    from cluster.models.faces import FacePipeline
+    from cluster.models.recipes import recipe
+
+    hybrid = FacePipeline(settings, registry, recipe=recipe("yunet-onet-sface"))
+    yunet = FacePipeline(settings, registry, recipe=recipe("yunet-sface"))
+    own, refined = [], []
+    for photo in lfw_photos(lfw_images, people=20):
+        image = decode_image(photo.read_bytes(), 10**8)
+        (mtcnn,), (alone,), (both,) = pipeline.detect([image]), yunet.detect([image]), hybrid.detect([image])
+        assert len(both) == len(alone)  # O-Net drops none of the faces YuNet found
+        reference = mtcnn.landmarks[np.argmax(mtcnn.scores)]
+        own.append(np.abs(alone.landmarks[np.argmax(alone.scores)] - reference).mean())
+        refined.append(np.abs(both.landmarks[np.argmax(alone.scores)] - reference).mean())
+    print(f"\nlandmarks from MTCNN's, median px: YuNet {np.median(own):.2f}, with O-Net {np.median(refined):.2f}")
+    assert float(np.median(refined)) < 1.5 < float(np.median(own))
