@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from cluster.errors import InvalidCalibration, InvalidRequest, ModelMismatch, PromiseNotSupported, RateNotSupported
+from cluster.models.recipes import plain_recipe
 from cluster.models.tail import Tail, fit_tail
 from cluster.text import is_finite_number
 
@@ -65,9 +66,10 @@ def calibration_sha256(calibration: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(calibration, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def check_calibration(calibration: Any, model_id: str) -> dict[str, Any]:
-    """A calibration fit to apply to a collection of `model_id`: the shape `build_calibration` writes, enough
-    rows to interpolate, rates falling as similarity rises, and made for that model when it says which."""
+def check_calibration(calibration: Any, model_id: str, recipe: str | None = None) -> dict[str, Any]:
+    """A calibration fit to apply to a collection of `model_id` (and `recipe`): the shape `build_calibration`
+    writes, enough rows to interpolate, rates falling as similarity rises, and made for that model and recipe when
+    it says which (one that names no recipe was measured with the model's plain one, as before recipes)."""
     given: dict[str, Any] = calibration if isinstance(calibration, dict) else {}
     table, made_for = given.get("table"), given.get("model_id", model_id)
     n: Any = given.get("impostor_comparisons")
@@ -82,6 +84,11 @@ def check_calibration(calibration: Any, model_id: str) -> dict[str, Any]:
         raise InvalidRequest("not a calibration: a table of at least 2 [rate, similarity] rows, and a count")
     if made_for != model_id:
         raise ModelMismatch(f"the calibration was measured for {made_for}; this collection holds {model_id} faces")
+    measured_with = given.get("recipe") or plain_recipe(model_id).name
+    if recipe is not None and measured_with != recipe:
+        raise ModelMismatch(
+            f"the calibration was measured with recipe {measured_with}; this collection's faces are {recipe}'s"
+        )
     rates, sims = np.array([r for r, _ in rows], dtype=np.float64), np.array([s for _, s in rows], dtype=np.float64)
     n = int(n)
     if n <= 0 or not ((rates > 0) & (rates <= 1)).all() or not ((sims >= -1) & (sims <= 1)).all():

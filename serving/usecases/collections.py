@@ -138,7 +138,7 @@ async def calibrate(ctx: Context, caller: Caller, name: str, calibration: dict[s
     async with audited(ctx, caller, "calibrate-collection", name) as entry:
         authorize(caller, Action.COLLECTIONS_WRITE, name)
         current = await ctx.read_manifest(name, fresh=True)
-        checked = check_calibration(calibration, current.model_id)
+        checked = check_calibration(calibration, current.model_id, current.face_recipe.name)
         sha256 = calibration_sha256(checked)
         new_floor = Rates(checked).floor(current.max_false_match_rate)  # refuses one too small for the floor
         old, new = await ctx.in_thread(lambda: Publisher(ctx.collections).recalibrate(name, checked, sha256))

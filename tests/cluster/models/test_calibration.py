@@ -42,6 +42,11 @@ def test_check_calibration_refuses_what_is_not_one() -> None:
     assert check_calibration(made, SFACE_ID) == made
     with pytest.raises(ModelMismatch, match="measured for"):
         check_calibration(made, "dlib-resnet-v1")
+    # A calibration names the recipe it was measured with; one that names none was measured with the plain one.
+    assert check_calibration(made, SFACE_ID, "mtcnn-sface") == made
+    with pytest.raises(ModelMismatch, match="measured with recipe mtcnn-sface; this collection's faces are mtcnn-sf"):
+        check_calibration(made, SFACE_ID, "mtcnn-sface-mirror")
+    assert check_calibration({**made, "recipe": "mtcnn-sface-mirror"}, SFACE_ID, "mtcnn-sface-mirror")
     shapes = ({}, [], {"table": [[0.1, 0.2]], "impostor_comparisons": 10}, {**made, "impostor_comparisons": "10"})
     values = ({**made, "impostor_comparisons": 0}, {**made, "table": [[0.1, 0.2], [0.01, 1.5]]})
     values += ({**made, "impostor_comparisons": 10**400}, {**made, "table": [[0.1, 0.2], [10**400, 0.3]]})
