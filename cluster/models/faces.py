@@ -67,8 +67,10 @@ class FacePipeline:
         recipe = recipe or plain_recipe(model_id)
         model_id, detector = recipe.model_id, recipe.detector
         embedding = embedding_of(model_id)
-        sessions = {name: create_session(registry.ensure(name), settings.runtime) for name in DETECTORS[detector]}
-        sessions[model_id] = create_session(registry.ensure(model_id), settings.runtime, recipe.precision)
+        sessions = {
+            name: create_session(registry.ensure(name), settings.runtime, recipe.precision_of(name))
+            for name in (*DETECTORS[detector], model_id)
+        }
         self.recipe, self.model_id, self.detector = recipe, model_id, detector
         self.model_sha256 = (registry.card(model_id) or {})["sha256"]
         self.decode = DecodeImages(settings.max_image_pixels)

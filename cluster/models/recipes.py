@@ -35,10 +35,15 @@ class Recipe:
     detector: str
     model_id: str
     mirror: bool = False  # embed each chip and its mirror image, average the two (unit length again)
-    # bf16: OpenVINO runs the embedder in bfloat16 where the CPU computes in it, ONNX Runtime fp32 elsewhere (the
-    # two agree to a cosine of at least 0.9994 on lfw-dev chips; README, "Recipes").
+    # bf16: OpenVINO runs the embedder (and YuNet) in bfloat16 where the CPU computes in it, ONNX Runtime fp32
+    # elsewhere (embeddings agree to a cosine of at least 0.9994 on lfw-dev chips; README, "Recipes").
     precision: Precision = "fp32"
     description: str = ""
+
+    def precision_of(self, net: str) -> Precision:
+        """The precision a net of this recipe runs in: the recipe's for its embedder and YuNet (one pass over a
+        fixed-layout batch; in bf16 its boxes move 0.2 px on lfw-dev), fp32 for MTCNN's nets (many small shapes)."""
+        return self.precision if net in (self.model_id, YUNET_ID) else "fp32"
 
     @property
     def is_plain(self) -> bool:
@@ -97,6 +102,15 @@ RECIPES: dict[str, Recipe] = {
             SFACE_ID,
             precision="bf16",
             description="YuNet's faces with MTCNN O-Net's landmarks, SFace in bfloat16 where the CPU has it",
+        ),
+        Recipe(
+            "yunet-onet-sface-mirror",
+            YUNET_ONET,
+            SFACE_ID,
+            mirror=True,
+            precision="bf16",
+            description="YuNet's faces with O-Net's landmarks, SFace on each chip and its mirror image averaged, in "
+            "bfloat16 where the CPU has it",
         ),
     )
 }

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from cluster.settings import RuntimeSettings
@@ -83,7 +84,9 @@ class OpenVinoSession:
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = openvino.Core().compile_model(str(path), "CPU", config)
-        self.names = [output.get_any_name() for output in self.compiled.outputs]
+        # OpenVINO gives an output every name its tensor had in the graph; callers ask by the graph's output names.
+        graph_outputs = {output.name for output in onnx.load(str(path), load_external_data=False).graph.output}
+        self.names = [next(iter(set(o.get_names()) & graph_outputs)) for o in self.compiled.outputs]
         self.local = threading.local()
 
     def get_outputs(self) -> list[_Output]:
@@ -96,6 +99,6 @@ class OpenVinoSession:
         request = getattr(self.local, "request", None)
         if request is None:
             request = self.local.request = self.compiled.create_infer_request()
-        results = request.infer(feeds, share_inputs=False, share_outputs=False)
-        by_name = {port.get_any_name(): value for port, value in results.items()}
+        results = request.infer(feeds, share_inputs=False, share_outputs=False).to_tuple()
+        by_name = dict(zip(self.names, results, strict=True))
         return [np.asarray(by_name[name]) for name in (output_names or self.names)]

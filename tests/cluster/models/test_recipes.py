@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from cluster.collections.manifest import Manifest
 from cluster.errors import InvalidRequest
 from cluster.models.recipes import ALIASES, DEFAULT_RECIPE, RECIPES, UnknownRecipe, plain_recipe, recipe, resolve
-from cluster.models.registry import DLIB_ID, SFACE_ID
+from cluster.models.registry import DLIB_ID, PUBLISHED_CALIBRATIONS, SFACE_ID
 
 
 def test_todays_pipelines_are_recipes_and_aliases_name_recipes() -> None:
@@ -16,6 +18,13 @@ def test_todays_pipelines_are_recipes_and_aliases_name_recipes() -> None:
     assert {"default", "accurate"} <= set(ALIASES) and set(ALIASES.values()) <= set(RECIPES)
     assert recipe("default").name == DEFAULT_RECIPE
     assert all(r.calibration_name == r.model_id for r in RECIPES.values() if r.is_plain)
+
+
+def test_every_recipe_ships_its_own_calibration() -> None:
+    """Measured by `facegrid eval lfw --recipe R --save-calibration` and kept in the package, naming its recipe."""
+    for each in RECIPES.values():
+        shipped = json.loads((PUBLISHED_CALIBRATIONS / f"{each.calibration_name}.json").read_text())
+        assert shipped.get("recipe", each.name) == each.name and shipped["tail"]["table"]
 
 
 def test_a_new_collection_gets_what_was_asked() -> None:
