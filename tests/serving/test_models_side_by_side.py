@@ -84,10 +84,11 @@ def test_indexed_vectors_are_the_collections_own_model(world: dict[str, Any]) ->
     service: Context = world["service"]
     name, photos = world["people"][0]
     for collection, model in COLLECTIONS.items():
-        stored = service.collections.faces(service.collections.get(collection), ["external_image_id", "embedding"])
+        manifest = service.collections.get(collection)
+        stored = service.collections.faces(manifest, ["external_image_id", "embedding"])
         row = stored.column("external_image_id").to_pylist().index(f"{name}/{photos[1].name}")
         vector = np.asarray(stored.column("embedding")[row].as_py(), np.float32)
-        own = service.models.pipeline(model)([photos[1].read_bytes()])[0].faces[0].embedding
+        own = service.models.pipeline(manifest.face_recipe)([photos[1].read_bytes()])[0].faces[0].embedding
         other = service.models.pipeline(DLIB_ID if model == SFACE_ID else SFACE_ID)([photos[1].read_bytes()])[0]
         assert float(vector @ own) > 0.9999
         assert float(vector @ other.faces[0].embedding) < 0.9
