@@ -94,12 +94,12 @@ def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
     return boxes + reg * np.stack([w, h, w, h], axis=1)
 
 
-def _crop(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
-    """Crop box (zero outside the image) and resize to size x size."""
+def _crop(image: np.ndarray, box: np.ndarray, size: int, fill: float = 0.0) -> np.ndarray:
+    """Crop box (`fill` outside the image) and resize to size x size, in float32."""
     height, width = image.shape[:2]
     x1, y1, x2, y2 = (round(v) for v in box)
     bw, bh = max(x2 - x1, 1), max(y2 - y1, 1)
-    patch = np.zeros((bh, bw, 3), dtype=np.float32)
+    patch = np.full((bh, bw, 3), fill, dtype=np.float32)
     sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x1 + bw, width), min(y1 + bh, height)
     if sx2 > sx1 and sy2 > sy1:
         patch[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] = image[sy1:sy2, sx1:sx2]
@@ -184,8 +184,8 @@ class DetectFaces:
         return refined
 
 
-def _patches(images: list[np.ndarray], candidates: list[np.ndarray], size: int) -> np.ndarray:
-    crops = [_crop(img, box, size) for img, boxes in zip(images, candidates, strict=True) for box in boxes[:, :4]]
+def _patches(images: list[np.ndarray], candidates: list[np.ndarray], size: int, fill: float = 0.0) -> np.ndarray:
+    crops = [_crop(img, box, size, fill) for img, boxes in zip(images, candidates, strict=True) for box in boxes[:, :4]]
     return np.stack(crops) if crops else np.zeros((0, size, size, 3), np.float32)
 
 
@@ -206,18 +206,27 @@ class ONetStage:
         regression for each, its O-Net probability as the confidence. No face is dropped here: the other detector
         decided what is a face."""
         shrunk = [for_detection(img, self.config.max_pixels) for img in images]
-        normalized = [(img.astype(np.float32) - 127.5) / 128.0 for img, _ in shrunk]
         candidates = [
             np.column_stack([_square(d.boxes / factor), d.scores]).astype(np.float32)
             for d, (_, factor) in zip(found, shrunk, strict=True)
         ]
-        refined = self(normalized, candidates, threshold=-1.0, merge=False)
+        # Crops of the uint8 image, normalized after: the same patches as cropping a normalized copy (grey, 127.5,
+        # outside the image) without normalizing a whole photo for a few 48 px crops.
+        pixels = [img for img, _ in shrunk]
+        crops = _patches(pixels, candidates, 48, fill=127.5)
+        refined = self(pixels, candidates, threshold=-1.0, merge=False, patches=(crops - 127.5) / 128.0)
         return [d if factor == 1.0 else d.scaled(factor) for d, (_, factor) in zip(refined, shrunk, strict=True)]
 
     def __call__(
-        self, images: list[np.ndarray], candidates: list[np.ndarray], threshold: float, merge: bool = True
+        self,
+        images: list[np.ndarray],
+        candidates: list[np.ndarray],
+        threshold: float,
+        merge: bool = True,
+        patches: np.ndarray | None = None,
     ) -> list[Detections]:
-        patches = _patches(images, candidates, 48)
+        """O-Net on the candidates' 48 px crops of normalized `images` (or on `patches` already cut)."""
+        patches = _patches(images, candidates, 48) if patches is None else patches
         if len(patches) == 0:
             return [Detections.empty() for _ in images]
         out = self.onet(patches)
