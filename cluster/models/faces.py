@@ -54,7 +54,7 @@ class FacePipeline:
     a time.
 
     One pipeline, one recipe: a collection's faces never mix models, chip layouts, mirroring or precision. Given a
-    model id (and a detector) instead of a recipe, it is that model's plain recipe (MTCNN, fp32, no mirror)."""
+    model id instead of a recipe, it is that model's plain recipe (MTCNN, fp32, no mirror)."""
 
     def __init__(
         self,
