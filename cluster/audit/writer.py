@@ -24,8 +24,14 @@ def audit_actor(settings: Settings) -> Any:
 
     No task retries: an append whose answer was lost could be written twice; the caller fails closed instead.
     """
+    ensure_ray()
+    # A handle is good only in the Ray session it came from: a process that joins another cluster (or a new local
+    # one) asks again, rather than sending appends to an actor of a cluster that is gone.
+    session = ray.get_runtime_context().get_job_id()
+    if _handles.get("session") != session:
+        _handles.pop("audit", None)
+        _handles["session"] = session
     if "audit" not in _handles:
-        ensure_ray()
         # Detached, as the lock table is (cluster/locks.py): not ended with the process that first asked for it.
         remote = ray.remote(AuditWriter).options(
             name="audit",

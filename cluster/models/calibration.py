@@ -84,7 +84,7 @@ def check_calibration(calibration: Any, model_id: str, recipe: str | None = None
         raise InvalidRequest("not a calibration: a table of at least 2 [rate, similarity] rows, and a count")
     if made_for != model_id:
         raise ModelMismatch(f"the calibration was measured for {made_for}; this collection holds {model_id} faces")
-    measured_with = given.get("recipe") or plain_recipe(model_id).name
+    measured_with = given.get("recipe") or (plain_recipe(model_id).name if recipe is not None else None)
     if recipe is not None and measured_with != recipe:
         raise ModelMismatch(
             f"the calibration was measured with recipe {measured_with}; this collection's faces are {recipe}'s"

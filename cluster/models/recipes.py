@@ -11,7 +11,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from cluster.errors import InvalidRequest
+from cluster.errors import InvalidRequest, ModelMismatch
 from cluster.models.registry import DLIB_ID, SFACE_ID, YUNET_ID, ModelSourceMissing, embedding_of
 from cluster.pipeline.runtime import Precision, choose_providers, choose_runtime, openvino_capabilities
 
@@ -165,5 +165,5 @@ def resolve(name: str | None, model_id: str | None) -> Recipe:
         return plain_recipe(model_id) if model_id is not None else recipe(DEFAULT_RECIPE)
     chosen = recipe(name)
     if model_id is not None and model_id != chosen.model_id:
-        raise InvalidRequest(f"recipe {chosen.name} embeds with {chosen.model_id}, not {model_id}: name one of them")
+        raise ModelMismatch(f"recipe {chosen.name} embeds with {chosen.model_id}, not {model_id}: name one of them")
     return chosen

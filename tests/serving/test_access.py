@@ -14,7 +14,6 @@ import pytest
 from cluster.audit.log import read_records
 from cluster.audit.verify import verify
 from cluster.keys.access import Role, local_operator
-from cluster.models.registry import DEFAULT_EMBEDDER
 from cluster.settings import Settings
 from serving.threaded import serve_in_thread
 from serving.usecases import collections
@@ -115,7 +114,7 @@ def test_refusals_are_audited(world: dict[str, Any]) -> None:
     for response in (no_purpose, no_case, curiosity):
         assert response.status_code == 400 and response.json()["error"]["code"] == "PURPOSE_REQUIRED"
     assert loose.status_code == 403 and loose.json()["error"]["code"] == "THRESHOLD_BELOW_FLOOR"
-    floor = service.models.floor_similarity(DEFAULT_EMBEDDER, 1e-4)
+    floor = service.models.floor_similarity(service.collections.get("alpha"))
     assert f"{floor:.4f}" in loose.json()["error"]["message"] and loose.json()["error"]["floor"] == round(floor, 6)
     records = read_records(service.store)
     refused = [r for r in records if r.get("outcome") == "refused" and r["action"] != "authenticate"]

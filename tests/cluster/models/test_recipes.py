@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cluster.collections.manifest import Manifest
-from cluster.errors import InvalidRequest
+from cluster.errors import ModelMismatch
 from cluster.models.recipes import ALIASES, DEFAULT_RECIPE, RECIPES, UnknownRecipe, plain_recipe, recipe, resolve
 from cluster.models.registry import DLIB_ID, PUBLISHED_CALIBRATIONS, SFACE_ID
 
@@ -32,7 +32,7 @@ def test_a_new_collection_gets_what_was_asked() -> None:
     assert resolve(None, DLIB_ID) == plain_recipe(DLIB_ID)
     assert resolve("accurate", None) == recipe(ALIASES["accurate"])
     assert resolve("mtcnn-sface-mirror", SFACE_ID).mirror
-    with pytest.raises(InvalidRequest, match="recipe mtcnn-sface-mirror embeds with sface-2021dec, not dlib"):
+    with pytest.raises(ModelMismatch, match="recipe mtcnn-sface-mirror embeds with sface-2021dec, not dlib"):
         resolve("mtcnn-sface-mirror", DLIB_ID)
     with pytest.raises(UnknownRecipe, match="unknown recipe 'fast'; this build has mtcnn-sface, mtcnn-dlib"):
         resolve("fast", None)

@@ -142,6 +142,7 @@ def test_eval_moves_no_floor_and_calibrate_moves_exactly_one(
 
     from cluster.audit.log import read_records
     from cluster.models.calibration import build_calibration
+    from cluster.models.recipes import DEFAULT_RECIPE
     from cluster.storage import LocalStore
 
     for name in ("kept", "moved"):
@@ -164,6 +165,7 @@ def test_eval_moves_no_floor_and_calibrate_moves_exactly_one(
     impostor = np.clip(rng.normal(0.15, 0.1, 12_000_000), -1, 1)
     stricter = {
         "model_id": "sface-2021dec",
+        "recipe": DEFAULT_RECIPE,  # what both collections were created with (a calibration applies to its recipe)
         "dataset": "synthetic",
         **build_calibration(rng.normal(0.7, 0.1, 3000), impostor),
     }
