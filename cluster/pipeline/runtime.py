@@ -80,7 +80,13 @@ class OpenVinoSession:
     def __init__(self, path: Path, threads: int | None) -> None:
         import openvino
 
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"}
+        # No pinning: OpenVINO pins its threads to cores by default, and the embedder actors of one machine (a
+        # thread each) then all ran on the same core (bench index: bf16 no faster than fp32 end to end).
+        config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": "bf16",
+            "PERFORMANCE_HINT": "LATENCY",
+            "ENABLE_CPU_PINNING": False,
+        }
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = openvino.Core().compile_model(str(path), "CPU", config)
