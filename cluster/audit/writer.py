@@ -4,6 +4,7 @@ itself under the folder's lock), and a server's client that sends it appends in 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Any
 
 import ray
@@ -26,15 +27,17 @@ def audit_actor(settings: Settings) -> Any:
     """
     ensure_ray()
     # A handle is good only in the Ray session it came from: a process that joins another cluster (or a new local
-    # one) asks again, rather than sending appends to an actor of a cluster that is gone.
-    session = ray.get_runtime_context().get_job_id()
+    # one) asks again, rather than sending appends to an actor of a cluster that is gone. The job id alone does not
+    # tell sessions apart (every new local Ray numbers its first driver 01000000); the node id does.
+    context = ray.get_runtime_context()
+    session = (context.get_node_id(), context.get_job_id(), audit_actor_name(settings))
     if _handles.get("session") != session:
         _handles.pop("audit", None)
         _handles["session"] = session
     if "audit" not in _handles:
         # Detached, as the lock table is (cluster/locks.py): not ended with the process that first asked for it.
         remote = ray.remote(AuditWriter).options(
-            name="audit",
+            name=audit_actor_name(settings),
             namespace=NAMESPACE,
             get_if_exists=True,
             num_cpus=0,
@@ -44,6 +47,12 @@ def audit_actor(settings: Settings) -> Any:
         )
         _handles["audit"] = remote.remote(settings)
     return _handles["audit"]
+
+
+def audit_actor_name(settings: Settings) -> str:
+    """One writer per store on a cluster: a server of another store must never append to this store's chain."""
+    where = f"{settings.s3_endpoint or ''}|{settings.store}"
+    return "audit-" + hashlib.sha256(where.encode()).hexdigest()[:16]
 
 
 def append_audit(settings: Settings, store: ObjectStore, record: dict[str, Any]) -> dict[str, Any]:

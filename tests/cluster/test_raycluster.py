@@ -11,7 +11,9 @@ from pathlib import Path
 
 import ray
 
+from cluster.audit.writer import audit_actor_name
 from cluster.raycluster import NAMESPACE, embedder_count, embedder_options
+from cluster.settings import Settings
 
 
 class Probe:
@@ -60,4 +62,5 @@ def test_the_cluster_wide_actors_outlive_the_process_that_first_asked_for_them(l
     table = ray.get_actor("locks", namespace=NAMESPACE)
     ray.get(table.acquire.remote("k", "me", 30.0), timeout=30)
     ray.get(table.release.remote("k", "me"), timeout=30)
-    ray.get(ray.get_actor("audit", namespace=NAMESPACE).check_appendable.remote(), timeout=30)
+    writer = ray.get_actor(audit_actor_name(Settings(store=store)), namespace=NAMESPACE)
+    ray.get(writer.check_appendable.remote(), timeout=30)
