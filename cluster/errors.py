@@ -39,6 +39,13 @@ class FaceNotFound(FacegridError):
     status = 404
 
 
+class PhotoNotKept(FaceNotFound):
+    """A face added by upload whose photo is not in the store: its collection keeps no photos, or the photo went
+    with an erasure (cluster/collections/photos.py)."""
+
+    code = "PHOTO_NOT_KEPT"
+
+
 class SourceObjectNotFound(FacegridError):
     code = "OBJECT_NOT_FOUND"
     status = 404

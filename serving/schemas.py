@@ -183,6 +183,7 @@ class CollectionInfo(BaseModel):
     )
     calibration_sha256: str | None = Field(description="The pinned calibration; null: the model's, not pinned")
     recipe: str | None = Field(default=None, description="null: made before recipes (its model's plain one)")
+    keep_photos: bool = Field(default=True, description="Photos added by upload are kept in the store")
     version: int
     created_at: str
     updated_at: str | None
@@ -262,6 +263,11 @@ class CreateCollection(Body):
     )
     replicas: int | None = Field(
         default=None, ge=1, le=MAX_REPLICAS, description="Actors per shard, on different nodes (default: the server's)"
+    )
+    keep_photos: bool = Field(
+        default=True,
+        description="Keep photos added by upload (for review's crops and model upgrades); false is recorded in the "
+        "audit log",
     )
 
 

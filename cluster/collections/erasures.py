@@ -1,6 +1,7 @@
 """The erasure register: what was erased from a collection (face id, source object and etag, when, by whom;
-never a vector or an image), so that index jobs and added photos do not bring it back. Readmission is an act of
-its own. One small JSON object per act, under collections/<name>/erasures/, read in order."""
+never a vector or an image), so that index jobs and added photos do not bring it back, and which kept photos were
+deleted with their last face. Readmission is an act of its own. One small JSON object per act, under
+collections/<name>/erasures/, read in order."""
 
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ class ErasureRegister:
         if faces:
             self._write("erase", [{k: f[k] for k in ("face_id", "source", "etag")} for f in faces], by)
 
+    def photos_deleted(self, sha256s: list[str], by: str) -> None:
+        """Record kept photos deleted with their last face (cluster/collections/photos.py): their hashes only."""
+        if sha256s:
+            self._write("delete-photos", [{"photo_sha256": sha} for sha in sha256s], by)
+
     def readmit(self, face_ids: set[str], sources: set[str], by: str) -> list[dict[str, Any]]:
         """Take faces (by id, or every face of a source object) off the register; the entries that were lifted."""
         lifted = [e for e in self.entries().values() if e["face_id"] in face_ids or e["source"] in sources]
@@ -47,7 +53,7 @@ class ErasureRegister:
             for entry in act["entries"]:
                 if act["act"] == "erase":
                     current[entry["face_id"]] = {**entry, "at": act["at"], "by": act["by"]}
-                else:
+                elif act["act"] == "readmit":
                     current.pop(entry["face_id"], None)
         return current
 

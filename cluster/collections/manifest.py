@@ -61,6 +61,9 @@ class Manifest(BaseModel):
     # collection reads its model's calibration on this machine until one is applied.
     calibration: dict[str, Any] | None = None
     calibration_sha256: str | None = None
+    # Photos added by upload are kept in the store (cluster/collections/photos.py) so that review can show them and
+    # an upgrade can embed them again; off only by an explicit, audited choice at create.
+    keep_photos: bool = True
     version: int = 0
     created_at: str = Field(default_factory=lambda: now())
     updated_at: str | None = None

@@ -17,6 +17,7 @@ from cluster.collections import index_spec
 from cluster.collections.erasures import ErasureRegister
 from cluster.collections.live import live_segments
 from cluster.collections.manifest import Collections, Manifest, TrainedIndex, check_shard_count, now
+from cluster.collections.photos import KeptPhotos, photo_sha256
 from cluster.collections.records import deduplicate, drop_superseded, erase_rows, face_schema, shard_of
 from cluster.collections.snapshot import RECORD_COLUMNS, extend_shard, vectors_of, write_shard
 from cluster.errors import CollectionChanged
@@ -183,13 +184,30 @@ class Publisher:
         with collection_lock(self.store, manifest.name):
             # Under the collection's lock from the first read to the swap: a second erasure of the same faces
             # waits for this one's publish, then finds them on the register (no answer before they are gone).
-            current = self.collections.get(manifest.name)
-            live = [i.key for i in live_segments(self.collections, current)]
-            erased = erase_rows(self.store, [*current.face_files, *live], face_ids, external_ids)
-            if not erased:
-                return current, []
-            ErasureRegister(self.store, manifest.name).erased(erased, by)
-            return self.publish_latest(manifest.name, erasing=True), erased
+            erased = erase_rows(self.store, self._record_files(manifest.name), face_ids, external_ids)
+            register = ErasureRegister(self.store, manifest.name)
+            if erased:
+                register.erased(erased, by)
+                published = self.publish_latest(manifest.name, erasing=True)
+            else:
+                published = self.collections.get(manifest.name)
+            # A kept photo goes with its last face (still under the collection's lock: no fold moves a segment).
+            # Faces asked for that were erased before count too, so that a retry after a crash here finishes.
+            entries = register.entries()
+            sources = [e["source"] for e in erased] + [entries[f]["source"] for f in face_ids if f in entries]
+            photos = {sha for sha in map(photo_sha256, sources) if sha}
+            deleted = KeptPhotos(self.store, manifest.name).drop_unnamed(
+                photos, lambda: self._record_files(manifest.name), set(entries)
+            )
+            register.photos_deleted(deleted, by)
+            for entry in erased:
+                entry["photo_deleted"] = photo_sha256(entry["source"]) in deleted
+            return published, erased
+
+    def _record_files(self, name: str) -> list[str]:
+        """Every record file of the collection now: its folded records and its live log."""
+        current = self.collections.get(name)
+        return [*current.face_files, *(i.key for i in live_segments(self.collections, current))]
 
     def _build_shards(
         self, new: Manifest, folder: str, spec: str, retrain: bool, previous: Manifest | None, added: list[str]

@@ -3,6 +3,7 @@ server (snapshots complete, erasures named and gone, adds found, a restarted ser
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -11,6 +12,7 @@ from typing import Any
 
 from cluster.audit.log import read_records
 from cluster.audit.verify import verify
+from cluster.collections.photos import KeptPhotos
 from jobs.bench.races_world import COLLECTION, Photo, Run
 from jobs.processes import serve_process, stop_process
 
@@ -125,6 +127,18 @@ def restart_one(run: Run, rng: random.Random) -> None:
         _settles(run, server, photo)
 
 
+def check_kept_photos(run: Run) -> None:
+    """A kept photo is in the store exactly while a face added from it is (erasure deletes it with its last)."""
+    present: dict[str, bool] = {}
+    for photo in run.photos:
+        sha256 = hashlib.sha256(photo.path.read_bytes()).hexdigest()
+        present[sha256] = present.get(sha256, False) or bool(set(photo.faces) & run.model.present)
+    for sha256, wanted in present.items():
+        held = run.store.exists(KeptPhotos(run.store, COLLECTION).key(sha256))
+        if held != wanted:
+            run.violated(f"kept photo {sha256[:12]}: in the store {held}, a face added from it present {wanted}")
+
+
 def check_end(run: Run) -> None:
     """The audit chain verifies and holds one record per act; no user keeps an erased face."""
     checked = verify(run.store)
@@ -144,6 +158,7 @@ def check_end(run: Run) -> None:
     for action, count in expected.items():
         if logged[action] != count:
             run.violated(f"audit holds {logged[action]} {action} records for {count} acts")
+    check_kept_photos(run)
     with run.client(0) as client:
         users = client.get(f"/v1/collections/{COLLECTION}/users", params={"limit": 100}).json()["users"]
     for user in users:

@@ -66,6 +66,9 @@ def collections_create(
     replicas: Annotated[
         int | None, typer.Option(help="Actors per shard, on different nodes where there are enough (default 1).")
     ] = None,
+    keep_photos: Annotated[
+        bool, typer.Option(help="Keep photos added by upload (review's crops, model upgrades); off is audited.")
+    ] = True,
     as_json: JsonFlag = False,
 ) -> None:
     """Create an empty collection pinned to one recipe (detector, embedding model and its file by sha256, mirroring,
@@ -75,7 +78,7 @@ def collections_create(
     promise = max_false_candidates_per_search
     created = call(
         lambda s, c: collections.create(
-            s, c, name, shards, max_false_match_rate, index, model, replicas, promise, recipe
+            s, c, name, shards, max_false_match_rate, index, model, replicas, promise, recipe, keep_photos
         )
     )
     emit(created.model_dump(exclude={"shards"}), as_json)

@@ -153,12 +153,15 @@ async def run_search(
     if by == "people":
         searched = people_answer.searched_face
         probe_view = {**shown, "boxes": [_box_percent(searched.bbox, size)] if searched else []}
+        faces = [m for u in people_answer.user_matches for m in u.matched_faces]
+        gone = await ctx.in_thread(review.photos_gone, ctx, collection, faces)
         return page(request, "people.html", caller, probe=probe_view, answer=people_answer,
-                    threshold=people_answer.threshold, **common)  # fmt: skip
+                    threshold=people_answer.threshold, gone=gone, **common)  # fmt: skip
     groups = [{"candidates": answer.matches}]
     probe_view = {**shown, "boxes": [_box_percent(answer.searched_face.bbox, size)]}
+    gone = await ctx.in_thread(review.photos_gone, ctx, collection, answer.matches)
     return page(request, "results.html", caller, probe=probe_view, groups=groups, threshold=answer.threshold,
-                review_status=_status(groups, {}), **common)  # fmt: skip
+                review_status=_status(groups, {}), gone=gone, **common)  # fmt: skip
 
 
 def _box_percent(bbox: list[float], size: tuple[int, int]) -> dict[str, float]:
@@ -187,6 +190,8 @@ async def past_search(ctx: Ctx, caller: ConsoleCaller, request: Request, seq: in
     except Exception as exc:
         return problem(request, caller, exc, "search.html", collections=_searchable(ctx, caller), purposes=[])
     groups = await _past_candidates(ctx, manifest, record)
+    matches = [m for group in groups for m in group["candidates"]]
+    gone = await ctx.in_thread(review.photos_gone, ctx, manifest.name, matches)
     floor = ctx.models.floor_similarity(manifest)
     threshold = {"applied": record.get("threshold_applied") or floor, "floor": floor,
                  "max_false_match_rate": manifest.max_false_match_rate}  # fmt: skip
@@ -208,6 +213,7 @@ async def past_search(ctx: Ctx, caller: ConsoleCaller, request: Request, seq: in
         probe=None,
         groups=groups,
         decided=decided,
+        gone=gone,
         decisions=review.DECISIONS,
         review_status=_status(groups, decided),
     )

@@ -35,6 +35,7 @@ async def create(body: CreateCollection, ctx: Ctx, caller: CallerDep) -> Collect
         body.replicas,
         body.max_false_candidates_per_search,
         body.recipe,
+        body.keep_photos,
     )
 
 

@@ -40,10 +40,11 @@ async def create(
     replicas: int | None = None,
     promise: float | None = DEFAULT_MAX_FALSE_CANDIDATES,
     recipe: str | None = None,
+    keep_photos: bool = True,
 ) -> CollectionInfo:
     replicas = replicas or ctx.settings.serving.replicas
     fields = {"max_false_match_rate": max_false_match_rate, "model_id": model, "shards": shards, "index_spec": index}
-    fields["max_false_candidates_per_search"] = promise
+    fields.update(max_false_candidates_per_search=promise, keep_photos=keep_photos)
     async with audited(ctx, caller, "create-collection", name, **fields, recipe=recipe, replicas=replicas) as entry:
         authorize(caller, Action.COLLECTIONS_WRITE)
         chosen = resolve(recipe, model)
@@ -64,6 +65,7 @@ async def create(
             index_spec=index,
             calibration=calibration,
             calibration_sha256=calibration_sha256(calibration),
+            keep_photos=keep_photos,
         )
         entry.update(calibration_sha256=manifest.calibration_sha256, floor_similarity=round(floor, 6))
         return info(await ctx.in_thread(ctx.collections.create, manifest))

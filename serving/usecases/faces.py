@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from cluster.collections.erasures import ErasureRegister
 from cluster.collections.live import all_faces, live_face_count
+from cluster.collections.photos import UPLOAD
 from cluster.errors import InvalidRequest
 from cluster.keys.access import Action, Caller, authorize
 from serving import render
@@ -52,7 +53,8 @@ async def erase(
         # Erased before (by a racing request, or long ago): gone all the same, and said so.
         register = await ctx.in_thread(ErasureRegister(ctx.store, collection).erased_ids)
         already = sorted((wanted - set(erased)) & register)
-        entry.update(deleted_faces=erased, already_erased=already)
+        photos = sorted({r["source"].removeprefix(UPLOAD) for r in rows if r.get("photo_deleted")})
+        entry.update(deleted_faces=erased, already_erased=already, deleted_photos=photos)
         await ctx.in_thread(_disassociate_erased, ctx, collection, erased, by)
         ctx.forget(collection)
         if erased or already:  # this server's shards serve none of them from this answer on

@@ -11,12 +11,13 @@ import pyarrow as pa
 
 from cluster.collections.erasures import ErasureRegister
 from cluster.collections.live import live_segments, segment_key
+from cluster.collections.photos import KeptPhotos
 from cluster.collections.records import face_rows, face_schema, shard_of
 from cluster.errors import InvalidRequest, SourceObjectNotFound
 from cluster.indexing.embedder import source_location
 from cluster.keys.access import Action, Caller, authorize
 from cluster.pipeline.quality import QualityFilter
-from cluster.storage import ObjectNotFound, open_store
+from cluster.storage import ObjectInfo, ObjectNotFound, open_store
 from cluster.text import check_text
 from serving import render
 from serving.rules import MAX_EXTERNAL_ID, MAX_FACES_INDEXED
@@ -83,8 +84,9 @@ async def add_faces(
         if kept:
             table = pa.Table.from_pylist([r for r, _ in kept], face_schema(manifest.dim))
             segment = segment_key(collection, key, etag)
-            await ctx.in_thread(ctx.store.put_parquet, segment, table)
-            written = await ctx.in_thread(ctx.store.info, segment)
+            keep = photo if blob is not None and manifest.keep_photos else None
+            written = await ctx.in_thread(_write_segment, ctx, collection, segment, table, digest, keep)
+            entry["photo_kept"] = keep is not None
             owners = {int(shard_of(r["faiss_id"], manifest.shard_count)) for r, _ in kept}
             await ctx.shards(collection).added(manifest, segment, written.etag, owners)  # here now; elsewhere a poll
             fold_when_long(ctx, collection)
@@ -107,6 +109,21 @@ async def add_faces(
         ],
         unindexed_faces=unindexed,
     )
+
+
+def _write_segment(
+    ctx: Context, collection: str, segment: str, table: pa.Table, sha256: str, photo: bytes | None
+) -> ObjectInfo:
+    """The faces into the live log, their kept photo first: under the photo's lock, so that an erasure of the
+    photo's last face, racing, either sees these faces or has deleted the photo before it is stored again."""
+    if photo is None:
+        ctx.store.put_parquet(segment, table)
+        return ctx.store.info(segment)
+    photos = KeptPhotos(ctx.store, collection)
+    with photos.locked(sha256):
+        photos.keep(sha256, photo)
+        ctx.store.put_parquet(segment, table)
+        return ctx.store.info(segment)
 
 
 def source_key_of(ctx: Context, bucket: str, name: str) -> str:

@@ -12,7 +12,9 @@ from PIL import Image, ImageOps
 
 from cluster.audit.log import read_records, record_at
 from cluster.audit.transparency import returned_faces
-from cluster.errors import FaceNotFound, InvalidRequest
+from cluster.collections.manifest import Manifest
+from cluster.collections.photos import KeptPhotos, photo_sha256
+from cluster.errors import FaceNotFound, InvalidRequest, PhotoNotKept
 from cluster.keys.access import Action, Caller, Forbidden, authorize
 from cluster.storage import LocalStore, ObjectNotFound, open_store
 from serving.usecases.audited import audited, clipped
@@ -89,11 +91,11 @@ async def crop(ctx: Context, caller: Caller, collection: str, face_id: str, seq:
         held = await ctx.shards(collection).records(manifest, [face_id])  # an erased face is in no shard
         if face_id not in held:
             raise FaceNotFound(f"face {face_id!r} is not in collection {collection!r} (erased, or never indexed)")
-        return await ctx.in_thread(_crop, ctx, held[face_id]["source_key"], held[face_id]["bbox"])
+        return await ctx.in_thread(_crop, ctx, collection, held[face_id]["source_key"], held[face_id]["bbox"])
 
 
-def _crop(ctx: Context, location: str, box: list[float]) -> bytes:
-    blob = _source_bytes(ctx, location)
+def _crop(ctx: Context, collection: str, location: str, box: list[float]) -> bytes:
+    blob = source_photo(ctx, collection, location)
     with Image.open(io.BytesIO(blob)) as opened:
         image = ImageOps.exif_transpose(opened).convert("RGB")
     x1, y1, x2, y2 = box
@@ -105,11 +107,36 @@ def _crop(ctx: Context, location: str, box: list[float]) -> bytes:
     return out.getvalue()
 
 
-def _source_bytes(ctx: Context, location: str) -> bytes:
-    """The photo a record names: an object of an S3 source or a file of a folder source. Photos added by upload
-    were never kept."""
-    if location.startswith("upload://"):
-        raise FaceNotFound("this face was added by upload; its photo was not kept, so there is no crop")
+def photo_gone(manifest: Manifest) -> str:
+    """Why an uploaded face has no photo, in the words the console and the API show."""
+    if not manifest.keep_photos:
+        return f"collection {manifest.name!r} was created with keeping photos off: this face's photo was not kept"
+    return "this face's photo is no longer kept (added before photos were kept, or erased since)"
+
+
+def photos_gone(ctx: Context, collection: str, matches: list[Any]) -> dict[str, str]:
+    """Face id -> why there is no crop, for the returned faces added by upload whose photo is not kept (the
+    console says so in place of the crop). Blocking: a store read per uploaded face."""
+    photos = KeptPhotos(ctx.store, collection)
+    gone = {}
+    for match in matches:
+        row = match if isinstance(match, dict) else match.model_dump()
+        face_id, source = str(row["face_id"]), row.get("source")
+        sha256 = photo_sha256(source or "")
+        if sha256 is not None and not photos.exists(sha256):
+            gone[face_id] = photo_gone(ctx.manifest(collection))
+    return gone
+
+
+def source_photo(ctx: Context, collection: str, location: str) -> bytes:
+    """The photo a record names: the collection's kept photo of an upload, an object of an S3 source or a file of
+    a folder source."""
+    sha256 = photo_sha256(location)
+    if sha256 is not None:
+        try:
+            return KeptPhotos(ctx.store, collection).get(sha256)
+        except ObjectNotFound as exc:
+            raise PhotoNotKept(photo_gone(ctx.manifest(collection))) from exc
     try:
         if location.startswith("s3://"):
             bucket, _, key = location[len("s3://") :].partition("/")

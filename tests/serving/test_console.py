@@ -5,6 +5,7 @@ page; grants and erasure hold for crops. Screenshots for the README with FACEGRI
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -272,6 +273,44 @@ def test_pick_a_face_search_people_and_add_a_photo(browser: Any, world: Any, tmp
     assert len(browser.find_elements(By.CSS_SELECTOR, "#added li")) == 2  # both faces of the group photo
     assert browser.find_element(By.ID, "unindexed").text == "none"
     _shot(browser, "collection")
+
+
+def test_uploaded_faces_show_their_kept_photo_and_a_collection_keeping_none_says_so(browser: Any, world: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from cluster.collections.photos import KeptPhotos
+    from serving.usecases import ingest
+
+    ctx, op, person = world["ctx"], local_operator(), world["people"][4]
+    blob = sorted((world["held"][person].parent).glob("*.jpg"))[0].read_bytes()
+    asyncio.run(collections.create(ctx, op, "unkept", 1, 1e-5, keep_photos=False))
+    uploaded = {}
+    for name in ("cases", "unkept"):
+        added = asyncio.run(ingest.add_faces(ctx, op, name, blob, external_image_id=f"upload-{person}", max_faces=1))
+        uploaded[name] = added.face_records[0].face_id
+
+    _sign_in(browser, world, "admin")
+    for name in ("cases", "unkept"):
+        browser.get(world["url"] + "/ui/search")
+        Select(browser.find_element(By.ID, "collection")).select_by_visible_text(name)
+        Select(browser.find_element(By.ID, "purpose")).select_by_visible_text("system-test")
+        browser.find_element(By.ID, "case_id").send_keys("CASE-UI-5")
+        browser.find_element(By.ID, "image").send_keys(str(world["held"][person].resolve()))
+        _submit(browser, browser.find_element(By.ID, "search"))
+        candidate = browser.find_element(By.CSS_SELECTOR, f"li.candidate[data-face-id='{uploaded[name]}']")
+        if name == "cases":  # kept: its crop shows, as an indexed object's does
+            crop = candidate.find_element(By.CSS_SELECTOR, "img.crop")
+            assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", crop) > 0
+        else:
+            assert "keeping photos off" in candidate.find_element(By.CSS_SELECTOR, ".photo-gone").text
+            assert not candidate.find_elements(By.CSS_SELECTOR, "img.crop")
+    _submit(browser, browser.find_element(By.ID, "signout"))
+    # Erasing the face erases its photo: the store holds no object of it afterwards.
+    sha256 = hashlib.sha256(blob).hexdigest()
+    assert ctx.store.exists(KeptPhotos(ctx.store, "cases").key(sha256))
+    asyncio.run(faces.erase(ctx, op, "cases", [uploaded["cases"]], []))
+    assert not [i.key for i in ctx.store.list("collections/cases/") if sha256 in i.key]
 
 
 ATTACK = """<!doctype html><html><body><form method="post" action="{action}" enctype="{enctype}">{fields}</form>

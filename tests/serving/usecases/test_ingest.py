@@ -4,6 +4,8 @@ re-adds and index re-runs until an admin readmits them; all of it audited."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 
 from cluster.audit.log import read_records
 from cluster.collections.live import live_segments
+from cluster.collections.photos import KeptPhotos
 from cluster.keys.access import Role, local_operator
 from cluster.pipeline.quality import QualityFilter
 from cluster.settings import ServingSettings, Settings
@@ -141,3 +144,49 @@ def test_an_object_of_the_ingest_source_is_recorded_as_an_index_job_would(world:
     assert rerun["images"] == 0  # the same location and etag: already held
     listed = [f["face_id"] for f in world["clients"][Role.ADMIN].get("/v1/collections/live/faces").json()["faces"]]
     assert ids <= set(listed) and len(listed) == len(set(listed))
+
+
+def _kept(ctx: Context, collection: str) -> set[str]:
+    return {i.key.rsplit("/", 1)[1] for i in ctx.store.list(KeptPhotos(ctx.store, collection).prefix)}
+
+
+def test_an_uploaded_photo_is_kept_until_its_last_face_is_erased(world: dict[str, Any]) -> None:
+    ctx, clients, photo = world["ctx"], world["clients"], world["photos"][3]
+    sha256 = hashlib.sha256(photo.read_bytes()).hexdigest()
+    first = _add(clients[Role.INDEXER], photo, "dave/3.jpg").json()["face_records"][0]["face_id"]
+    second = _add(clients[Role.INDEXER], photo, "dave/3-again.jpg").json()["face_records"][0]["face_id"]
+    assert first != second and sha256 in _kept(ctx, "live")
+    assert KeptPhotos(ctx.store, "live").get(sha256) == photo.read_bytes()
+    # Only uploads are kept: the ingest source's object and the index job's photos stay where they are.
+    assert _kept(ctx, "live") >= {hashlib.sha256(world["photos"][i].read_bytes()).hexdigest() for i in (0, 2, 3)}
+    assert hashlib.sha256(world["photos"][7].read_bytes()).hexdigest() not in _kept(ctx, "live")
+
+    def erase(face_id: str) -> dict[str, Any]:
+        answer = clients[Role.ADMIN].request("DELETE", "/v1/collections/live/faces", json={"face_ids": [face_id]})
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    assert erase(first)["deleted_faces"] == [first]
+    assert sha256 in _kept(ctx, "live")  # the other face still names it
+    assert erase(second)["deleted_faces"] == [second]
+    assert sha256 not in _kept(ctx, "live") and not ctx.store.exists(KeptPhotos(ctx.store, "live").key(sha256))
+    assert erase(second)["already_erased"] == [second]  # a retry changes nothing and fails nothing
+    acts = [json.loads(ctx.store.get(i.key)) for i in ctx.store.list("collections/live/erasures/")]
+    assert [e["photo_sha256"] for a in acts if a["act"] == "delete-photos" for e in a["entries"]].count(sha256) == 1
+    erasures = [r for r in read_records(ctx.store) if r["action"] == "delete-faces" and r["outcome"] == "ok"]
+    assert erasures[-2]["deleted_photos"] == [sha256] and erasures[-3]["deleted_photos"] == []
+    # Erased and added again: refused, and the photo is not kept again.
+    again = _add(clients[Role.INDEXER], photo, "dave/3.jpg").json()
+    assert again["face_records"] == [] and sha256 not in _kept(ctx, "live")
+
+
+def test_a_collection_may_be_created_keeping_no_photos(world: dict[str, Any]) -> None:
+    ctx, clients, photo = world["ctx"], world["clients"], world["photos"][1]
+    made = clients[Role.ADMIN].post("/v1/collections", json={"name": "unkept", "keep_photos": False, "shards": 1})
+    assert made.status_code == 201 and made.json()["keep_photos"] is False
+    files = {"image": (photo.name, photo.read_bytes())}
+    added = clients[Role.INDEXER].post("/v1/collections/unkept/faces", files=files)
+    assert added.status_code == 200 and added.json()["face_records"], added.text
+    assert _kept(ctx, "unkept") == set()
+    created = [r for r in read_records(ctx.store) if r["action"] == "create-collection" and r["collection"] == "unkept"]
+    assert created[-1]["keep_photos"] is False
