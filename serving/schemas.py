@@ -19,7 +19,10 @@ NAME_RULE: dict[str, Any] = {"pattern": f"^{NAME.pattern}$", "maxLength": 64}
 SAFE_TEXT: dict[str, Any] = {"pattern": SAFE_TEXT_PATTERN}
 # Embeddings are unit vectors; any scale is accepted up to where its float32 norm would overflow.
 MAX_VECTOR_VALUE = 1e15
-DIMS = sorted({spec.embedding.dim for spec in MODELS.values() if spec.embedding is not None})
+# A vector's widths: each model's, and each fused recipe's joined one.
+DIMS = sorted(
+    {spec.embedding.dim for spec in MODELS.values() if spec.embedding is not None} | {r.dim for r in RECIPES.values()}
+)
 
 
 def either(*fields: str) -> dict[str, Any]:

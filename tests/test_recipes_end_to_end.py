@@ -85,7 +85,7 @@ def test_a_recipes_collection_finds_the_right_person_first(world: dict[str, Any]
 
 def test_a_collection_keeps_its_recipe(world: dict[str, Any]) -> None:
     """Indexing into a collection with another recipe is refused, not mixed."""
-    with pytest.raises(ModelMismatch, match="holds faces of recipe yunet-sface, not yunet-onet-sface-mirror"):
+    with pytest.raises(ModelMismatch, match="holds faces of recipe yunet-sface, not yunet-onet-sface-dlib-mirror"):
         index(world["service"], "yunet-sface", "s3://recipe-photos/lfw", recipe="accurate")
     # The refusal changed nothing: the collection still answers.
     answer = world["client"].post(

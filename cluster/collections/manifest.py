@@ -39,6 +39,8 @@ class Manifest(BaseModel):
     # What turns a photo into this collection's vectors (detector, mirroring, precision; cluster/models/recipes.py).
     # None: made before recipes, with its model's plain recipe (MTCNN, fp32).
     recipe: str | None = None
+    # A fused recipe's second embedding model, its file by sha256 (its vectors are joined to the first's: `dim`).
+    fused_model_sha256: str | None = None
     dim: int = EMBEDDING_DIM
     metric: str = "cosine"
     index_spec: str = index_spec.AUTO

@@ -147,12 +147,16 @@ def check_model(
             f"collection {manifest.name!r} holds faces of recipe {held}, not {recipe(recipe_name).name}: "
             f"index into a new collection created with --recipe {recipe_name}"
         )
-    built = registry.pin(manifest.model_id)["model_sha256"]
-    if manifest.model_sha256 != built:
-        raise ModelMismatch(
-            f"collection {manifest.name!r} was indexed with {manifest.model_id} ({manifest.model_sha256[:12]}); "
-            f"this build's file of that model is {built[:12]}: create a new collection and re-index"
-        )
+    fused = manifest.face_recipe.fused_with
+    pinned = [(manifest.model_id, manifest.model_sha256)]
+    pinned += [(fused, manifest.fused_model_sha256 or "")] if fused else []
+    for model_id, sha256 in pinned:
+        built = registry.pin(model_id)["model_sha256"]
+        if sha256 != built:
+            raise ModelMismatch(
+                f"collection {manifest.name!r} was indexed with {model_id} ({sha256[:12]}); "
+                f"this build's file of that model is {built[:12]}: create a new collection and re-index"
+            )
 
 
 def _checkpoint_key(job_id: str) -> str:

@@ -66,10 +66,9 @@ class FacePipeline:
         registry = registry or ModelRegistry(settings.model_dir)
         recipe = recipe or plain_recipe(model_id)
         model_id, detector = recipe.model_id, recipe.detector
-        embedding = embedding_of(model_id)
         sessions = {
             name: create_session(registry.ensure(name), settings.runtime, recipe.precision_of(name))
-            for name in (*DETECTORS[detector], model_id)
+            for name in (*DETECTORS[detector], *recipe.model_ids)
         }
         self.recipe, self.model_id, self.detector = recipe, model_id, detector
         self.model_sha256 = (registry.card(model_id) or {})["sha256"]
@@ -89,10 +88,15 @@ class FacePipeline:
             )
         # Quality is measured on dlib's 150 px layout whatever the model (its bars were measured there).
         self.align_quality = AlignFaces(DLIB_ALIGNER)
-        self.align = self.align_quality if embedding.aligner is DLIB_ALIGNER else AlignFaces(embedding.aligner)
-        session = sessions[model_id]
-        batch = embed_batch_size(settings.runtime.embed_batch_size, embedding.cpu_batch_size, session.get_providers())
-        self.embed = EmbedFaces(session, batch, embedding.dim)
+        # Each embedding model with its own chip layout: the primary, then a fused recipe's second.
+        self.embedders: list[tuple[EmbedFaces, AlignFaces]] = []
+        for each in recipe.model_ids:
+            embedding, session = embedding_of(each), sessions[each]
+            align = self.align_quality if embedding.aligner is DLIB_ALIGNER else AlignFaces(embedding.aligner)
+            providers = session.get_providers()
+            batch = embed_batch_size(settings.runtime.embed_batch_size, embedding.cpu_batch_size, providers)
+            self.embedders.append((EmbedFaces(session, batch, embedding.dim), align))
+        self.embed, self.align = self.embedders[0]
         self.times = StageTimes()
 
     def __call__(
@@ -121,11 +125,11 @@ class FacePipeline:
         detections = self.detect(images) if images else []
         started = self.times.add("detect", started)
         results: list[ImageFaces] = []
-        kept_chips: list[np.ndarray] = []
+        kept_chips: list[list[np.ndarray]] = [[] for _ in self.embedders]
         kept_faces: list[Face] = []
         for image, found in zip(images, detections, strict=True):
             quality_chips = self.align_quality(image, found.landmarks)
-            chips = quality_chips if self.align is self.align_quality else self.align(image, found.landmarks)
+            chips = self.chips_of(image, found.landmarks, quality_chips)
             order = np.argsort(-(found.boxes[:, 2] - found.boxes[:, 0]) * (found.boxes[:, 3] - found.boxes[:, 1]))
             result = ImageFaces(width=image.shape[1], height=image.shape[0], faces=[], skipped=[])
             for i in order:
@@ -139,20 +143,37 @@ class FacePipeline:
                 else:
                     result.faces.append(face)
                     kept_faces.append(face)
-                    kept_chips.append(chips[i])
+                    for kept, layout in zip(kept_chips, chips, strict=True):
+                        kept.append(layout[i])
             results.append(result)
         started = self.times.add("align_quality", started)
-        if kept_chips and embed:
-            vectors = self.embed_chips(np.stack(kept_chips))
+        if kept_faces and embed:
+            vectors = self.embed_chips([np.stack(kept) for kept in kept_chips])
             for face, vector in zip(kept_faces, vectors, strict=True):
                 face.embedding = vector
         self.times.add("embed", started)
         return results
 
-    def embed_chips(self, chips: np.ndarray) -> np.ndarray:
-        """Unit-length embeddings of aligned chips; a mirroring recipe averages each chip's with its mirror image's
-        (one batch of both, so the runtime sees twice the chips rather than twice the calls)."""
-        if not self.recipe.mirror:
-            return normalize(self.embed(chips))
-        both = normalize(self.embed(np.concatenate([chips, chips[:, :, ::-1]])))
-        return normalize(both[: len(chips)] + both[len(chips) :])
+    def chips_of(
+        self, image: np.ndarray, landmarks: np.ndarray, quality_chips: np.ndarray | None = None
+    ) -> list[np.ndarray]:
+        """The faces' chips in each embedding model's layout (the quality layout's reused where it is one)."""
+        return [
+            quality_chips if quality_chips is not None and align is self.align_quality else align(image, landmarks)
+            for _, align in self.embedders
+        ]
+
+    def embed_chips(self, chips: list[np.ndarray]) -> np.ndarray:
+        """Unit-length vectors of aligned chips, one array of chips per embedding model (`chips_of`). A mirroring
+        recipe averages each chip's embedding with its mirror image's (one batch of both, so the runtime sees twice
+        the chips rather than twice the calls); a fused recipe joins its models' unit vectors, each scaled by the
+        square root of its weight, so that inner products are the fused similarity."""
+        parts = []
+        for (embed, _), layout, weight in zip(self.embedders, chips, self.recipe.weights, strict=True):
+            if self.recipe.mirror:
+                both = normalize(embed(np.concatenate([layout, layout[:, :, ::-1]])))
+                vectors = normalize(both[: len(layout)] + both[len(layout) :])
+            else:
+                vectors = normalize(embed(layout))
+            parts.append(vectors * np.float32(weight))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)

@@ -58,7 +58,7 @@ RecipeOption = Annotated[
     str | None,
     typer.Option(
         "--recipe",
-        help="Detector, model, mirroring and precision by name (`facegrid models list`); default and accurate name "
+        help="Detector, model(s), mirroring and precision by name (`facegrid models list`); default and accurate name "
         "the default and the most accurate. Without it: --model's plain recipe, else the default.",
         callback=_known_recipe,
     ),

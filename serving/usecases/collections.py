@@ -54,6 +54,8 @@ async def create(
         pinned = ctx.registry.pin(chosen.model_id)
         calibration = ctx.models.calibration(chosen)
         floor = Rates(calibration).floor(max_false_match_rate)  # refuses rates it cannot support
+        if chosen.fused_with is not None:  # the joined vector's width, and the second model's file pinned too
+            pinned |= {"dim": chosen.dim, "fused_model_sha256": ctx.registry.pin(chosen.fused_with)["model_sha256"]}
         manifest = Manifest(
             name=name,
             **pinned,

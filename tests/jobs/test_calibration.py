@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cluster.collections.manifest import DEFAULT_MAX_FALSE_MATCH_RATE
@@ -80,3 +81,27 @@ def test_the_shipped_tail_is_this_one_with_the_label_noise_left_out(  # type: ig
         assert abs(shipped.similarity(rate) - fresh.similarity(rate)) < 0.01, rate
     tails = evaluation["tail"]
     assert tails["label_noise_removed"] and tails["as_filed"]  # the figures both ways, as README states them
+
+
+def test_a_fusion_weight_is_fitted_on_half_the_people_and_checked_on_the_other() -> None:
+    """Two models whose errors are independent: their fused score misses fewer mates than either, the weight of
+    two equally good models is near the middle, and the check is on people the weight was not fitted on."""
+    from jobs.evaluate import Pair, fit_fusion
+
+    rng = np.random.default_rng(7)
+    first: dict[str, np.ndarray] = {}
+    second: dict[str, np.ndarray] = {}
+    pairs = []
+    for person in range(300):
+        centre = rng.standard_normal(32)
+        names = [f"P{person:03d}/P{person:03d}_{n:04d}.jpg" for n in range(3)]
+        for name in names:
+            for model in (first, second):
+                vector = centre + 1.1 * rng.standard_normal(32)
+                model[name] = (vector / np.linalg.norm(vector)).astype(np.float32)
+        pairs += [Pair(names[0], names[1], True), Pair(names[1], names[2], True)]
+    fitted = fit_fusion(first, second, pairs)
+    assert 0.3 <= fitted["weight"] <= 0.7
+    checked = fitted["checked_on"]
+    assert checked["fnmr_fused"] < min(checked["fnmr_first"], checked["fnmr_second"])
+    assert fitted["fitted_on"]["genuine_pairs"] + checked["genuine_pairs"] == len(pairs)

@@ -58,5 +58,40 @@ def test_a_mirroring_recipe_averages_each_chip_with_its_mirror(settings, registr
     assert np.all(cosines > 0.9) and np.all(cosines < 0.9999)  # the same faces, not the same vectors
     images = pipeline.decode(blobs)
     chips = np.stack([pipeline.align(i, pipeline.detect([i])[0].landmarks[:1])[0] for i in images])
-    flipped = mirrored.embed_chips(chips[:, :, ::-1])
-    assert np.allclose(flipped, mirrored.embed_chips(chips), atol=2e-3)  # a chip and its mirror: one embedding
+    flipped = mirrored.embed_chips([chips[:, :, ::-1]])
+    assert np.allclose(flipped, mirrored.embed_chips([chips]), atol=2e-3)  # a chip and its mirror: one embedding
+
+
+def test_a_fused_recipes_vectors_hold_the_fused_score_exactly(settings, registry, lfw_images) -> None:  # type: ignore[no-untyped-def]
+    """Joined and scaled, the two models' unit vectors are one unit vector whose inner products are
+    w * s1 + (1 - w) * s2: the index searches the fused score itself."""
+    from dataclasses import replace
+
+    from cluster.models.faces import FacePipeline
+    from tests.conftest import lfw_photos
+
+    fused = next(r for r in RECIPES.values() if r.fused_with is not None)
+    assert fused.dim == 256 and 0 < fused.fusion_weight < 1 and not fused.is_plain
+    first = replace(fused, name="first", fused_with=None, fusion_weight=1.0)
+    second = replace(first, name="second", model_id=fused.fused_with)
+    blobs = [p.read_bytes() for p in lfw_photos(lfw_images, 3, 2)]
+    vectors = [
+        np.stack([r.faces[0].embedding for r in FacePipeline(settings, registry, recipe=each)(blobs)])
+        for each in (first, second, fused)
+    ]
+    assert vectors[2].shape == (6, 256) and np.allclose(np.linalg.norm(vectors[2], axis=1), 1.0, atol=1e-5)
+    s1, s2, joined = (v @ v.T for v in vectors)
+    w = fused.fusion_weight
+    assert np.allclose(joined, w * s1 + (1 - w) * s2, atol=1e-5)
+
+
+def test_a_fused_collection_pins_both_models_files(registry) -> None:  # type: ignore[no-untyped-def]
+    from cluster.indexing.job import check_model
+
+    fused = next(r for r in RECIPES.values() if r.fused_with is not None)
+    pinned = registry.pin(fused.model_id)
+    second = registry.pin(DLIB_ID)["model_sha256"]
+    manifest = Manifest(name="f", **pinned, recipe=fused.name, fused_model_sha256=second)
+    check_model(manifest, registry, None, fused.name)
+    with pytest.raises(ModelMismatch, match=f"indexed with {DLIB_ID} \\(000000000000\\)"):
+        check_model(manifest.model_copy(update={"fused_model_sha256": "0" * 64}), registry, None)
