@@ -28,6 +28,20 @@ def bench_embed(
     emit(run_embed_benchmark(settings(), images, limit, console, resolve(recipe, model)), as_json)
 
 
+@bench_app.command("threads")
+def bench_threads(
+    images: Annotated[Path, typer.Option(exists=True, file_okay=False)] = Path("../shared/lfw-dev/images"),
+    recipe: RecipeOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """A recipe's embedder on the cores: one process with one thread, one with two, two processes of one thread
+    each (an index job's layout), at batch 8 and 32, in chips a second."""
+    from cluster.models.recipes import resolve
+    from jobs.bench.threads import run_threads_benchmark
+
+    emit(run_threads_benchmark(settings(), images, resolve(recipe, None)), as_json)
+
+
 @bench_app.command("search")
 def bench_search(
     faces: int = 100_000,
