@@ -22,7 +22,7 @@ LAYERS = {
         ("pipeline", "storage", "locks", "raycluster", "raycluster_env"),
         ("errors", "settings", "metrics", "text"),
     ),
-    "jobs": (("cli",), ("bench",), ("demo", "identify", "processes", "s3local", "submit"), ("evaluate",)),
+    "jobs": (("cli",), ("bench",), ("demo", "fusion", "identify", "processes", "s3local", "submit"), ("evaluate",)),
 }
 MAX_LINES = 400
 

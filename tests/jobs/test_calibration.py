@@ -86,7 +86,8 @@ def test_the_shipped_tail_is_this_one_with_the_label_noise_left_out(  # type: ig
 def test_a_fusion_weight_is_fitted_on_half_the_people_and_checked_on_the_other() -> None:
     """Two models whose errors are independent: their fused score misses fewer mates than either, the weight of
     two equally good models is near the middle, and the check is on people the weight was not fitted on."""
-    from jobs.evaluate import Pair, fit_fusion
+    from jobs.evaluate import Pair
+    from jobs.fusion import fit_fusion
 
     rng = np.random.default_rng(7)
     first: dict[str, np.ndarray] = {}
