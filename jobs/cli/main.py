@@ -228,11 +228,11 @@ def demo(
         source = stage_source(images, held, store.root / "demo-sources" / collection)
     console.print(f"[bold]2/3[/bold] indexing {images} into collection {collection!r} at {store.uri}")
     if collection not in call(collections.names):
-        # The default floor (1e-5 false matches per comparison) with the default model, as a user would get.
+        # The default floor (1e-5 false matches per comparison) with the default recipe, as a user would get.
         call(lambda s, c: collections.create(s, c, collection, 4, DEFAULT_MAX_FALSE_MATCH_RATE))
     described = call(lambda s, c: collections.describe(s, c, collection))
     console.print(
-        f"collection {collection!r}: {described.model_id}; floor: at most {described.max_false_match_rate:g} false "
+        f"collection {collection!r}: recipe {described.recipe or described.model_id}; floor: at most {described.max_false_match_rate:g} false "
         f"matches per comparison, similarity {described.threshold_floor_similarity:.4f} on its pinned calibration"
     )
     if described.max_false_match_rate != DEFAULT_MAX_FALSE_MATCH_RATE:
