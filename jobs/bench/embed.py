@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from cluster.errors import InvalidRequest
 from cluster.indexing.embedder import READ_BATCH
 from cluster.models.faces import FacePipeline
-from cluster.models.recipes import Recipe, plain_recipe
+from cluster.models.recipes import RECIPES, Recipe, plain_recipe
 from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry
 from cluster.pipeline.decode import decode_image
 from cluster.settings import RuntimeSettings, Settings
@@ -139,4 +140,18 @@ def run_embed_benchmark(
         "embed_ratio": round(ours_embed / reference_embed, 2),
         "embed_faces_per_s_by_batch": per_batch,
         "embed_ms_per_face_by_batch": ms_per_face,
+    }
+
+
+def recipe_speeds(settings: Settings, folder: Path, photos: int) -> dict[str, float]:
+    """Every recipe's photos a second on one core of this machine, end to end, over the first `photos` photos
+    (`facegrid models list --measure`)."""
+    single = settings.model_copy(update={"runtime": RuntimeSettings(intra_op_threads=1)})
+    registry = ModelRegistry(settings.model_dir)
+    blobs = _images(folder, photos)
+    if not blobs:
+        raise InvalidRequest(f"no .jpg, .jpeg or .png photos under {folder}")
+    return {
+        name: _pipeline_figures(FacePipeline(single, registry, recipe=each), blobs)["images_per_s"]
+        for name, each in RECIPES.items()
     }

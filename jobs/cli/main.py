@@ -69,8 +69,18 @@ def models_build(force: bool = False, as_json: JsonFlag = False) -> None:
 
 
 @models_app.command("list")
-def models_list(as_json: JsonFlag = False) -> None:
-    """Show a model card per model: source, licence, sha256, inputs, outputs and calibration."""
+def models_list(
+    measure: Annotated[
+        bool, typer.Option(help="Also time every recipe here: photos a second on one core, end to end.")
+    ] = False,
+    images: Annotated[Path, typer.Option(file_okay=False, help="Photos to time on.")] = Path(
+        "../shared/lfw-dev/images"
+    ),
+    photos: Annotated[int, typer.Option(min=1, help="How many of them.")] = 40,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show a model card per model (source, licence, sha256, inputs, outputs and calibration) and every recipe with
+    its measured FNMR and, with --measure, its speed on this machine."""
     from cluster.models.recipes import offered
     from cluster.models.registry import EMBEDDERS, ModelRegistry
 
@@ -82,6 +92,15 @@ def models_list(as_json: JsonFlag = False) -> None:
             calibration = registry.calibration(card["model_id"])
             card["calibration"] = {k: v for k, v in calibration.items() if k != "table"}
     recipes = offered(registry.calibration)
+    if measure:
+        from jobs.bench.embed import recipe_speeds
+
+        try:
+            speeds = recipe_speeds(settings(), images, photos)
+        except user_errors() as exc:
+            raise fail(exc) from exc
+        for row in recipes:
+            row["images_per_s_one_core"] = speeds[row["recipe"]]
     if as_json:
         print(json.dumps({"models": cards, "recipes": recipes}))
         return
@@ -94,15 +113,17 @@ def models_list(as_json: JsonFlag = False) -> None:
         table.add_row("calibration", json.dumps(card.get("calibration")) if card.get("calibration") else "none")
         Console().print(table)
     table = Table(
-        "recipe", "aliases", "detector", "model", "mirror", "runs here on", "FNMR @ FMR 1e-5", title="recipes"
-    )
+        "recipe", "aliases", "detector", "model", "mirror", "runs here on", "FNMR @ FMR 1e-5", "photos/s, 1 core",
+        title="recipes",
+    )  # fmt: skip
     for row in recipes:
         fnmr = (row["fnmr_at_fmr"] or {}).get("1e-5", "not calibrated")
         model = row["model_id"]
         if row["fused_with"]:
             model += f" + {row['fused_with']} (weights {row['fusion_weight']} / {1 - row['fusion_weight']:.2f})"
         cells = (row["recipe"], ", ".join(row["aliases"]), row["detector"], model, str(row["mirror"]))
-        table.add_row(*cells, row["runs_here_on"], str(fnmr))
+        speed = str(row.get("images_per_s_one_core", "--measure"))
+        table.add_row(*cells, row["runs_here_on"], str(fnmr), speed)
     Console().print(table)
 
 
@@ -232,8 +253,9 @@ def demo(
         call(lambda s, c: collections.create(s, c, collection, 4, DEFAULT_MAX_FALSE_MATCH_RATE))
     described = call(lambda s, c: collections.describe(s, c, collection))
     console.print(
-        f"collection {collection!r}: recipe {described.recipe or described.model_id}; floor: at most {described.max_false_match_rate:g} false "
-        f"matches per comparison, similarity {described.threshold_floor_similarity:.4f} on its pinned calibration"
+        f"collection {collection!r}: recipe {described.recipe or described.model_id}; floor: at most "
+        f"{described.max_false_match_rate:g} false matches per comparison, similarity "
+        f"{described.threshold_floor_similarity:.4f} on its pinned calibration"
     )
     if described.max_false_match_rate != DEFAULT_MAX_FALSE_MATCH_RATE:
         console.print(

@@ -42,6 +42,16 @@ def test_models_list_shows_cards(env: dict[str, str]) -> None:
         assert card["calibration"]["similarity_at_fmr"]["1e-5"] is not None
 
 
+def test_models_list_measures_every_recipe_here(env: dict[str, str], lfw_images: Path, tmp_path: Path) -> None:
+    for photo in lfw_photos(lfw_images, 2):
+        (tmp_path / photo.name).write_bytes(photo.read_bytes())
+    recipes = run(env, "models", "list", "--measure", "--images", str(tmp_path), "--photos", "2")["recipes"]
+    assert all(row["images_per_s_one_core"] > 0 for row in recipes)
+    assert {r["recipe"]: r["fused_with"] for r in recipes}["yunet-onet-sface-dlib-mirror"] == "dlib-resnet-v1"
+    empty = runner.invoke(app, ["models", "list", "--measure", "--images", str(tmp_path / "none")], env=env)
+    assert empty.exit_code == 2 and "no .jpg, .jpeg or .png photos" in empty.output, empty.output
+
+
 def test_unknown_model_stops_at_the_command_line(env: dict[str, str]) -> None:
     for args in (["collections", "create", "x", "--model", "arcface"], ["bench", "embed", "--model", "arcface"]):
         result = runner.invoke(app, args, env=env)
