@@ -331,6 +331,7 @@ class UnindexedFace(BaseModel):
 class IndexFacesAnswer(BaseModel):
     collection: str
     model_id: str
+    recipe: str = Field(description="The collection's recipe: what made these faces' vectors")
     external_image_id: str
     image_sha256: str
     source: str = Field(description="Where its records say it came from (an upload, or the ingest source's URI)")

@@ -13,6 +13,7 @@ from cluster.collections.manifest import DEFAULT_MAX_FALSE_MATCH_RATE, DEFAULT_S
 from cluster.errors import CollectionNotFound
 from cluster.keys.access import Caller
 from cluster.models.calibration import Rates
+from cluster.models.recipes import plain_recipe
 from cluster.models.registry import DEFAULT_EMBEDDER
 from cluster.pipeline.quality import QualityFilter
 from serving.rekognition import render
@@ -86,7 +87,13 @@ def _request(who: Who, threshold: float | None, max_results: int = 10) -> Search
 async def create_collection(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, Any]:
     made = await collections.create(ctx, who.caller, p["CollectionId"], DEFAULT_SHARDS, DEFAULT_MAX_FALSE_MATCH_RATE)
     return {"StatusCode": 200, "CollectionArn": f"aws:rekognition:facegrid:collection/{made.name}",
-            "FaceModelVersion": made.model_id}  # fmt: skip
+            "FaceModelVersion": _face_model_version(made.recipe, made.model_id)}  # fmt: skip
+
+
+def _face_model_version(recipe: str | None, model_id: str) -> str:
+    """A collection's recipe (detector, model or models, mirroring, precision): what made its faces, as
+    Rekognition's FaceModelVersion names what made a collection's. Made before recipes: its model's plain one."""
+    return recipe or plain_recipe(model_id).name
 
 
 async def describe_collection(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, Any]:
@@ -94,7 +101,7 @@ async def describe_collection(ctx: Context, who: Who, p: dict[str, Any]) -> dict
     return {
         "FaceCount": described.face_count + described.live_face_count,
         "UserCount": described.user_count,
-        "FaceModelVersion": described.model_id,
+        "FaceModelVersion": _face_model_version(described.recipe, described.model_id),
         "CollectionARN": f"aws:rekognition:facegrid:collection/{described.name}",
         "CreationTimestamp": render.timestamp(described.created_at),
     }
@@ -105,7 +112,7 @@ async def list_collections(ctx: Context, who: Who, p: dict[str, Any]) -> dict[st
     names = collections.names(ctx, who.caller)
     held = [(n, await _manifest(ctx, n)) for n in names[start : start + size]]
     page = [n for n, manifest in held if manifest is not None]  # one deleted meanwhile
-    versions = [manifest.model_id for _, manifest in held if manifest is not None]
+    versions = [manifest.face_recipe.name for _, manifest in held if manifest is not None]
     out: dict[str, Any] = {"CollectionIds": page, "FaceModelVersions": versions}
     if start + size < len(names):
         out["NextToken"] = render.token(start + size)
@@ -153,7 +160,7 @@ async def index_faces(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, An
             }
             for f in answer.face_records
         ],
-        "FaceModelVersion": answer.model_id,
+        "FaceModelVersion": answer.recipe,
         "UnindexedFaces": [
             {"Reasons": u.reasons, "FaceDetail": render.detail(u.face, size)} for u in answer.unindexed_faces
         ],
@@ -166,7 +173,7 @@ async def list_faces(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, Any
     listed = await faces.page(ctx, who.caller, collection, size, start)
     owners = await _owners(ctx, collection)
     wanted = {render.face_id_of(f) for f in p.get("FaceIds", [])}
-    model = (await ctx.read_manifest(collection)).model_id
+    model = (await ctx.read_manifest(collection)).face_recipe.name
     found = [
         render.face(r, model, owners.get(r.face_id))
         for r in listed.faces
@@ -205,11 +212,12 @@ async def search_faces(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, A
     request = _request(who, _threshold(manifest, ctx, p.get("FaceMatchThreshold")), cap)
     face_id = render.face_id_of(p["FaceId"]) or p["FaceId"]
     answer = await search.search_face(ctx, who.caller, collection, face_id, request)
-    rates = ctx.models.rates(await ctx.read_manifest(collection))
+    held = await ctx.read_manifest(collection)
+    rates, version = ctx.models.rates(held), held.face_recipe.name
     return {
         "SearchedFaceId": p["FaceId"],
-        "FaceMatches": _face_matches(answer.matches, rates, answer.model_id, await _owners(ctx, collection)),
-        "FaceModelVersion": answer.model_id,
+        "FaceMatches": _face_matches(answer.matches, rates, version, await _owners(ctx, collection)),
+        "FaceModelVersion": version,
     }
 
 
@@ -221,12 +229,13 @@ async def search_faces_by_image(ctx: Context, who: Who, p: dict[str, Any]) -> di
     request = _request(who, _threshold(manifest, ctx, p.get("FaceMatchThreshold")), cap)
     answer = await search.search(ctx, who.caller, collection, blob, request)
     size = image_size(blob)
-    rates = ctx.models.rates(await ctx.read_manifest(collection))
+    held = await ctx.read_manifest(collection)
+    rates, version = ctx.models.rates(held), held.face_recipe.name
     return {
         "SearchedFaceBoundingBox": render.box(answer.searched_face.bbox, size),
         "SearchedFaceConfidence": round(answer.searched_face.confidence * 100, 4),
-        "FaceMatches": _face_matches(answer.matches, rates, answer.model_id, await _owners(ctx, collection)),
-        "FaceModelVersion": answer.model_id,
+        "FaceMatches": _face_matches(answer.matches, rates, version, await _owners(ctx, collection)),
+        "FaceModelVersion": version,
     }
 
 
@@ -325,8 +334,9 @@ async def search_users(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, A
     answer = await people.search(
         ctx, who.caller, collection, request, face_id=face_id, user_id=p.get("UserId"), max_users=cap
     )
-    rates = ctx.models.rates(await ctx.read_manifest(collection))
-    out: dict[str, Any] = {"UserMatches": _user_matches(answer, rates), "FaceModelVersion": answer.model_id}
+    held = await ctx.read_manifest(collection)
+    rates, version = ctx.models.rates(held), held.face_recipe.name
+    out: dict[str, Any] = {"UserMatches": _user_matches(answer, rates), "FaceModelVersion": version}
     out["SearchedFace" if "FaceId" in p else "SearchedUser"] = (
         {"FaceId": p["FaceId"]} if "FaceId" in p else {"UserId": p["UserId"]}
     )

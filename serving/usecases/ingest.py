@@ -94,6 +94,7 @@ async def add_faces(
     return IndexFacesAnswer(
         collection=collection,
         model_id=manifest.model_id,
+        recipe=manifest.face_recipe.name,
         external_image_id=external,
         image_sha256=digest,
         source=location,

@@ -22,6 +22,7 @@ from PIL import Image
 
 from cluster.audit.log import read_records
 from cluster.keys.access import Role, local_operator
+from cluster.models.recipes import DEFAULT_RECIPE
 from cluster.settings import Settings
 from serving.threaded import serve_in_thread
 from serving.usecases import keys
@@ -98,7 +99,9 @@ def _code(call: Any) -> tuple[str, str]:
 
 def test_every_operation(world: Any) -> None:
     rk, photos = world["admin"], world["photos"]
-    assert rk.create_collection(CollectionId="rk")["FaceModelVersion"] == "sface-2021dec"
+    assert (
+        rk.create_collection(CollectionId="rk")["FaceModelVersion"] == DEFAULT_RECIPE
+    )  # the recipe that makes its faces
     assert "rk" in rk.list_collections()["CollectionIds"]
     ids: dict[str, list[str]] = {}
     for person, files in photos.items():
