@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -43,9 +43,15 @@ class KeptPhotos:
     def key(self, sha256: str) -> str:
         return f"{self.prefix}{sha256}"
 
+    def _lock_name(self, sha256: str) -> str:
+        return f"photos-{self.collection}-{int(sha256[:4], 16) % LOCK_STRIPES}"
+
     @contextmanager
-    def locked(self, sha256: str) -> Iterator[None]:
-        with exclusive(self.store, f"photos-{self.collection}-{int(sha256[:4], 16) % LOCK_STRIPES}"):
+    def locked(self, *sha256s: str) -> Iterator[None]:
+        """Hold the locks of these photos (each stripe once, in one order: no two holders wait on each other)."""
+        with ExitStack() as stack:
+            for name in sorted({self._lock_name(sha256) for sha256 in sha256s}):
+                stack.enter_context(exclusive(self.store, name))
             yield
 
     def keep(self, sha256: str, blob: bytes) -> None:
@@ -62,26 +68,31 @@ class KeptPhotos:
 
     def drop_unnamed(self, candidates: set[str], files: Callable[[], list[str]], erased: set[str]) -> list[str]:
         """Delete each candidate photo that no face of the record files (`files()`: the collection's, live log
-        included, listed under the photo's lock) names any more, leaving out erased faces; the SHA-256s deleted.
-        The caller holds the collection's lock, so no fold moves a segment meanwhile."""
-        deleted = []
-        for sha256 in sorted(candidates):
-            with self.locked(sha256):
-                if not self.exists(sha256) or _named(self.store, files(), UPLOAD + sha256, erased):
-                    continue
+        included, listed under the photos' locks) names any more, leaving out erased faces; the SHA-256s deleted,
+        in one pass over the records whatever the number of candidates. The caller holds the collection's lock,
+        so no fold moves a segment meanwhile."""
+        if not candidates:
+            return []
+        with self.locked(*candidates):
+            held = {sha256 for sha256 in candidates if self.exists(sha256)}
+            named = _named(self.store, files(), {UPLOAD + sha256 for sha256 in held}, erased)
+            deleted = sorted(sha256 for sha256 in held if UPLOAD + sha256 not in named)
+            for sha256 in deleted:
                 self.store.delete(self.key(sha256))
-                deleted.append(sha256)
         return deleted
 
 
-def _named(store: ObjectStore, files: list[str], location: str, erased: set[str]) -> bool:
-    """Whether a face not erased, in any of these record files, names `location`."""
+def _named(store: ObjectStore, files: list[str], locations: set[str], erased: set[str]) -> set[str]:
+    """Those of `locations` that a face not erased, in any of these record files, names (two columns read)."""
+    named: set[str] = set()
+    if not locations:
+        return named
+    wanted = pa.array(sorted(locations), pa.string())
     for key in files:
         try:
             table = store.get_parquet(key, ["face_id", "source_key"])
         except ObjectNotFound:
             continue
-        rows = table.filter(pc.equal(table.column("source_key"), pa.scalar(location)))
-        if any(face_id not in erased for face_id in rows.column("face_id").to_pylist()):
-            return True
-    return False
+        rows = table.filter(pc.is_in(table.column("source_key"), wanted)).to_pylist()
+        named |= {row["source_key"] for row in rows if row["face_id"] not in erased}
+    return named
