@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import ray
@@ -15,9 +16,20 @@ EMBEDDER_CPUS = 0.5
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Join the cluster at `address` or RAY_ADDRESS (ray://... or a head's GCS address), else start a local one."""
+    """Join the cluster at `address` or RAY_ADDRESS (ray://... or a head's GCS address), else start a local one.
+    Thread-safe: a server's first Ray calls may come from two request threads at once (an upload's photo lock and
+    an erasure), and a second `ray.init` while the first connects fails with an AssertionError."""
     if ray.is_initialized():
         return
+    with _starting:
+        if not ray.is_initialized():
+            _init(address)
+
+
+_starting = threading.Lock()
+
+
+def _init(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address and address.startswith("http"):
         address = None  # a dashboard address is for job submission; this process runs embedded

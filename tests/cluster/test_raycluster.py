@@ -64,3 +64,25 @@ def test_the_cluster_wide_actors_outlive_the_process_that_first_asked_for_them(l
     ray.get(table.release.remote("k", "me"), timeout=30)
     writer = ray.get_actor(audit_actor_name(Settings(store=store)), namespace=NAMESPACE)
     ray.get(writer.check_appendable.remote(), timeout=30)
+
+
+def test_threads_that_start_ray_at_once_start_it_once() -> None:
+    """A server's first Ray calls may come from two request threads at once (found by `bench races` on S3: an
+    upload's photo lock beside another request; the second `ray.init` failed with an AssertionError, a 500)."""
+    script = (
+        "import threading, ray\n"
+        "from cluster.raycluster import ensure_ray\n"
+        "errors = []\n"
+        "def start():\n"
+        "    try:\n"
+        "        ensure_ray()\n"
+        "    except Exception as exc:\n"
+        "        errors.append(repr(exc))\n"
+        "threads = [threading.Thread(target=start) for _ in range(4)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "assert ray.is_initialized() and not errors, errors\n"
+        "ray.shutdown()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, timeout=180, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0
