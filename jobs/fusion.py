@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from cluster.models.calibration import build_calibration
+from cluster.models.calibration import fnmr_at_rate
 from jobs.evaluate import LabelNoise, Pair, halves, impostor_similarities
 
 FUSION_GRID = np.round(np.linspace(0.0, 1.0, 41), 3)
@@ -18,7 +18,6 @@ def fit_fusion(
     """The weight w of a fused score w * s1 + (1 - w) * s2 (`Recipe.fused_with`), fitted on one half of the people
     (`halves`: no one in both) as the w with the fewest missed mates at this false match rate, then checked on the
     other half beside each model alone. Photos where either model found no face are left out of both."""
-    label = f"{rate:.0e}".replace("e-0", "e-")
     names = sorted(set(first) & set(second))
     noise = LabelNoise.load()
     sides = halves({n: first[n] for n in names}, noise)
@@ -30,8 +29,8 @@ def fit_fusion(
         return genuine[0], genuine[1], impostor[0], impostor[1]
 
     def fnmr(genuine: np.ndarray, impostor: np.ndarray) -> float:
-        """As a calibration counts it (`build_calibration`): mates below the threshold of this rate."""
-        return float(build_calibration(genuine, impostor)["fnmr_at_fmr"][label] or 0.0)
+        """As a calibration counts it, without fitting a tail per weight."""
+        return float(fnmr_at_rate(genuine, np.sort(impostor), rate) or 0.0)
 
     fit, check = scores(sides[0]), scores(sides[1])
     by_weight = {float(w): fnmr(w * fit[0] + (1 - w) * fit[1], w * fit[2] + (1 - w) * fit[3]) for w in FUSION_GRID}

@@ -29,6 +29,18 @@ def _threshold(impostor_sorted: np.ndarray, rate: float) -> float:
     return float(np.nextafter(impostor_sorted[n - allowed - 1], np.float64(np.inf)))
 
 
+def fnmr_at_rate(
+    genuine: np.ndarray, impostor_sorted: np.ndarray, rate: float, failed_genuine: int = 0
+) -> float | None:
+    """The share of mates missed at the threshold of this false match rate (below it; failed ones are missed), as
+    a calibration states it; None where the comparisons cannot measure the rate or there are no mates."""
+    n, n_genuine = len(impostor_sorted), len(genuine) + failed_genuine
+    if n == 0 or rate * n < 1 or not n_genuine:
+        return None
+    misses = int((genuine < _threshold(impostor_sorted, rate)).sum()) + failed_genuine
+    return round(misses / n_genuine, 6)
+
+
 def build_calibration(genuine: np.ndarray, impostor: np.ndarray, failed_genuine: int = 0) -> dict[str, Any]:
     """Similarity thresholds for FMR targets that the number of impostor comparisons can support, and the fitted
     tail beyond them where there are enough comparisons to fit one (cluster/models/tail.py)."""
@@ -43,10 +55,8 @@ def build_calibration(genuine: np.ndarray, impostor: np.ndarray, failed_genuine:
         if n == 0 or rate * n < 1:
             similarity_at[label] = fnmr_at[label] = None  # fewer comparisons than 1/rate: not measurable
             continue
-        threshold = _threshold(impostor, rate)
-        similarity_at[label] = round(threshold, 6)
-        misses = int((genuine < threshold).sum()) + failed_genuine
-        fnmr_at[label] = round(misses / n_genuine, 6) if n_genuine else None
+        similarity_at[label] = round(_threshold(impostor, rate), 6)
+        fnmr_at[label] = fnmr_at_rate(genuine, impostor, rate, failed_genuine)
     calibration = {
         "metric": "cosine",
         "impostor_comparisons": n,
