@@ -192,9 +192,12 @@ class Publisher:
             else:
                 published = self.collections.get(manifest.name)
             # A kept photo goes with its last face (still under the collection's lock: no fold moves a segment).
-            # Faces asked for that were erased before count too, so that a retry after a crash here finishes.
-            entries = register.entries()
-            sources = [e["source"] for e in erased] + [entries[f]["source"] for f in face_ids if f in entries]
+            # Faces asked for that were erased before count too, so that a retry after a crash here finishes. The
+            # register (an object an act) is read only where a photo may be at stake.
+            sources = [e["source"] for e in erased]
+            asked_before = face_ids - {e["face_id"] for e in erased}
+            entries = register.entries() if asked_before or any(map(photo_sha256, sources)) else {}
+            sources += [entries[f]["source"] for f in asked_before if f in entries]
             photos = {sha for sha in map(photo_sha256, sources) if sha}
             deleted = KeptPhotos(self.store, manifest.name).drop_unnamed(
                 photos, lambda: self._record_files(manifest.name), set(entries)
