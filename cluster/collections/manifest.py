@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from cluster.collections import index_spec
 from cluster.collections.records import ERROR_SCHEMA, FACE_SCHEMA, face_schema
 from cluster.errors import CollectionExists, CollectionNotFound, InvalidCollectionName, InvalidRequest
-from cluster.models.recipes import Recipe, plain_recipe, recipe
+from cluster.models.recipes import Recipe, recipe_of
 from cluster.pipeline.embed import EMBEDDING_DIM
 from cluster.storage import ObjectNotFound, ObjectStore
 
@@ -81,7 +81,7 @@ class Manifest(BaseModel):
     @property
     def face_recipe(self) -> Recipe:
         """The recipe its faces were made with, and every probe searched against it must be."""
-        return recipe(self.recipe) if self.recipe else plain_recipe(self.model_id)
+        return recipe_of(self.recipe, self.model_id)
 
     def public(self) -> dict[str, object]:
         """The manifest as the API and the CLI show it: without the lists of record files."""

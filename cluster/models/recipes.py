@@ -208,6 +208,12 @@ def offered(calibration: Callable[[str], dict[str, Any]]) -> list[dict[str, Any]
     return rows
 
 
+def recipe_of(name: str | None, model_id: str) -> Recipe:
+    """A collection's recipe from what its manifest records: its recipe's name, or (made before recipes, None)
+    its model's plain one."""
+    return recipe(name) if name else plain_recipe(model_id)
+
+
 def resolve(name: str | None, model_id: str | None) -> Recipe:
     """The recipe for a new collection from what was asked: a recipe, a model (its plain recipe), both (they must
     agree), or neither (the default)."""

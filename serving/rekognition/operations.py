@@ -13,7 +13,7 @@ from cluster.collections.manifest import DEFAULT_MAX_FALSE_MATCH_RATE, DEFAULT_S
 from cluster.errors import CollectionNotFound
 from cluster.keys.access import Caller
 from cluster.models.calibration import Rates
-from cluster.models.recipes import plain_recipe
+from cluster.models.recipes import recipe_of
 from cluster.models.registry import DEFAULT_EMBEDDER
 from cluster.pipeline.quality import QualityFilter
 from serving.rekognition import render
@@ -87,13 +87,7 @@ def _request(who: Who, threshold: float | None, max_results: int = 10) -> Search
 async def create_collection(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, Any]:
     made = await collections.create(ctx, who.caller, p["CollectionId"], DEFAULT_SHARDS, DEFAULT_MAX_FALSE_MATCH_RATE)
     return {"StatusCode": 200, "CollectionArn": f"aws:rekognition:facegrid:collection/{made.name}",
-            "FaceModelVersion": _face_model_version(made.recipe, made.model_id)}  # fmt: skip
-
-
-def _face_model_version(recipe: str | None, model_id: str) -> str:
-    """A collection's recipe (detector, model or models, mirroring, precision): what made its faces, as
-    Rekognition's FaceModelVersion names what made a collection's. Made before recipes: its model's plain one."""
-    return recipe or plain_recipe(model_id).name
+            "FaceModelVersion": recipe_of(made.recipe, made.model_id).name}  # fmt: skip
 
 
 async def describe_collection(ctx: Context, who: Who, p: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +95,7 @@ async def describe_collection(ctx: Context, who: Who, p: dict[str, Any]) -> dict
     return {
         "FaceCount": described.face_count + described.live_face_count,
         "UserCount": described.user_count,
-        "FaceModelVersion": _face_model_version(described.recipe, described.model_id),
+        "FaceModelVersion": recipe_of(described.recipe, described.model_id).name,
         "CollectionARN": f"aws:rekognition:facegrid:collection/{described.name}",
         "CreationTimestamp": render.timestamp(described.created_at),
     }
