@@ -29,15 +29,15 @@ def audit_actor(settings: Settings) -> Any:
     # A handle is good only in the Ray session it came from: a process that joins another cluster (or a new local
     # one) asks again, rather than sending appends to an actor of a cluster that is gone. The job id alone does not
     # tell sessions apart (every new local Ray numbers its first driver 01000000); the node id does.
-    context = ray.get_runtime_context()
-    session = (context.get_node_id(), context.get_job_id(), audit_actor_name(settings))
+    context, name = ray.get_runtime_context(), audit_actor_name(settings)
+    session = (context.get_node_id(), context.get_job_id(), name)
     if _handles.get("session") != session:
         _handles.pop("audit", None)
         _handles["session"] = session
     if "audit" not in _handles:
         # Detached, as the lock table is (cluster/locks.py): not ended with the process that first asked for it.
         remote = ray.remote(AuditWriter).options(
-            name=audit_actor_name(settings),
+            name=name,
             namespace=NAMESPACE,
             get_if_exists=True,
             num_cpus=0,
