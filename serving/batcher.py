@@ -90,10 +90,14 @@ class MicroBatcher:
             queries = np.concatenate([w.queries for w in batch])
             try:
                 result = await self.run(queries, max(w.k for w in batch), batch[0].knobs)
-            except Exception as exc:
+            except BaseException as exc:
+                # A cancelled fan-out fails its batch too: a query left waiting would wait for ever.
+                failed = exc if isinstance(exc, Exception) else RuntimeError(f"the fan-out ended: {exc!r}")
                 for item in batch:
                     if not item.future.done():
-                        item.future.set_exception(exc)
+                        item.future.set_exception(failed)
+                if not isinstance(exc, Exception):
+                    raise
                 return
             start = 0
             for item in batch:

@@ -34,11 +34,25 @@ class GroupCommit(Generic[In, Out]):
                 group, self.waiting = self.waiting[: self.max_group], self.waiting[self.max_group :]
                 try:
                     results = await self.commit([item for item, _ in group])
-                except Exception as exc:
-                    for _, done in group:
-                        done.set_exception(exc)
+                except BaseException as exc:
+                    # A cancelled commit fails its group too: a caller left waiting would wait for ever.
+                    failed = exc if isinstance(exc, Exception) else RuntimeError(f"the commit ended: {exc!r}")
+                    _fail(group, failed)
+                    if not isinstance(exc, Exception):
+                        _fail(self.waiting, failed)
+                        self.waiting = []
+                        raise
                     continue
                 for (_, done), result in zip(group, results, strict=True):
-                    done.set_result(result)
+                    # A caller that went away (its request cancelled) is skipped; its item was committed all the
+                    # same, and the rest of the group still gets answers.
+                    if not done.done():
+                        done.set_result(result)
         finally:
             self.committing = None
+
+
+def _fail(group: list[tuple[In, asyncio.Future[Out]]], exc: Exception) -> None:
+    for _, done in group:
+        if not done.done():
+            done.set_exception(exc)

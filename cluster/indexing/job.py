@@ -212,13 +212,17 @@ def run_index_job(
         runtime = settings.runtime.model_copy(update={"intra_op_threads": 1})
         actor_settings = settings.model_copy(update={"runtime": runtime})
         remote = ray.remote(IndexPartition).options(**embedder_options(gpus))
-        actors = [remote.remote(actor_settings, spec) for _ in range(embedder_count(gpus))]
+        actors: list[Any] = [remote.remote(actor_settings, spec) for _ in range(embedder_count(gpus))]
         for result in run_partitions(actors, itertools.chain([first], todo)):
             results.append(result)
             checkpoint["partitions"][str(result.part)] = result.as_dict()
             store.put(_checkpoint_key(job_id), json.dumps(checkpoint).encode())
             if on_partition:
                 on_partition(result)
+        # Their CPUs back before the publish: a job that held them while it waited on shard hosts starting (a
+        # search after a reshard) starved those hosts of the share they need, with two such jobs for ever.
+        for actor in actors:
+            ray.kill(actor)
     face_files = [r.face_file for r in results if r.face_file]
     error_files = [r.error_file for r in results if r.error_file]
     published = manifest

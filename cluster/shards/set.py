@@ -4,6 +4,7 @@ use, reloaded after a publish, retired after a reshard. Nothing else reaches int
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Callable
@@ -32,6 +33,8 @@ SHARD_CPUS = 0.001
 SHARD_CONCURRENCY = 4
 # A new shard actor starts a worker process and reads its snapshot and records before it can answer.
 SHARD_STARTUP_TIMEOUT_S = 600.0
+# How long a job waits for the hosts of a collection it published to reload.
+SYNC_TIMEOUT_S = 60.0
 # A host's set number in its name (`set_prefix`): collection names hold no '@'.
 _SET_NUMBER = re.compile(r"@(\d+):")
 # Background sweeps of earlier sets, kept referenced until they end.
@@ -205,10 +208,23 @@ class ShardSet:
                 log.warning("a replica of %s did not answer %s: %r", self.collection, method, exc)
         raise ShardsUnavailable(f"a shard of {self.collection!r} holding these faces did not answer; try again")
 
-    def sync_blocking(self, new: Manifest) -> None:
-        """For jobs (no event loop, any machine of the cluster): reload the live hosts of the published set."""
-        if ray.is_initialized():
-            ray.get([h.reload.remote() for h in self.live(new)])
+    def sync_blocking(self, new: Manifest, timeout_s: float = SYNC_TIMEOUT_S) -> int:
+        """For jobs (no event loop, any machine of the cluster): reload the live hosts of the published set, waiting
+        at most `timeout_s`; the number that had not answered by then. A host still starting (waiting for its
+        share of a CPU, say) reads the published version when it starts, and servers follow within a manifest
+        read: a job never waits on one for ever."""
+        if not ray.is_initialized():
+            return 0
+        refs = [h.reload.remote() for h in self.live(new)]
+        if not refs:
+            return 0
+        done, late = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        for ref in done:
+            with contextlib.suppress(ray.exceptions.RayActorError):  # retired meanwhile: nothing to show
+                ray.get(ref)
+        if late:
+            log.warning("%d hosts of %s did not reload within %.0f s", len(late), self.collection, timeout_s)
+        return len(late)
 
     def _retire_older_later(self, manifest: Manifest) -> None:
         """`retire_older`, `serving.retire_after_s` from now (searches begun on an earlier set finish first). A

@@ -10,6 +10,8 @@ import time
 from collections import Counter
 from typing import Any
 
+import httpx
+
 from cluster.audit.log import read_records
 from cluster.audit.verify import verify
 from cluster.collections.photos import KeptPhotos
@@ -18,6 +20,8 @@ from jobs.processes import serve_process, stop_process
 
 # Every acknowledged add is searchable on every server within this; no server serves an erased face past it.
 BOUND_S = 2.0
+# A search that has not answered by then hangs: a violation, and the run goes on to report it.
+SEARCH_TIMEOUT_S = 120.0
 SEARCH = {"purpose": "system-test", "case_id": "RACES", "max_results": "50"}
 
 
@@ -70,11 +74,16 @@ def check_manifest(run: Run) -> None:
 
 def _found(run: Run, server: int, photo: Photo) -> set[str]:
     with run.client(server) as client:
-        answer = client.post(
-            f"/v1/collections/{COLLECTION}/search",
-            files={"image": (photo.path.name, photo.path.read_bytes())},
-            data=SEARCH,
-        )
+        try:
+            answer = client.post(
+                f"/v1/collections/{COLLECTION}/search",
+                files={"image": (photo.path.name, photo.path.read_bytes())},
+                data=SEARCH,
+                timeout=SEARCH_TIMEOUT_S,
+            )
+        except httpx.TimeoutException:
+            run.violated(f"search on server {server}: no answer in {SEARCH_TIMEOUT_S} s")
+            return set()
     run.acts["search"] += 1
     if answer.status_code != 200:
         run.violated(f"search on server {server}: {answer.status_code} {answer.text[:300]}")

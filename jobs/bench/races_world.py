@@ -137,6 +137,12 @@ def _keep_logs(workdir: Path, run: Callable[[], Run | None]) -> None:
         for log in workdir.glob("server-*.log"):
             shutil.copy(log, kept / log.name)
         print(f"seed {failed.seed}: the servers' logs are kept in {kept}", file=sys.stderr)
+        # Where only the output survives (CI): the first violations and each server's last warnings.
+        print("\n".join(failed.violations[:5]), file=sys.stderr)
+        for log in sorted(kept.glob("server-*.log")):
+            lines = log.read_text(errors="replace").splitlines()
+            loud = [line for line in lines if "WARNING" in line or "ERROR" in line or "Error" in line]
+            print(f"--- {log.name}: {len(lines)} lines, the last warnings:", *loud[-15:], sep="\n", file=sys.stderr)
 
 
 def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:

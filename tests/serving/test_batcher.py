@@ -7,6 +7,7 @@ import time
 
 import faiss
 import numpy as np
+import pytest
 
 from cluster.collections.index_spec import SearchKnobs
 from serving.batcher import MicroBatcher
@@ -133,3 +134,26 @@ def test_a_window_gathers_more_under_load_only() -> None:
 
     alone_s = asyncio.run(waves())
     assert [n for n, _ in shards.calls] == [1, 1, 10] and alone_s < window_s
+
+
+def test_a_cancelled_fan_out_fails_its_queries_and_the_next_ones_go() -> None:
+    shards = Shards()
+    stuck = asyncio.Event()
+
+    async def hangs_once(queries: np.ndarray, k: int, knobs: SearchKnobs) -> FanOutResult:
+        if not stuck.is_set():
+            stuck.set()
+            await asyncio.sleep(3600)
+        return await shards.run(queries, k, knobs)
+
+    async def run() -> FanOutResult:
+        batcher = MicroBatcher(hangs_once, in_flight=1)
+        first = asyncio.create_task(batcher.search(shards.vectors[:1], 5))
+        await stuck.wait()
+        for task in list(batcher._tasks):
+            task.cancel()
+        with pytest.raises(RuntimeError, match="the fan-out ended"):
+            await asyncio.wait_for(first, 2)
+        return await asyncio.wait_for(batcher.search(shards.vectors[:1], 5), 2)
+
+    assert asyncio.run(run()).hits[0][0].faiss_id == 0

@@ -125,3 +125,36 @@ def test_a_server_that_did_not_reshard_retires_the_earlier_sets_it_holds(tmp_pat
         assert time.monotonic() < deadline, held
         time.sleep(0.2)
     asyncio.run(here.drop())
+
+
+def test_a_job_does_not_wait_for_ever_on_a_host_that_cannot_start(tmp_path: Path, local_ray: None) -> None:
+    """Every CPU held (two index jobs' embedders, say): a host started by a search cannot get its share, so the
+    job's reload after its publish answers within its bound, naming one host late; once CPUs are free the host
+    starts and serves the published version (with two such jobs it used to wait for ever)."""
+    settings = Settings(store=str(tmp_path / "store"), shard_cache=tmp_path / "cache")
+    collections = Collections(LocalStore(tmp_path / "store"))
+    manifest = collections.create(
+        Manifest(name="w", model_id="dlib-resnet-v1", model_sha256="x", shard_count=2, index_spec="Flat")
+    )
+    vectors, _ = clustered_vectors(100, 128)
+    collections.store.put_parquet("collections/w/faces/a.parquet", records(vectors))
+    hogs = [Hog.remote() for _ in range(2)]  # type: ignore[attr-defined]
+    ray.get([hog.ready.remote() for hog in hogs])
+    shards = ShardSet(settings, "w")
+    shards._create(manifest)  # a search's start of the set, pending for its CPU share
+    published = Publisher(collections).publish(manifest, ["collections/w/faces/a.parquet"])
+    began = time.monotonic()
+    assert shards.sync_blocking(published, timeout_s=2.0) == 1
+    assert time.monotonic() - began < 10
+    for hog in hogs:
+        ray.kill(hog)
+    handles = asyncio.run(shards.handles(published))
+    answer = asyncio.run(fan_out(handles, vectors[:2], 1, timeout=30.0))
+    assert not answer.partial and [hits[0].faiss_id for hits in answer.hits] == [1, 2]
+    asyncio.run(shards.drop())
+
+
+@ray.remote(num_cpus=1)
+class Hog:
+    def ready(self) -> bool:
+        return True
