@@ -174,3 +174,24 @@ class CsrfRefused(FacegridError):
 
     code = "CSRF_REFUSED"
     status = 403
+
+
+class ShadowStale(FacegridError):
+    """The upgraded version lacks photos the collection holds now (added since the upgrade read it, or not read)."""
+
+    code = "SHADOW_STALE"
+    status = 409
+
+
+class NoShadowVersion(FacegridError):
+    """No upgrade has built a version to compare with or to switch to."""
+
+    code = "NO_SHADOW_VERSION"
+    status = 409
+
+
+class NoPreviousVersion(FacegridError):
+    """Nothing to roll back to: no cut-over, or the version before it was kept past its time and removed."""
+
+    code = "NO_PREVIOUS_VERSION"
+    status = 409

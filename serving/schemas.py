@@ -284,6 +284,21 @@ class RebuildCollection(Body):
     retrain: bool = False
 
 
+class UpgradeCollection(Body):
+    """The recipe to move a collection to: named, or by model (its plain recipe) and optionally detector."""
+
+    model: str | None = Field(default=None, max_length=64)
+    detector: str | None = Field(default=None, max_length=64)
+    recipe: str | None = Field(default=None, max_length=64)
+    missing: Literal["stop", "drop"] = "stop"
+    partition_size: int = Field(default=32, ge=1, le=10_000)
+
+
+class VersionSwitch(Body):
+    keep_days: float | None = Field(default=None, ge=0, le=3650, description="Keep the version replaced this long")
+    drop_added: bool = Field(default=False, description="Rollback: leave out photos added since the cut-over")
+
+
 class SearchOptions(Body):
     """What a JSON search states besides its probe (a vector, or an indexed face)."""
 

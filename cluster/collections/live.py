@@ -25,19 +25,21 @@ from cluster.storage import ObjectInfo, ObjectNotFound
 LIVE_POLL_S = 0.5
 
 
-def log_prefix(collection: str) -> str:
-    return f"{Collections.prefix(collection)}log/"
+def log_prefix(manifest: Manifest) -> str:
+    """The manifest's live log: each version of a collection's model has its own (an upgrade's cut-over starts
+    one, a rollback returns to the one before), so no vector of one model is ever read as another's."""
+    return f"{Collections.prefix(manifest.name)}{manifest.log}/"
 
 
-def segment_key(collection: str, key: str, etag: str) -> str:
-    digest = hashlib.sha256(f"{collection}\0{key}\0{etag}".encode()).hexdigest()[:32]
-    return f"{log_prefix(collection)}{digest}.parquet"
+def segment_key(manifest: Manifest, key: str, etag: str) -> str:
+    digest = hashlib.sha256(f"{manifest.name}\0{key}\0{etag}".encode()).hexdigest()[:32]
+    return f"{log_prefix(manifest)}{digest}.parquet"
 
 
 def live_segments(collections: Collections, manifest: Manifest) -> list[ObjectInfo]:
     """Segments of the log not yet folded into the published records (in listing order)."""
     folded = set(manifest.folded)
-    return [i for i in collections.store.list(log_prefix(manifest.name)) if i.key not in folded]
+    return [i for i in collections.store.list(log_prefix(manifest)) if i.key not in folded]
 
 
 def all_faces(collections: Collections, manifest: Manifest, columns: list[str]) -> pa.Table:

@@ -74,6 +74,9 @@ class Manifest(BaseModel):
     error_files: list[str] = []
     shards: dict[str, str] = {}  # shard number -> the folder of its snapshot (index.faiss, records.arrow)
     extended_from: int | None = None  # the version whose snapshots this one added to (None: built from records)
+    # The folder of its live log under the collection: "log", or an upgrade's own ("log-<upgrade id>", from its
+    # cut-over on), so that an add embedded with the model before a cut-over never lands among the new model's.
+    log: str = "log"
     # Live-log segments this version folded into its records (removed from the log once it is published; a shard
     # that still lists one leaves it out of its live faces).
     folded: list[str] = []

@@ -54,6 +54,14 @@ class KeptPhotos:
                 stack.enter_context(exclusive(self.store, name))
             yield
 
+    @contextmanager
+    def all_locked(self) -> Iterator[None]:
+        """Every photo lock of the collection (a cut-over: no add writes to the log meanwhile)."""
+        with ExitStack() as stack:
+            for name in sorted(f"photos-{self.collection}-{stripe}" for stripe in range(LOCK_STRIPES)):
+                stack.enter_context(exclusive(self.store, name))
+            yield
+
     def keep(self, sha256: str, blob: bytes) -> None:
         """Store the photo (the caller holds its lock and writes the record that names it before letting go)."""
         if not self.store.exists(self.key(sha256)):

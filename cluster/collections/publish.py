@@ -7,6 +7,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, ExitStack
 from typing import Any
 
 import faiss
@@ -20,6 +21,7 @@ from cluster.collections.manifest import Collections, Manifest, TrainedIndex, ch
 from cluster.collections.photos import KeptPhotos, photo_sha256
 from cluster.collections.records import deduplicate, drop_superseded, erase_rows, face_schema, shard_of
 from cluster.collections.snapshot import RECORD_COLUMNS, extend_shard, vectors_of, write_shard
+from cluster.collections.versions import Versions
 from cluster.errors import CollectionChanged
 from cluster.locks import collection_lock
 from cluster.models.registry import embedding_of
@@ -44,6 +46,7 @@ class Publisher:
         error_files: Iterable[str] = (),
         retrain: bool = False,
         erasing: bool = False,
+        guard: Callable[[Manifest], AbstractContextManager[Any]] | None = None,
     ) -> Manifest:
         """Build every shard's snapshot from the published face records, then swap the manifest in: all or nothing.
 
@@ -52,7 +55,8 @@ class Publisher:
         Flat or IVF shards of an unchanged shape adds them to the previous snapshots (`extended_from` says so);
         IVF indexes are built from the collection's trained index while the resolved spec is unchanged;
         `retrain` trains afresh. A publish that another one overtook raises CollectionChanged, having changed
-        nothing.
+        nothing. `guard`, given the current manifest under the collection's lock just before the swap, may refuse
+        it (raising: nothing changes) or hold more locks through it.
         """
         face_files, error_files = list(face_files), list(error_files)
         # The register decides: a record that a racing rewrite brought back into a file is still never served.
@@ -97,20 +101,31 @@ class Publisher:
         with collection_lock(self.store, new.name):
             current = self.collections.get(new.name)
             if current.version != manifest.version:
-                self._drop_unreferenced(current, only=f"{self.collections.prefix(new.name)}shards/{folder}/")
-                if folded_file is not None:
-                    self.store.delete(folded_file)
+                self._discard(current, folder, folded_file)
                 raise CollectionChanged(
                     f"collection {new.name!r} moved to version {current.version} while version {new.version} was "
                     f"being built from {manifest.version}; nothing was changed, run it again"
                 )
-            self.collections.write(new)
+            with ExitStack() as held:
+                if guard is not None:
+                    try:
+                        held.enter_context(guard(current))
+                    except BaseException:
+                        self._discard(current, folder, folded_file)
+                        raise
+                self.collections.write(new)
             for key in segments:  # folded into the published records: the log keeps only what is still live
                 self.store.delete(key)
             # The version just replaced keeps its snapshots until the next publish (a shard may be loading it
             # now), unless they hold faces this publish removed: erased or superseded embeddings go at once.
             self._drop_unreferenced(new, previous=None if erasing or superseded else manifest)
         return new
+
+    def _discard(self, current: Manifest, folder: str, folded_file: str | None) -> None:
+        """What a publish that will not land built: its snapshot folder and its fold of the log."""
+        self._drop_unreferenced(current, only=f"{self.collections.prefix(current.name)}shards/{folder}/")
+        if folded_file is not None:
+            self.store.delete(folded_file)
 
     def _fold(self, manifest: Manifest, segments: list[str]) -> str | None:
         """The live log's segments as one record file of this publish (None when the log is empty)."""
@@ -210,7 +225,9 @@ class Publisher:
     def _record_files(self, name: str) -> list[str]:
         """Every record file of the collection now: its folded records and its live log."""
         current = self.collections.get(name)
-        return [*current.face_files, *(i.key for i in live_segments(self.collections, current))]
+        held = Versions(self.store, name).held_record_files()  # an upgrade's shadow, the version before a cut-over
+        live = [i.key for i in live_segments(self.collections, current)]
+        return list(dict.fromkeys([*current.face_files, *live, *held]))
 
     def _build_shards(
         self, new: Manifest, folder: str, spec: str, retrain: bool, previous: Manifest | None, added: list[str]

@@ -11,7 +11,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -40,6 +40,8 @@ from cluster.storage import ObjectInfo, ObjectStore, open_store
 
 Progress = Callable[[PartitionResult], None]
 log = logging.getLogger("facegrid.indexing")
+# A unit of work an actor takes (an index job's Partition, an upgrade's part): it has a number, `part`.
+Part = TypeVar("Part")
 
 
 def job_id_for(collection: str, source_uri: str, version: int) -> str:
@@ -99,14 +101,14 @@ def pending_objects(source: ObjectStore, done: set[tuple[str, str]]) -> Iterator
     return (o for o in source.list() if (source_location(source.uri, o.key), o.etag) not in done)
 
 
-def run_partitions(actors: list[Any], partitions: Iterator[Partition]) -> Iterator[PartitionResult]:
+def run_partitions(actors: list[Any], partitions: Iterator[Part]) -> Iterator[Any]:
     """One partition in flight per actor: memory stays bounded however long the listing (ActorPool would queue
     every partition up front). An actor that dies (its node lost, its process killed) leaves the pool and its
     partition goes to another, under the same result names; a restart could wait for resources the cluster no
     longer has, and the job with it. The job fails only when no actor is left."""
     idle = list(actors)
-    running: dict[Any, tuple[Any, Partition]] = {}
-    again: list[Partition] = []
+    running: dict[Any, tuple[Any, Part]] = {}
+    again: list[Part] = []
     while True:
         while idle and (part := again.pop() if again else next(partitions, None)) is not None:
             actor = idle.pop()
@@ -116,11 +118,11 @@ def run_partitions(actors: list[Any], partitions: Iterator[Partition]) -> Iterat
         [ready], _ = ray.wait(list(running), num_returns=1)
         actor, part = running.pop(ready)
         try:
-            result: PartitionResult = ray.get(ready)
+            result = ray.get(ready)
         except ray.exceptions.RayActorError:
             log.warning(
-                "an embedder died with partition %d; %d left, the partition goes to another",
-                part.part,
+                "an embedder died with partition %s; %d left, the partition goes to another",
+                getattr(part, "part", "?"),
                 len(idle) + len(running),
             )
             if not idle and not running:

@@ -15,9 +15,11 @@ from serving.schemas import (
     CreateCollection,
     RebuildCollection,
     Replicas,
+    UpgradeCollection,
+    VersionSwitch,
 )
 from serving.schemas_admin import CALIBRATION, CalibrationChange, Promise, PromiseChange
-from serving.usecases import collections
+from serving.usecases import collections, versions
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
 
@@ -83,3 +85,34 @@ async def describe(collection: str, ctx: Ctx, caller: CallerDep) -> CollectionDe
 @router.delete("/{collection}", responses=errors(404))
 async def delete(collection: str, ctx: Ctx, caller: CallerDep) -> CollectionDeleted:
     return CollectionDeleted(collection=collection, deleted_objects=await collections.delete(ctx, caller, collection))
+
+
+@router.post("/{collection}/upgrade", responses=errors(404, 409))
+async def upgrade(collection: str, body: UpgradeCollection, ctx: Ctx, caller: CallerDep) -> dict[str, Any]:
+    """Embed every face again with another recipe into a shadow version (the live one serves throughout); face
+    ids kept. Resumable: the same request again embeds only what is missing. Admin only; audited."""
+    return await versions.upgrade(
+        ctx, caller, collection, body.model, body.detector, body.recipe, body.missing, body.partition_size
+    )
+
+
+@router.get("/{collection}/versions/compare", responses=errors(404, 409))
+async def compare_versions(
+    collection: str, ctx: Ctx, caller: CallerDep, sample: int = 200, mates_by_folder: bool = False
+) -> dict[str, Any]:
+    """Search a sample of the collection's faces against the live and the upgraded version: top-10 overlap, faces
+    gained and lost above each floor, the floors. Admin only; audited."""
+    return await versions.compare(ctx, caller, collection, sample, None, mates_by_folder)
+
+
+@router.post("/{collection}/switch", responses=errors(404, 409))
+async def switch(collection: str, body: VersionSwitch, ctx: Ctx, caller: CallerDep) -> dict[str, Any]:
+    """Cut over to the upgraded version atomically (every server within a manifest read); the version replaced is
+    kept for a rollback. Admin only; audited."""
+    return await versions.cut_over(ctx, caller, collection, body.keep_days)
+
+
+@router.post("/{collection}/rollback", responses=errors(404, 409))
+async def rollback(collection: str, body: VersionSwitch, ctx: Ctx, caller: CallerDep) -> dict[str, Any]:
+    """Switch back to the version the last cut-over replaced. Admin only; audited."""
+    return await versions.roll_back(ctx, caller, collection, body.keep_days, body.drop_added)

@@ -12,7 +12,7 @@ from cluster.collections.publish import Publisher
 from cluster.errors import InvalidRequest, PromiseNotSupported
 from cluster.keys.access import Action, Caller, authorize
 from cluster.models.calibration import Rates, calibration_sha256, check_calibration
-from cluster.models.recipes import resolve
+from cluster.models.recipes import Recipe, resolve
 from serving.schemas import CollectionDescription, CollectionInfo
 from serving.schemas_admin import CalibrationChange, PromiseChange
 from serving.usecases.audited import audited
@@ -51,26 +51,29 @@ async def create(
         entry.update(model_id=chosen.model_id, recipe=chosen.name)
         check_replicas(replicas)
         check_shards(ctx, shards)
-        pinned = ctx.registry.pin(chosen.model_id)
-        calibration = ctx.models.calibration(chosen)
-        floor = Rates(calibration).floor(max_false_match_rate)  # refuses rates it cannot support
-        if chosen.fused_with is not None:  # the joined vector's width, and the second model's file pinned too
-            pinned |= {"dim": chosen.dim, "fused_model_sha256": ctx.registry.pin(chosen.fused_with)["model_sha256"]}
+        pinned = pinned_by(ctx, chosen)
+        floor = Rates(pinned["calibration"]).floor(max_false_match_rate)  # refuses rates it cannot support
         manifest = Manifest(
             name=name,
             **pinned,
-            recipe=chosen.name,
             shard_count=shards,
             replicas=replicas,
             max_false_match_rate=max_false_match_rate,
             max_false_candidates_per_search=check_promise(promise),
             index_spec=index,
-            calibration=calibration,
-            calibration_sha256=calibration_sha256(calibration),
             keep_photos=keep_photos,
         )
         entry.update(calibration_sha256=manifest.calibration_sha256, floor_similarity=round(floor, 6))
         return info(await ctx.in_thread(ctx.collections.create, manifest))
+
+
+def pinned_by(ctx: Context, chosen: Recipe) -> dict[str, Any]:
+    """What a recipe pins in a manifest: its model files by sha256, the vectors' width, its calibration."""
+    pinned: dict[str, Any] = {**ctx.registry.pin(chosen.model_id), "recipe": chosen.name, "fused_model_sha256": None}
+    if chosen.fused_with is not None:  # the joined vector's width, and the second model's file pinned too
+        pinned |= {"dim": chosen.dim, "fused_model_sha256": ctx.registry.pin(chosen.fused_with)["model_sha256"]}
+    calibration = ctx.models.calibration(chosen)
+    return pinned | {"calibration": calibration, "calibration_sha256": calibration_sha256(calibration)}
 
 
 def names(ctx: Context, caller: Caller) -> list[str]:

@@ -13,7 +13,7 @@ from cluster.collections.erasures import ErasureRegister
 from cluster.collections.live import live_segments, segment_key
 from cluster.collections.photos import KeptPhotos
 from cluster.collections.records import face_rows, face_schema, shard_of
-from cluster.errors import InvalidRequest, SourceObjectNotFound
+from cluster.errors import CollectionChanged, InvalidRequest, SourceObjectNotFound
 from cluster.indexing.embedder import source_location
 from cluster.keys.access import Action, Caller, authorize
 from cluster.pipeline.quality import QualityFilter
@@ -31,6 +31,8 @@ from serving.usecases.images import probe_faces
 # milliseconds.
 FOLD_AFTER_SEGMENTS = 256
 ERASED = "ERASED"
+# Embeddings of one add, at most: a second only when a cut-over to another model lands during the first.
+CUT_OVER_TRIES = 3
 log = logging.getLogger("facegrid.ingest")
 
 
@@ -69,10 +71,29 @@ async def add_faces(
         if max_faces is not None and not 1 <= max_faces <= MAX_FACES_INDEXED:
             raise InvalidRequest(f"max_faces must be between 1 and {MAX_FACES_INDEXED}")
         manifest = await ctx.read_manifest(collection)
-        image = await probe_faces(ctx, photo, max_faces, manifest.face_recipe, quality_filter, ctx.ingests)
-        rows = face_rows(collection, key, etag, location, external, image.faces, f"ingest-{caller.key_id}")
-        erased = await ctx.in_thread(ErasureRegister(ctx.store, collection).erased_ids)
-        kept = [(r, f) for r, f in zip(rows, image.faces, strict=True) if r["face_id"] not in erased]
+        for _ in range(CUT_OVER_TRIES):
+            image = await probe_faces(ctx, photo, max_faces, manifest.face_recipe, quality_filter, ctx.ingests)
+            rows = face_rows(collection, key, etag, location, external, image.faces, f"ingest-{caller.key_id}")
+            erased = await ctx.in_thread(ErasureRegister(ctx.store, collection).erased_ids)
+            kept = [(r, f) for r, f in zip(rows, image.faces, strict=True) if r["face_id"] not in erased]
+            if not kept:
+                break
+            table = pa.Table.from_pylist([r for r, _ in kept], face_schema(manifest.dim))
+            segment = segment_key(manifest, key, etag)
+            keep = photo if blob is not None and manifest.keep_photos else None
+            written = await ctx.in_thread(_write_segment, ctx, collection, segment, table, digest, keep)
+            entry["photo_kept"] = keep is not None
+            # A cut-over to another model (or a rollback) between the manifest read and the write left these faces
+            # in the log of the version before (which keeps them, for a rollback): embedded again for the one served.
+            current = await ctx.read_manifest(collection, fresh=True)
+            if current.log == manifest.log:
+                owners = {int(shard_of(r["faiss_id"], manifest.shard_count)) for r, _ in kept}
+                await ctx.shards(collection).added(manifest, segment, written.etag, owners)  # elsewhere a poll
+                fold_when_long(ctx, collection)
+                break
+            manifest = current
+        else:
+            raise CollectionChanged(f"collection {collection!r} kept switching models during this add; add it again")
         unindexed = [
             UnindexedFace(reasons=[ERASED], face=render.face_detail(f))
             for r, f in zip(rows, image.faces, strict=True)
@@ -81,15 +102,6 @@ async def add_faces(
         unindexed += [
             UnindexedFace(reasons=[str(r) for r in f.skip_reasons], face=render.face_detail(f)) for f in image.skipped
         ]
-        if kept:
-            table = pa.Table.from_pylist([r for r, _ in kept], face_schema(manifest.dim))
-            segment = segment_key(collection, key, etag)
-            keep = photo if blob is not None and manifest.keep_photos else None
-            written = await ctx.in_thread(_write_segment, ctx, collection, segment, table, digest, keep)
-            entry["photo_kept"] = keep is not None
-            owners = {int(shard_of(r["faiss_id"], manifest.shard_count)) for r, _ in kept}
-            await ctx.shards(collection).added(manifest, segment, written.etag, owners)  # here now; elsewhere a poll
-            fold_when_long(ctx, collection)
         entry["face_ids"] = [r["face_id"] for r, _ in kept]
     return IndexFacesAnswer(
         collection=collection,
@@ -116,13 +128,12 @@ def _write_segment(
     ctx: Context, collection: str, segment: str, table: pa.Table, sha256: str, photo: bytes | None
 ) -> ObjectInfo:
     """The faces into the live log, their kept photo first: under the photo's lock, so that an erasure of the
-    photo's last face, racing, either sees these faces or has deleted the photo before it is stored again."""
-    if photo is None:
-        ctx.store.put_parquet(segment, table)
-        return ctx.store.info(segment)
+    photo's last face, racing, either sees these faces or has deleted the photo before it is stored again, and a
+    cut-over to another model either sees this segment or is seen by the manifest read after it."""
     photos = KeptPhotos(ctx.store, collection)
     with photos.locked(sha256):
-        photos.keep(sha256, photo)
+        if photo is not None:
+            photos.keep(sha256, photo)
         ctx.store.put_parquet(segment, table)
         return ctx.store.info(segment)
 
