@@ -195,3 +195,10 @@ class NoPreviousVersion(FacegridError):
 
     code = "NO_PREVIOUS_VERSION"
     status = 409
+
+
+class SameRecipe(FacegridError):
+    """An upgrade to the recipe the collection already uses."""
+
+    code = "SAME_RECIPE"
+    status = 409

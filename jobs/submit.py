@@ -1,4 +1,4 @@
-"""Submitting index jobs to a Ray cluster through the Job Submission API (the dashboard's address)."""
+"""Submitting index and upgrade jobs to a Ray cluster through the Job Submission API (the dashboard's address)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import os
 import shlex
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from cluster.errors import DashboardUnreachable
 from cluster.indexing.embedder import IndexRequest
@@ -35,7 +37,11 @@ except ImportError as exc:
     sys.exit({PREFLIGHT_EXIT})
 """
 # Our own module through the cluster's Python: no assumption that a `facegrid` script is on the cluster's PATH.
-ENTRYPOINT = f"python -c {shlex.quote(PREFLIGHT)} && python -m jobs.cli jobs run-index --json"
+ENTRYPOINTS = {
+    kind: f"python -c {shlex.quote(PREFLIGHT)} && python -m jobs.cli jobs run-{kind} --json"
+    for kind in ("index", "upgrade")
+}
+Request = TypeVar("Request", bound=BaseModel)
 
 
 def job_client(address: str) -> Any:
@@ -49,7 +55,7 @@ def job_client(address: str) -> Any:
         raise DashboardUnreachable(f"the Ray dashboard at {address}: {str(exc).splitlines()[0][:300]}") from exc
 
 
-def job_environment(settings: Settings, request: IndexRequest, submitter: str) -> dict[str, str]:
+def job_environment(settings: Settings, request: BaseModel, submitter: str) -> dict[str, str]:
     return {
         REQUEST_ENV: request.model_dump_json(),
         SETTINGS_ENV: settings.model_dump_json(exclude=SECRET_FIELDS),
@@ -57,26 +63,33 @@ def job_environment(settings: Settings, request: IndexRequest, submitter: str) -
     }
 
 
-def received() -> tuple[Settings, IndexRequest, str]:
-    """Inside a submitted job: the settings the submitter sent with the cluster's own secrets, the request, and
-    who submitted it."""
+def received(kind: type[Request]) -> tuple[Settings, Request, str]:
+    """Inside a submitted job: the settings the submitter sent with the cluster's own secrets, the request (of
+    this kind), and who submitted it."""
     cluster = load_settings()
     sent = json.loads(os.environ[SETTINGS_ENV])
     secrets = {"s3_access_key": cluster.s3_access_key, "s3_secret_key": cluster.s3_secret_key}
     sent.setdefault("serving", {})["credential_key"] = cluster.serving.credential_key
     settings = Settings.model_validate({**sent, **secrets})
-    request = IndexRequest.model_validate_json(os.environ[REQUEST_ENV])
+    request = kind.model_validate_json(os.environ[REQUEST_ENV])
     return settings, request, os.environ.get(SUBMITTER_ENV, "unknown")
 
 
 def submit_index(address: str, settings: Settings, request: IndexRequest, wait: bool) -> dict[str, Any]:
+    return submit_job(address, settings, "index", request, request.collection, wait)
+
+
+def submit_job(
+    address: str, settings: Settings, kind: str, request: BaseModel, collection: str, wait: bool
+) -> dict[str, Any]:
+    """Submit a job of this kind (`ENTRYPOINTS`) with its request; with `wait`, follow it to its end."""
     client = job_client(address)
     submitter = local_operator().key_id
     # Inside the job Ray sets RAY_ADDRESS to the cluster, so the job's driver joins the cluster it runs on.
     job_id = client.submit_job(
-        entrypoint=ENTRYPOINT,
+        entrypoint=ENTRYPOINTS[kind],
         runtime_env={"env_vars": job_environment(settings, request, submitter)},
-        metadata={"facegrid": "index", "collection": request.collection, "submitted_by": submitter},
+        metadata={"facegrid": kind, "collection": collection, "submitted_by": submitter},
     )
     result: dict[str, Any] = {"submission_id": job_id, "address": address}
     if wait:

@@ -287,9 +287,11 @@ class RebuildCollection(Body):
 class UpgradeCollection(Body):
     """The recipe to move a collection to: named, or by model (its plain recipe) and optionally detector."""
 
-    model: str | None = Field(default=None, max_length=64)
-    detector: str | None = Field(default=None, max_length=64)
-    recipe: str | None = Field(default=None, max_length=64)
+    model: str | None = Field(default=None, json_schema_extra={"enum": [*EMBEDDERS, None]})
+    detector: str | None = Field(
+        default=None, json_schema_extra={"enum": [*sorted({r.detector for r in RECIPES.values()}), None]}
+    )
+    recipe: str | None = Field(default=None, json_schema_extra={"enum": [*RECIPES, *ALIASES, None]})
     missing: Literal["stop", "drop"] = "stop"
     partition_size: int = Field(default=32, ge=1, le=10_000)
 

@@ -5,7 +5,12 @@ version, the driver killed mid-way and resumed, compared, cut over with searches
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +19,13 @@ import pytest
 
 from cluster.collections.photos import KeptPhotos
 from cluster.collections.versions import Versions
+from cluster.indexing.upgrade import UpgradeRequest
 from cluster.keys.access import Role, local_operator
 from cluster.models.registry import DLIB_ID, SFACE_ID
 from cluster.pipeline.quality import QualityFilter
 from cluster.settings import Settings
+from cluster.storage import LocalStore
+from jobs.processes import stop_process
 from serving.threaded import serve_in_thread
 from serving.usecases import collections, versions
 from serving.usecases.context import Context
@@ -28,8 +36,41 @@ pytestmark = [pytest.mark.slow, pytest.mark.lfw]
 SEARCH = {"purpose": "system-test", "case_id": "UPGRADE-1", "max_faces": "20"}
 
 
-class DriverKilled(Exception):
-    pass
+def _killed_after_a_part(settings: Settings, env: dict[str, str]) -> int:
+    """Start `facegrid collections upgrade` as its own process and kill it hard (its embedded Ray with it) once a
+    part has finished; the photos that finished parts settled."""
+    store = LocalStore(Path(settings.store))
+    environment = {**os.environ, **env, "FACEGRID_STORE": settings.store, "FACEGRID_MODEL_DIR": str(settings.model_dir)}
+    environment.pop("RAY_ADDRESS", None)
+    log = Path(settings.store).parent / "upgrade-cli.log"
+    command = [sys.executable, "-m", "jobs.cli", "collections", "upgrade", "up", "--model", SFACE_ID]
+    driver = subprocess.Popen(
+        [*command, "--partition-size", "2"],
+        env=environment,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    try:
+        while not _parts(store):
+            assert driver.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no part finished"
+            time.sleep(0.05)
+    finally:
+        stop_process(driver, hard=True)
+    # Its actors outlive it a moment (their raylet's end reaches them after the driver's): a part they finish now is
+    # written under the name a rerun would give it. Counted once the parts stop changing.
+    seen, still = _parts(store), time.monotonic()
+    while time.monotonic() - still < 5:
+        time.sleep(0.2)
+        if (now := _parts(store)) != seen:
+            seen, still = now, time.monotonic()
+    return sum(len(json.loads(store.get(key))["photos"]) for key in seen)
+
+
+def _parts(store: LocalStore) -> list[str]:
+    return [i.key for i in store.list("collections/up/upgrade/") if "/part-" in i.key and i.key.endswith(".json")]
 
 
 def _faces(client: httpx.Client) -> dict[str, dict[str, Any]]:
@@ -46,12 +87,27 @@ def _search(client: httpx.Client, photo: Path) -> list[tuple[str, float]]:
 def test_a_dlib_collection_moves_to_sface_keeping_its_faces_and_users(
     model_dir: Path, lfw_images: Path, tmp_path: Path, local_ray: None
 ) -> None:
-    ctx = Context(Settings(model_dir=model_dir, store=str(tmp_path / "store")))
+    from tests.s3server import ACCESS_KEY, SECRET_KEY, s3_server
+
+    lfw_folder(lfw_images, tmp_path / "s3" / "photos", people=3, per_person=3)  # a bucket of an S3 source
+    folder = tmp_path / "source"
+    for photo in lfw_photos(lfw_images, people=5, per_person=3)[9:]:  # two more people, in a folder
+        (folder / photo.parent.name).mkdir(parents=True, exist_ok=True)
+        (folder / photo.parent.name / photo.name).write_bytes(photo.read_bytes())
+    with s3_server(tmp_path / "s3") as endpoint:
+        keys = {"s3_endpoint": endpoint, "s3_access_key": ACCESS_KEY, "s3_secret_key": SECRET_KEY}
+        settings = Settings(model_dir=model_dir, store=str(tmp_path / "store"), **keys)
+        env = {f"FACEGRID_{k.upper()}": str(v) for k, v in keys.items()}
+        _upgrade_end_to_end(settings, env, lfw_images, folder)
+
+
+def _upgrade_end_to_end(settings: Settings, env: dict[str, str], lfw_images: Path, folder: Path) -> None:
+    ctx = Context(settings)
     op = local_operator()
     asyncio.run(collections.create(ctx, op, "up", 2, 1e-5, model=DLIB_ID))
-    source = lfw_folder(lfw_images, tmp_path / "source", people=5, per_person=3)
-    index(ctx, "up", str(source), quality_filter=QualityFilter.NONE)
-    uploads = lfw_photos(lfw_images, people=8, per_person=2)[-4:]  # two people the job did not index
+    index(ctx, "up", "s3://photos", quality_filter=QualityFilter.NONE)
+    index(ctx, "up", str(folder), quality_filter=QualityFilter.NONE)
+    uploads = lfw_photos(lfw_images, people=8, per_person=2)[-4:]  # two people the jobs did not index
     token = ctx.keys.create(Role.ADMIN)[1]
     with serve_in_thread(ctx) as url, httpx.Client(base_url=url, headers={"X-API-Key": token}, timeout=300) as client:
         added = {}
@@ -64,6 +120,7 @@ def test_a_dlib_collection_moves_to_sface_keeping_its_faces_and_users(
             assert answer.status_code == 200, answer.text
             added[photo] = answer.json()["face_records"][0]["face_id"]
         before = _faces(client)
+        assert any(f["source"].startswith("s3://photos/") for f in before.values())
         indexed = sorted(f for f, face in before.items() if not face["source"].startswith("upload://"))
         erased = [indexed[0], added[uploads[0]]]
         gone = client.request("DELETE", "/v1/collections/up/faces", json={"face_ids": erased})
@@ -73,26 +130,30 @@ def test_a_dlib_collection_moves_to_sface_keeping_its_faces_and_users(
         assert client.post("/v1/collections/up/users", json={"user_id": "ann"}).status_code == 201
         members = [added[uploads[2]], added[uploads[3]]]
         assert client.post("/v1/collections/up/users/ann/faces", json={"face_ids": members}).status_code == 200
-        live = {f: face for f, face in _faces(client).items()}
+        live = _faces(client)
         probes = [uploads[1], lfw_photos(lfw_images, people=1, per_person=3)[2]]
         answers_before = [_search(client, p) for p in probes]
 
-        # The driver dies after its first part; the same command again embeds only the rest.
-        def die(_: Any) -> None:
-            raise DriverKilled
-
-        with pytest.raises(DriverKilled):
-            asyncio.run(versions.upgrade(ctx, op, "up", model=SFACE_ID, partition_size=4, on_part=die))
-        shadow = Versions(ctx.store, "up").shadow()
-        assert shadow is not None
-        first = {tuple(p) for r in Versions(ctx.store, "up").results(shadow) for p in r["photos"]}
-        assert first  # at least one part finished before the driver died
-        summary = asyncio.run(versions.upgrade(ctx, op, "up", model=SFACE_ID, partition_size=4))
+        # The CLI's driver is killed (with its embedded Ray) once a part is done; the same request again embeds
+        # only the photos no finished part names.
+        first = _killed_after_a_part(settings, env)
+        request = UpgradeRequest(collection="up", model=SFACE_ID, partition_size=2)
+        summary = asyncio.run(versions.upgrade(ctx, op, request))
         photos = len({face["source"] for face in live.values()})
-        assert summary["photos"] == photos and summary["photos_embedded_now"] == photos - len(first)
+        assert summary["photos"] == photos and summary["photos_embedded_now"] == photos - first
         assert summary["ready"] and summary["unsettled_count"] == 0
         assert summary["kept"] + summary["lost_count"] == len(live)  # every face found again, or listed as lost
         assert summary["kept"] >= len(live) - 1
+        shadow = Versions(ctx.store, "up").shadow()
+        assert shadow is not None
+        ids = [
+            f
+            for key in Versions(ctx.store, "up").record_files(shadow)
+            for f in ctx.store.get_parquet(key, ["face_id"]).column("face_id").to_pylist()
+        ]
+        assert len(ids) == len(set(ids))  # nothing embedded twice
+        settled = [tuple(p) for r in Versions(ctx.store, "up").results(shadow) for p in r["photos"]]
+        assert len(settled) == len(set(settled)) == photos  # every photo in one part only
 
         report = client.get("/v1/collections/up/versions/compare", params={"sample": 50, "mates_by_folder": True})
         assert report.status_code == 200, report.text

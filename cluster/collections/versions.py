@@ -3,7 +3,8 @@ the live version) and the version a cut-over replaced (kept for a rollback for a
 
 In the store, under the collection:
 - `upgrade/shadow.json`: the upgrade (target recipe and its pinned model and calibration, policy, summary);
-  `upgrade/<id>/part-NNNNN.parquet` its records and `part-NNNNN.json` each part's result (the photos it settled).
+  `upgrade/<id>/part-<digest>.parquet` its records and `part-<digest>.json` each part's result (the photos it
+  settled), named by the photos the part holds.
 - `versions/previous.json`: the manifest a cut-over or rollback replaced, and until when it is kept.
 Both hold faces, so erasure reaches them (`held_record_files`), and neither is ever served until switched to.
 """
@@ -127,7 +128,7 @@ class Versions:
             "collection": self.collection,
             "recipe": shadow.recipe,
             "model_id": shadow.target["model_id"],
-            "photos": sum(len(r["photos"]) for r in results),
+            "photos": len({(p[0], p[1]) for r in results for p in r["photos"]}),
             "photos_embedded_now": embedded_now,
             "faces": sum(r["faces"] for r in results),
             "kept": sum(r["kept"] for r in results),
@@ -162,8 +163,8 @@ class Versions:
         erasure: a face erased leaves every version)."""
         files: list[str] = []
         shadow = self.shadow()
-        if shadow is not None:
-            files += self.record_files(shadow)
+        if shadow is not None:  # every part's records, a part still being written included (a listing, no reads)
+            files += [i.key for i in self.store.list(shadow.folder + "/") if i.key.endswith(".parquet")]
         previous = self.previous()
         if previous is not None:
             files += previous.manifest.face_files

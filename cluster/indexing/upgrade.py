@@ -16,11 +16,12 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import ray
+from pydantic import BaseModel, Field
 
 from cluster.collections.erasures import ErasureRegister
 from cluster.collections.live import all_faces
@@ -48,6 +49,17 @@ SAME_FACE_IOU = 0.4
 RECORD_COLUMNS = ["face_id", "source_key", "source_etag", "external_image_id", "bbox"]
 
 
+class UpgradeRequest(BaseModel):
+    """What an upgrade is asked to do: the CLI builds it, a submitted job receives it whole (as JSON)."""
+
+    collection: str
+    model: str | None = Field(default=None, max_length=64, description="The embedding model to move to")
+    detector: str | None = Field(default=None, max_length=64, description="The detector of the recipe to move to")
+    recipe: str | None = Field(default=None, max_length=64, description="The recipe to move to")
+    missing: Literal["stop", "drop"] = "stop"
+    partition_size: int = Field(default=PARTITION_SIZE, ge=1, le=10_000)
+
+
 @dataclass
 class Photo:
     """One source photo of the collection and the faces it holds now."""
@@ -62,6 +74,14 @@ class Photo:
 class UpgradePart:
     part: int
     photos: list[Photo]
+
+    @property
+    def name(self) -> str:
+        """Named by the photos it holds: a killed driver's actor that finishes a part after a rerun started writes
+        the same objects as the rerun's part of the same photos (a rerun's parts, slices of the sorted photos not
+        yet settled, are the earlier run's unfinished ones), never a second copy of their faces."""
+        digest = hashlib.sha256("\n".join(f"{p.location}\0{p.etag}" for p in self.photos).encode())
+        return f"part-{digest.hexdigest()[:20]}"
 
 
 @dataclass
@@ -155,11 +175,11 @@ class UpgradePartition:
             rows += self._rows(photo, out.faces, result)
         result.faces = len(rows)
         if rows:
-            result.face_file = f"{self.shadow.folder}/part-{part.part:05d}.parquet"
+            result.face_file = f"{self.shadow.folder}/{part.name}.parquet"
             self.store.put_parquet(result.face_file, pa.Table.from_pylist(rows, face_schema(len(rows[0]["embedding"]))))
         result.seconds = time.perf_counter() - began
         # The result last: its presence says the part is done, records written.
-        self.store.put(f"{self.shadow.folder}/part-{part.part:05d}.json", json.dumps(asdict(result)).encode())
+        self.store.put(f"{self.shadow.folder}/{part.name}.json", json.dumps(asdict(result)).encode())
         return result
 
     def _rows(self, photo: Photo, faces: list[Face], result: UpgradeResult) -> list[dict[str, Any]]:
@@ -205,6 +225,7 @@ def photos_of(collections: Collections, name: str) -> list[Photo]:
 
 
 def _parts(photos: list[Photo], size: int, first: int) -> Iterator[UpgradePart]:
+    """Slices of `size` of the photos (sorted by location): the same slices in a rerun, less the finished ones."""
     for start in range(0, len(photos), size):
         yield UpgradePart(first + start // size, photos[start : start + size])
 

@@ -28,7 +28,8 @@ from jobs.cli.common import (
 )
 from jobs.cli.evaluation import eval_app
 from jobs.cli.people import users_app
-from jobs.cli.run import run_index
+from jobs.cli.run import run_index, submitted
+from jobs.cli.versions import collections_upgrade  # noqa: F401  (registers the upgrade commands)
 
 app = typer.Typer(help="facegrid: accountable, distributed face search.", no_args_is_help=True)
 models_app = typer.Typer(help="Build and describe the converted models.", no_args_is_help=True)
@@ -156,21 +157,8 @@ def index(
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise typer.BadParameter(problems) from None
-    address = os.environ.get("RAY_ADDRESS", "")
-    if address.startswith("http"):
-        from jobs.submit import submit_index
-
-        try:
-            submitted = submit_index(address, settings(), request, wait)
-        except user_errors() as exc:
-            raise fail(exc) from exc
-        emit(submitted, as_json)
-        if wait and submitted.get("status") != "SUCCEEDED":
-            reason = f": {submitted['error']}" if submitted.get("error") else ""
-            console.print(f"[red]error[/red]: job {submitted['submission_id']} ended {submitted.get('status')}{reason}")
-            raise typer.Exit(1)
-        return
-    emit(run_index(request), as_json)
+    if not submitted("index", request, request.collection, wait, as_json):
+        emit(run_index(request), as_json)
 
 
 @app.command("search")

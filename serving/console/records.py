@@ -12,6 +12,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
 from cluster.audit.export import formula_safe
+from cluster.collections.versions import Versions
 from cluster.errors import AuditUnavailable
 from cluster.keys.access import Action, Caller
 from cluster.pipeline.quality import QualityFilter
@@ -23,7 +24,7 @@ from serving.console.web import (
     problem,
 )
 from serving.deps import Ctx, read_upload
-from serving.usecases import audit, collections, indexing, ingest
+from serving.usecases import audit, collections, indexing, ingest, versions
 from serving.usecases.context import Context
 from serving.usecases.failures import failure
 
@@ -46,7 +47,24 @@ async def _collection_page(ctx: Context, request: Request, caller: Caller, name:
         return problem(request, caller, exc, "collections.html", collections=[])
     jobs = await indexing.recent_jobs(ctx, caller, name)
     may_add = caller.may(Action.FACES_WRITE, name)
+    if caller.may(Action.COLLECTIONS_WRITE, name):  # admins: the upgrade beside the live version, the one before
+        held = Versions(ctx.store, name)
+        shadow, previous = await ctx.in_thread(held.shadow), await ctx.in_thread(held.previous)
+        extra["upgrade"] = shadow.summary if shadow is not None else None
+        extra["previous"] = previous
     return page(request, "collection.html", caller, c=described, jobs=jobs, may_add=may_add, **extra)
+
+
+@router.post("/collections/{name}/compare")
+async def compare_versions(
+    ctx: Ctx, caller: ConsoleCaller, request: Request, name: str, sample: Annotated[int, Form()] = 200
+) -> Response:
+    """The live version and the upgrade's, searched alike (an audited act, as over the API)."""
+    try:
+        report = await versions.compare(ctx, caller, name, sample)
+    except Exception as exc:
+        return await _collection_page(ctx, request, caller, name, error=_error(exc))
+    return await _collection_page(ctx, request, caller, name, comparison=report)
 
 
 @router.get("/collections/{name}")

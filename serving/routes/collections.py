@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
+from cluster.indexing.upgrade import UpgradeRequest
 from serving.deps import CallerDep, Ctx, errors
 from serving.schemas import (
     CollectionDeleted,
@@ -20,6 +21,7 @@ from serving.schemas import (
 )
 from serving.schemas_admin import CALIBRATION, CalibrationChange, Promise, PromiseChange
 from serving.usecases import collections, versions
+from serving.usecases.versions import DEFAULT_SAMPLE, MAX_SAMPLE
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
 
@@ -91,14 +93,16 @@ async def delete(collection: str, ctx: Ctx, caller: CallerDep) -> CollectionDele
 async def upgrade(collection: str, body: UpgradeCollection, ctx: Ctx, caller: CallerDep) -> dict[str, Any]:
     """Embed every face again with another recipe into a shadow version (the live one serves throughout); face
     ids kept. Resumable: the same request again embeds only what is missing. Admin only; audited."""
-    return await versions.upgrade(
-        ctx, caller, collection, body.model, body.detector, body.recipe, body.missing, body.partition_size
-    )
+    return await versions.upgrade(ctx, caller, UpgradeRequest(collection=collection, **body.model_dump()))
 
 
 @router.get("/{collection}/versions/compare", responses=errors(404, 409))
 async def compare_versions(
-    collection: str, ctx: Ctx, caller: CallerDep, sample: int = 200, mates_by_folder: bool = False
+    collection: str,
+    ctx: Ctx,
+    caller: CallerDep,
+    sample: Annotated[int, Query(ge=1, le=MAX_SAMPLE)] = DEFAULT_SAMPLE,
+    mates_by_folder: bool = False,
 ) -> dict[str, Any]:
     """Search a sample of the collection's faces against the live and the upgraded version: top-10 overlap, faces
     gained and lost above each floor, the floors. Admin only; audited."""

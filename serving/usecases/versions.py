@@ -9,9 +9,9 @@ from cluster.collections.compare import compare_versions
 from cluster.collections.cutover import rollback, switch
 from cluster.collections.manifest import Manifest
 from cluster.collections.publish import Publisher
-from cluster.collections.versions import DEFAULT_KEEP_PREVIOUS_S, MISSING_POLICIES, Shadow, Versions
-from cluster.errors import InvalidRequest, NoShadowVersion
-from cluster.indexing.upgrade import PARTITION_SIZE, run_upgrade_job, upgrade_id
+from cluster.collections.versions import DEFAULT_KEEP_PREVIOUS_S, Shadow, Versions
+from cluster.errors import InvalidRequest, NoShadowVersion, SameRecipe
+from cluster.indexing.upgrade import UpgradeRequest, run_upgrade_job, upgrade_id
 from cluster.keys.access import Action, Caller, authorize
 from cluster.models.calibration import Rates
 from cluster.models.recipes import RECIPES, Recipe, recipe, resolve
@@ -29,11 +29,9 @@ MAX_SAMPLE = 5000
 
 def target_recipe(model: str | None, detector: str | None, recipe_name: str | None) -> Recipe:
     """The recipe an upgrade goes to: named, or the plain one of a model, or the first of this build's recipes with
-    the model and detector asked for."""
+    the model and detector asked for, or (nothing named) the default recipe."""
     if recipe_name is not None or detector is None:
-        if recipe_name is None and model is None:
-            raise InvalidRequest("name the recipe (--recipe) or the model (--model) to upgrade to")
-        chosen = resolve(recipe_name, model)
+        chosen = resolve(recipe_name, model)  # neither named: the default recipe
         if detector is not None and chosen.detector != detector:
             raise InvalidRequest(f"recipe {chosen.name} detects with {chosen.detector}, not {detector}")
         return chosen
@@ -44,30 +42,17 @@ def target_recipe(model: str | None, detector: str | None, recipe_name: str | No
     return found[0]
 
 
-async def upgrade(
-    ctx: Context,
-    caller: Caller,
-    name: str,
-    model: str | None = None,
-    detector: str | None = None,
-    recipe_name: str | None = None,
-    missing: str = "stop",
-    partition_size: int = PARTITION_SIZE,
-    on_part: Any = None,
-) -> dict[str, Any]:
+async def upgrade(ctx: Context, caller: Caller, request: UpgradeRequest, on_part: Any = None) -> dict[str, Any]:
     """Build (or go on building) the shadow version of the collection with another recipe; the live version
-    serves throughout. Resumable: the same command again embeds only the photos not yet settled."""
-    fields = {"model_id": model, "detector": detector, "recipe": recipe_name, "missing": missing}
+    serves throughout. Resumable: the same request again embeds only the photos not yet settled."""
+    name = request.collection
+    fields = request.model_dump(include={"model", "detector", "recipe", "missing"})
     async with audited(ctx, caller, "upgrade-collection", name, **fields) as entry:
         authorize(caller, Action.COLLECTIONS_WRITE, name)
-        if missing not in MISSING_POLICIES:
-            raise InvalidRequest(f"missing must be one of {', '.join(MISSING_POLICIES)}")
-        if not 1 <= partition_size <= 10_000:
-            raise InvalidRequest("partition_size must be between 1 and 10000")
         current = await ctx.read_manifest(name, fresh=True)
-        chosen = target_recipe(model, detector, recipe_name)
+        chosen = target_recipe(request.model, request.detector, request.recipe)
         if chosen.name == current.face_recipe.name:
-            raise InvalidRequest(f"collection {name!r} already uses recipe {chosen.name}")
+            raise SameRecipe(f"collection {name!r} already uses recipe {chosen.name}: name another to upgrade to")
         pinned = await ctx.in_thread(pinned_by, ctx, chosen)
         floor = Rates(pinned["calibration"]).floor(current.max_false_match_rate)  # refuses a floor it cannot hold
         wanted = Shadow(
@@ -76,14 +61,15 @@ async def upgrade(
             recipe=chosen.name,
             target=pinned,
             from_version=current.version,
-            missing=missing,  # type: ignore[arg-type]
+            missing=request.missing,
             by=caller.key_id,
         )
         versions = Versions(ctx.store, name)
         shadow = await ctx.in_thread(versions.begin, wanted)
         await ctx.in_thread(versions.prune, current)
         ensure_ray()  # from this thread: Ray sets its signal handlers only when joined from the main thread
-        summary = await ctx.in_own_thread(run_upgrade_job, ctx.settings, shadow, partition_size, on_part)
+        size = request.partition_size
+        summary = await ctx.in_own_thread(run_upgrade_job, ctx.settings, shadow, size, on_part)
         summary["floor_similarity"] = round(floor, 6)
         entry.update({k: summary[k] for k in ("upgrade_id", "recipe", "faces", "kept", "ready")})
         entry.update({k: summary[f"{k}_count"] for k in ("found", "lost", "gone", "unsettled")})

@@ -81,8 +81,14 @@ def test_threads_that_start_ray_at_once_start_it_once() -> None:
         "threads = [threading.Thread(target=start) for _ in range(4)]\n"
         "[t.start() for t in threads]; [t.join() for t in threads]\n"
         "assert ray.is_initialized() and not errors, errors\n"
+        "print('started once', flush=True)\n"
         "ray.shutdown()\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, timeout=180, cwd=Path(__file__).parents[2])
-    assert done.returncode == 0
+    where = Path(__file__).parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, timeout=180, cwd=where, capture_output=True, text=True
+    )
+    # What is checked is the start; Ray, started from a thread other than the main one, once failed its own
+    # shutdown under load (its core worker lost the GCS that shutdown stopped, and exited 1 a minute later).
+    assert "started once" in done.stdout, done.stderr[-3000:]

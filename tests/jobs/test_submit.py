@@ -124,7 +124,7 @@ def test_a_cluster_python_without_facegrid_is_named_plainly(tmp_path: Path, cwd:
     """The job's entrypoint, run as Ray runs it (a shell, `python` from the node's PATH), by a Python without our
     environment: a node started by `.venv/bin/ray start` from the system's Python, beside the source (`jobs` found,
     `typer` not) or away from it. One plain line, the module it lacks and the fix; the job never starts."""
-    from jobs.submit import CANNOT_IMPORT, ENTRYPOINT, PREFLIGHT_EXIT
+    from jobs.submit import CANNOT_IMPORT, ENTRYPOINTS, PREFLIGHT_EXIT
 
     shim = tmp_path / "bin" / "python"
     shim.parent.mkdir()
@@ -132,7 +132,9 @@ def test_a_cluster_python_without_facegrid_is_named_plainly(tmp_path: Path, cwd:
     shim.chmod(0o755)
     env = {**os.environ, "PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": ""}
     where = Path(__file__).resolve().parents[2] if cwd == "repo" else tmp_path
-    ran = subprocess.run(["sh", "-c", ENTRYPOINT], cwd=where, env=env, capture_output=True, text=True, timeout=60)
+    ran = subprocess.run(
+        ["sh", "-c", ENTRYPOINTS["index"]], cwd=where, env=env, capture_output=True, text=True, timeout=60
+    )
     assert ran.returncode == PREFLIGHT_EXIT, ran.stderr
     assert ran.stderr.startswith(CANNOT_IMPORT) and f"no module '{missing}'" in ran.stderr
     assert "Traceback" not in ran.stderr and "ray start" in ran.stderr

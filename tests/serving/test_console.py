@@ -313,6 +313,29 @@ def test_uploaded_faces_show_their_kept_photo_and_a_collection_keeping_none_says
     assert not [i.key for i in ctx.store.list("collections/cases/") if sha256 in i.key]
 
 
+def test_an_admin_sees_an_upgrade_and_compares_the_versions(browser: Any, world: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    from cluster.indexing.upgrade import UpgradeRequest
+    from serving.usecases import versions
+
+    ctx = world["ctx"]
+    request = UpgradeRequest(collection="hidden", recipe="mtcnn-sface")
+    summary = asyncio.run(versions.upgrade(ctx, local_operator(), request))
+    assert summary["ready"] and summary["faces"] > 0
+    _sign_in(browser, world, "admin")
+    browser.get(world["url"] + "/ui/collections/hidden")
+    assert "mtcnn-sface" in browser.find_element(By.ID, "upgrade").text
+    sample = browser.find_element(By.ID, "compare-sample")
+    sample.clear()
+    sample.send_keys("5")
+    _submit(browser, browser.find_element(By.ID, "compare"))
+    assert "searches: top-10 overlap" in browser.find_element(By.ID, "comparison").text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#comparison-probes tr")) > 1
+    _submit(browser, browser.find_element(By.ID, "signout"))
+    assert any(r.get("action") == "compare-versions" and r["outcome"] == "ok" for r in read_records(ctx.store))
+
+
 ATTACK = """<!doctype html><html><body><form method="post" action="{action}" enctype="{enctype}">{fields}</form>
 <script>document.forms[0].submit()</script></body></html>"""
 
