@@ -14,7 +14,7 @@ from jobs.bench.races import run_races
 pytestmark = [pytest.mark.slow, pytest.mark.lfw]
 
 
-@pytest.mark.parametrize(("store", "ops", "seed"), [("folder", 70, 11), ("s3", 35, 12)])
+@pytest.mark.parametrize(("store", "ops", "seed"), [("folder", 60, 11), ("s3", 35, 12)])
 def test_no_invariant_breaks_under_racing_servers(
     store: str, ops: int, seed: int, model_dir: Path, lfw_images: Path
 ) -> None:

@@ -30,7 +30,7 @@ from cluster.collections.photos import UPLOAD, KeptPhotos
 from cluster.collections.records import face_rows, face_schema
 from cluster.collections.versions import Shadow, Versions
 from cluster.indexing.job import run_partitions
-from cluster.locks import exclusive
+from cluster.locks import collection_lock, exclusive
 from cluster.models.faces import Face, FacePipeline
 from cluster.models.recipes import recipe
 from cluster.pipeline.errors import ImageError
@@ -133,7 +133,6 @@ class UpgradePartition:
         self.pipeline = FacePipeline(settings, recipe=recipe(shadow.recipe))
         self.photos = KeptPhotos(self.store, collection)
         self.sources: dict[str, ObjectStore] = {}
-        self.erased = ErasureRegister(self.store, collection).erased_ids()
 
     def read(self, photo: Photo) -> bytes:
         """The photo's bytes as they were indexed; StorageError naming why not (gone, changed, never kept)."""
@@ -173,13 +172,19 @@ class UpgradePartition:
                 result.gone.append({"source": photo.location, "reason": f"{out.reason}: {out.message}"[:300]})
                 continue
             rows += self._rows(photo, out.faces, result)
-        result.faces = len(rows)
-        if rows:
-            result.face_file = f"{self.shadow.folder}/{part.name}.parquet"
-            self.store.put_parquet(result.face_file, pa.Table.from_pylist(rows, face_schema(len(rows[0]["embedding"]))))
-        result.seconds = time.perf_counter() - began
-        # The result last: its presence says the part is done, records written.
-        self.store.put(f"{self.shadow.folder}/{part.name}.json", json.dumps(asdict(result)).encode())
+        # Under the collection's lock, with the register read again: an erasure since this actor started either
+        # finished (its faces are left out here) or has not listed the shadow's records yet (it will see these).
+        with collection_lock(self.store, self.collection):
+            erased = ErasureRegister(self.store, self.collection).erased_ids()
+            rows = [row for row in rows if row["face_id"] not in erased]
+            result.faces = len(rows)
+            if rows:
+                result.face_file = f"{self.shadow.folder}/{part.name}.parquet"
+                table = pa.Table.from_pylist(rows, face_schema(len(rows[0]["embedding"])))
+                self.store.put_parquet(result.face_file, table)
+            result.seconds = time.perf_counter() - began
+            # The result last: its presence says the part is done, records written.
+            self.store.put(f"{self.shadow.folder}/{part.name}.json", json.dumps(asdict(result)).encode())
         return result
 
     def _rows(self, photo: Photo, faces: list[Face], result: UpgradeResult) -> list[dict[str, Any]]:
@@ -204,8 +209,7 @@ class UpgradePartition:
                 continue  # a face no add would have kept: not brought in by a model change
             else:
                 result.found.append({"face_id": row["face_id"], "source": photo.location})
-            if row["face_id"] not in self.erased:
-                kept.append(row)
+            kept.append(row)
         still = set(matched.values())
         result.lost += [{"face_id": f, "source": photo.location} for f, _ in photo.faces if f not in still]
         return kept

@@ -22,7 +22,7 @@ from serving.usecases import collections
 from serving.usecases.context import Context
 from tests.conftest import LFW, lfw_photos
 
-SECONDS = int(os.environ.get("FACEGRID_SCHEMATHESIS_SECONDS", "90"))
+SECONDS = int(os.environ.get("FACEGRID_SCHEMATHESIS_SECONDS", "70"))
 SEED = 23
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 
