@@ -59,6 +59,9 @@ class ServingSettings(BaseModel):
     # Threads a shard host searches its shards with at once (one actor holds a set's shards of a node); 0: the
     # node's cores.
     host_threads: int = 0
+    # Hold a collection's shards that the layout puts on this server's own node in the server's process, searched
+    # without a Ray call (cluster/shards/local.py), where a shard has one replica; off: every host is an actor.
+    local_shards: bool = True
     # Put Flat and IVF shards on a GPU when FAISS reports one in the shard's process (fp16 storage).
     shard_gpu: bool = True
     # Micro-batching: while `batch_in_flight` fan-outs to a collection are running, later queries wait and go

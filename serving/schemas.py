@@ -242,9 +242,13 @@ class FacesDeleted(BaseModel):
     collection_faces: int = Field(description="Faces the collection holds now, published and live")
 
 
+ShardCount = Annotated[int, Field(ge=1, le=1024)]
+SHARDS_AUTO = "auto: a shard per node of the cluster, more where a node's share passes 5 million faces"
+
+
 class CreateCollection(Body):
     name: str = Field(json_schema_extra=NAME_RULE)
-    shards: int = Field(default=DEFAULT_SHARDS, ge=1, le=1024)
+    shards: ShardCount | Literal["auto"] = Field(default=DEFAULT_SHARDS, description=f"A count, or {SHARDS_AUTO}")
     max_false_match_rate: float = Field(default=1e-5, gt=0, lt=1)
     max_false_candidates_per_search: float = Field(
         default=DEFAULT_MAX_FALSE_CANDIDATES,
@@ -279,7 +283,9 @@ class Replicas(Body):
 
 
 class RebuildCollection(Body):
-    shards: int | None = Field(default=None, ge=1, le=1024)
+    shards: ShardCount | Literal["auto"] | None = Field(
+        default=None, description=f"Reshard to a count, or {SHARDS_AUTO} (of the faces held now)"
+    )
     index_spec: str | None = Field(default=None, json_schema_extra={"pattern": SPEC_PATTERN})
     retrain: bool = False
 

@@ -7,6 +7,7 @@ shard a fan-out asks of it in one call, searching them in parallel (FAISS releas
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import deque
@@ -24,6 +25,17 @@ from cluster.shards.shard import FaceShard
 # Per query: similarities, ids, records (arrays or lists; a host sends lists of its kept hits).
 ShardAnswer = tuple[Any, Any, list[list[dict[str, Any]]]]
 RECENT_CALLS = 100_000
+# Where `auto` gives a node more than one shard: a shard of 5M faces builds in about a minute and a half here and
+# loads in seconds; one larger makes every erasure's rebuild and every reload of it long.
+AUTO_FACES_PER_SHARD = 5_000_000
+
+
+def auto_shard_count(nodes: int, faces: int) -> int:
+    """The `auto` layout: one shard a node, searched with every core of it (a node's shards split its FAISS work:
+    four shards of 250k visit four times the lists of one of 1M), more where a node's share of the faces passes
+    AUTO_FACES_PER_SHARD."""
+    nodes = max(1, nodes)
+    return nodes * max(1, math.ceil(faces / (nodes * AUTO_FACES_PER_SHARD)))
 
 
 def layout(shard_count: int, replicas: int, nodes: int) -> list[list[int]]:
@@ -66,6 +78,10 @@ class ShardHost:
         self.shards = {i: FaceShard(settings, collection, i, shard_count, shard_set) for i in shards}
         threads = settings.serving.host_threads or os.cpu_count() or 1
         self.pool = ThreadPoolExecutor(max(1, min(threads, len(shards))), thread_name_prefix="shard-search")
+        # A batch of queries is searched with every core the host's shards leave free (FAISS splits it by query);
+        # a single query keeps `shard_threads` (two spinning threads for one query's lists were slower).
+        for shard in self.shards.values():
+            shard.batch_threads = max(shard.threads, threads // max(1, len(shards)))
         self.recent: deque[float] = deque(maxlen=RECENT_CALLS)  # seconds each search call took, for benchmarks
 
     def search(
@@ -110,6 +126,15 @@ class ShardHost:
     def reload(self) -> dict[int, int]:
         """Every shard held loads what the manifest names; the version each holds."""
         return {i: shard.reload() for i, shard in self.shards.items()}
+
+    def behind(self, version: int) -> bool:
+        """Whether a shard held here has not yet caught up with this manifest version (it follows within a poll)."""
+        return any(shard.seen < version and not shard.retired for shard in self.shards.values())
+
+    def close(self) -> None:
+        for shard in self.shards.values():
+            shard.close()
+        self.pool.shutdown(wait=False)
 
     def timings(self) -> list[float]:
         """Seconds each recent search call took inside this host (the stage breakdown's shard compute); cleared."""

@@ -4,7 +4,9 @@ use, reloaded after a publish, retired after a reshard. Nothing else reaches int
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import logging
 import re
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from cluster.collections.records import faiss_id_of, shard_of
 from cluster.errors import ShardsUnavailable
 from cluster.raycluster import NAMESPACE, cluster_gpus, ensure_ray
 from cluster.settings import Settings
+from cluster.shards import local
 from cluster.shards.host import ShardHost, layout
 
 log = logging.getLogger("facegrid.shards")
@@ -39,6 +42,8 @@ SYNC_TIMEOUT_S = 60.0
 _SET_NUMBER = re.compile(r"@(\d+):")
 # Background sweeps of earlier sets, kept referenced until they end.
 _SWEEPS: set[asyncio.Task[None]] = set()
+# What a call to a host retired meanwhile raises: an actor's death, or a local host's closing.
+RETIRED = (ray.exceptions.RayActorError, local.HostRetired)
 # How long a server's manifest read stays fresh for searches; publishes reach searches within this time.
 MANIFEST_TTL_S = 1.0
 
@@ -56,6 +61,12 @@ def host_name(collection: str, manifest: Manifest, host: int, hosts: int) -> str
 
 def alive_nodes() -> list[str]:
     return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+
+
+def cluster_nodes() -> int:
+    """The nodes of the Ray cluster this process has joined (joining or starting one first)."""
+    ensure_ray()
+    return len(alive_nodes())
 
 
 def shard_options(gpus: int, shard_count: int) -> dict[str, Any]:
@@ -78,6 +89,12 @@ class ShardSet:
         self.collection = collection
         self._handles: dict[tuple[int, int], dict[int, list[Any]]] = {}
 
+    @property
+    def scope(self) -> str:
+        """Whose hosts held in this process are this set's (cluster/shards/local.py): this store's, on this node."""
+        ensure_ray()
+        return f"{self.settings.store}|{ray.get_runtime_context().get_node_id()}"
+
     def _create(self, manifest: Manifest) -> dict[int, list[Any]]:
         """The named shard hosts of the set, created where missing (a host per node, holding its replicas of the
         shards: `layout`); Ray restarts one from the published snapshots if it dies (elsewhere if its node is
@@ -86,6 +103,8 @@ class ShardSet:
         ensure_ray()
         nodes = alive_nodes()
         hosts = layout(manifest.shard_count, manifest.replicas, len(nodes))
+        here = ray.get_runtime_context().get_node_id()
+        in_process = self.settings.serving.local_shards and manifest.replicas == 1
         options: dict[str, Any] = {
             "namespace": NAMESPACE,
             "get_if_exists": True,
@@ -99,13 +118,17 @@ class ShardSet:
         remote = ray.remote(ShardHost)
         held: dict[int, list[Any]] = {i: [] for i in range(manifest.shard_count)}
         for host, shards in enumerate(hosts):
-            placed = dict(options)
-            if nodes:
-                placed["scheduling_strategy"] = NodeAffinitySchedulingStrategy(nodes[host % len(nodes)], soft=True)
+            node = nodes[host % len(nodes)] if nodes else here
             name = host_name(self.collection, manifest, host, len(hosts))
-            handle = remote.options(name=name, **placed).remote(
-                self.settings, self.collection, sorted(set(shards)), manifest.shard_count, manifest.shard_set
-            )
+            args = (self.settings, self.collection, sorted(set(shards)), manifest.shard_count, manifest.shard_set)
+            handle: Any
+            if in_process and node == here:
+                handle = local.host(self.scope, name, functools.partial(ShardHost, *args))
+            else:
+                placed = dict(options)
+                if nodes:
+                    placed["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
+                handle = remote.options(name=name, **placed).remote(*args)
             for shard in shards:
                 held[shard].append(handle)
         return held
@@ -126,14 +149,22 @@ class ShardSet:
                 self._retire_others(manifest, held)
             # Only the manifest's current set is kept: handles of a set retired elsewhere would be dead ones.
             self._handles = {key: held}
+        behind = [h for h in _hosts(held) if isinstance(h, local.LocalHost) and h.behind(manifest.version)]
+        if behind:  # a publish made elsewhere (a job, another server) that this process's hosts have not polled yet
+            await _reload(behind)
         return held
 
     def live(self, manifest: Manifest) -> list[Any]:
         """The set's hosts that exist in the cluster, of every layout (none are created)."""
         return [handle for _, handle in self._named(manifest)]
 
+    def ask_all(self, manifest: Manifest, method: str, *args: Any) -> list[Any]:
+        """Every live host of the set answers `method` (blocking; for benchmarks and tests): actors and this
+        process's own."""
+        return [local.result(ref) for ref in [getattr(h, method).remote(*args) for h in self.live(manifest)]]
+
     def _named(self, manifest: Manifest) -> list[tuple[str, Any]]:
-        return _named_actors(set_prefix(self.collection, manifest))
+        return _named_actors(self.scope, set_prefix(self.collection, manifest))
 
     def _retire_others(self, manifest: Manifest, held: dict[int, list[Any]]) -> None:
         """Hosts of the set's earlier layouts (another replica count), once the current one has loaded."""
@@ -141,7 +172,7 @@ class ShardSet:
         current = {host_name(self.collection, manifest, h, hosts) for h in range(hosts)}
         for name, handle in self._named(manifest):
             if name not in current:
-                ray.kill(handle)
+                _stop(self.scope, name, handle)
 
     async def sync(self, old: Manifest, new: Manifest, ready: Callable[[Manifest], Any] | None = None) -> None:
         """Make a publish visible, then call `ready` (the caller starts routing to it): the same set reloads; a
@@ -218,10 +249,10 @@ class ShardSet:
         refs = [h.reload.remote() for h in self.live(new)]
         if not refs:
             return 0
-        done, late = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        done, late = wait_all(refs, timeout_s)
         for ref in done:
-            with contextlib.suppress(ray.exceptions.RayActorError):  # retired meanwhile: nothing to show
-                ray.get(ref)
+            with contextlib.suppress(*RETIRED):  # retired meanwhile: nothing to show
+                local.result(ref)
         if late:
             log.warning("%d hosts of %s did not reload within %.0f s", len(late), self.collection, timeout_s)
         return len(late)
@@ -244,15 +275,15 @@ class ShardSet:
 
     def retire_older(self, manifest: Manifest) -> None:
         """Every host of this collection's sets older than the manifest's (set numbers only grow)."""
-        for name, handle in _named_actors(f"shards:{self.collection}/"):
+        for name, handle in _named_actors(self.scope, f"shards:{self.collection}/"):
             found = _SET_NUMBER.search(name)
             if found is not None and int(found.group(1)) < manifest.shard_set:
-                ray.kill(handle)
+                _stop(self.scope, name, handle)
                 log.info("retired %s (the collection's set is now %s)", name, manifest.shard_set)
 
     def retire(self, manifest: Manifest) -> None:
-        for handle in self.live(manifest):
-            ray.kill(handle)
+        for name, handle in self._named(manifest):
+            _stop(self.scope, name, handle)
         self._handles.pop(_key(manifest), None)
         log.info("retired shard set %s of %s", _key(manifest), self.collection)
 
@@ -262,11 +293,9 @@ class ShardSet:
         self._handles.clear()
         if not ray.is_initialized():
             return  # no cluster joined here (the CLI, say): no host of this process's to stop, none to start Ray for
-        for handle in await asyncio.to_thread(self._all_hosts):
-            ray.kill(handle)
-
-    def _all_hosts(self) -> list[Any]:
-        return [handle for _, handle in _named_actors(f"shards:{self.collection}/")]
+        scope = await asyncio.to_thread(lambda: self.scope)
+        for name, handle in await asyncio.to_thread(_named_actors, scope, f"shards:{self.collection}/"):
+            _stop(scope, name, handle)
 
 
 async def _reload(hosts: list[Any]) -> None:
@@ -274,14 +303,15 @@ async def _reload(hosts: list[Any]) -> None:
     reshard or a replica change) has nothing to show; any other failure is raised."""
     answers = await asyncio.gather(*(h.reload.remote() for h in hosts), return_exceptions=True)
     for answer in answers:
-        if isinstance(answer, BaseException) and not isinstance(answer, ray.exceptions.RayActorError):
+        if isinstance(answer, BaseException) and not isinstance(answer, RETIRED):
             raise answer
 
 
-def _named_actors(prefix: str) -> list[tuple[str, Any]]:
-    """(name, handle) of the cluster's actors whose names start with `prefix`, in name order."""
+def _named_actors(scope: str, prefix: str) -> list[tuple[str, Any]]:
+    """(name, handle) of the hosts whose names start with `prefix`: this process's own (`local`), then the
+    cluster's actors, in name order."""
     ensure_ray()
-    found = []
+    found: list[tuple[str, Any]] = list(local.named(scope, prefix))
     for name in sorted(ray.util.list_named_actors()):
         if name.startswith(prefix):
             try:
@@ -289,6 +319,23 @@ def _named_actors(prefix: str) -> list[tuple[str, Any]]:
             except ValueError:
                 continue  # gone since the listing
     return found
+
+
+def _stop(scope: str, name: str, handle: Any) -> None:
+    if isinstance(handle, local.LocalHost):
+        local.close(scope, name)
+    else:
+        ray.kill(handle)
+
+
+def wait_all(refs: list[Any], timeout_s: float) -> tuple[list[Any], list[Any]]:
+    """`ray.wait` for every call, whether to actors or to this process's hosts: (done, not done in time)."""
+    if not any(isinstance(r, local.LocalRef) for r in refs):
+        done, late = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        return list(done), list(late)
+    futures = {r.future(): r for r in refs}
+    finished, _ = concurrent.futures.wait(futures, timeout_s)
+    return [futures[f] for f in futures if f in finished], [futures[f] for f in futures if f not in finished]
 
 
 def _hosts(handles: dict[int, list[Any]]) -> list[Any]:

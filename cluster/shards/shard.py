@@ -45,6 +45,7 @@ class FaceShard:
         self.placement = Placement(gpus=faiss.get_num_gpus() if settings.serving.shard_gpu else 0)
         self.snapshot: ShardSnapshot | None = None
         self.version = -1
+        self.seen = -1  # the last manifest version this shard has caught up with (snapshot and live log)
         self.directory: str | None = None
         self.retired = False
         self.live = LiveFaces(EMBEDDING_DIM)
@@ -53,15 +54,16 @@ class FaceShard:
         self._reloading = threading.Lock()
         self._calls = 0  # searches running in this actor's threads (its queue depth, exported)
         self._calls_lock = threading.Lock()
+        self._closed = threading.Event()
         self.threads = settings.serving.shard_threads
+        self.batch_threads = self.threads  # its host sets more where it holds fewer shards than cores
         self.reload()
         # Every shard follows the published state itself, wherever a change was made (another server, the CLI
         # on another machine, an index job): the manifest and the live log, every LIVE_POLL_S.
         threading.Thread(target=self._follow, name="follow", daemon=True).start()
 
     def _follow(self) -> None:
-        while True:
-            time.sleep(LIVE_POLL_S)
+        while not self._closed.wait(LIVE_POLL_S):
             # The gauges are sampled here, off the search path (five metric updates per shard and search were 6% of
             # a host's busy time).
             metrics.shard_state(self.collection, self.shard, self._calls, self.count())
@@ -76,6 +78,8 @@ class FaceShard:
         """Load the snapshot the manifest names if newer than the one held, and the live log's faces of this
         shard. Returns the version held."""
         with self._reloading:
+            if self._closed.is_set():
+                return self.version
             for attempt in range(RELOAD_ATTEMPTS):
                 try:
                     manifest = self._manifest()
@@ -89,6 +93,7 @@ class FaceShard:
                     return self.version
                 try:
                     self._load(manifest)
+                    self.seen = manifest.version
                     return self.version
                 except ObjectNotFound:
                     # A later publish replaced this version while it was being read: read the manifest again.
@@ -131,6 +136,12 @@ class FaceShard:
         if live is not None:
             self.live = live
 
+    def close(self) -> None:
+        """Stop following and let the snapshot go (a shard held in a server's own process, retired)."""
+        self._closed.set()
+        with self._reloading:
+            self._swap(None, -1)
+
     def _swap(self, snapshot: ShardSnapshot | None, version: int) -> None:
         old, self.snapshot, self.version = self.snapshot, snapshot, version
         if old is not None:
@@ -146,7 +157,7 @@ class FaceShard:
             # OpenMP's thread count is per thread, and a thread that never set it (every one but the actor's
             # first) starts at the core count: a single query's fast-scan then ran on two spinning threads per
             # shard, four shards on two cores.
-            faiss.omp_set_num_threads(self.threads)
+            faiss.omp_set_num_threads(self.threads if len(queries) == 1 else self.batch_threads)
             snapshot, live = self.snapshot, self.live
             if snapshot is None:
                 return live.ranked(queries, k)

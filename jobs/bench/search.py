@@ -29,11 +29,14 @@ from cluster.audit.verify import verify
 from cluster.collections.index_spec import faiss_threads
 from cluster.collections.manifest import Collections, Manifest
 from cluster.collections.publish import Publisher
+from cluster.collections.snapshot import resident_bytes
 from cluster.keys.access import Role
 from cluster.models.registry import DEFAULT_EMBEDDER, ModelRegistry
 from cluster.raycluster import ensure_ray
 from cluster.settings import Settings
-from cluster.shards.set import ShardSet
+from cluster.shards import local
+from cluster.shards.host import auto_shard_count
+from cluster.shards.set import ShardSet, alive_nodes
 from cluster.storage import LocalStore
 from jobs.bench.promise import search_under_the_promise
 from jobs.bench.stages import percentiles_ms, same_recipe_baseline, start_recording, stop_recording, time_each
@@ -220,17 +223,22 @@ def concurrent_load(
     return result
 
 
-def shard_memory(settings: Settings, manifest: Manifest) -> dict[str, int]:
-    """Resident memory summed over the shard actors: in all, and the part that is file-backed pages (page cache
-    of snapshot files read, and libraries)."""
-    infos = ray.get([h.info.remote() for h in ShardSet(settings, manifest.name).live(manifest)])
-    return {k: sum(int(i["resident_bytes"][k]) for i in infos) for k in ("total", "mapped_files")}
+def shard_memory(settings: Settings, manifest: Manifest, before: dict[str, int]) -> dict[str, int]:
+    """Resident memory of the shard hosts: in all, and the part that is file-backed pages (page cache of snapshot
+    files read, and libraries). Summed over the actors; hosts in this process (`cluster/shards/local.py`) count as
+    what this process grew by since `before` (it also holds the exact baseline and the server)."""
+    hosts = ShardSet(settings, manifest.name).live(manifest)
+    actors = [h for h in hosts if not isinstance(h, local.LocalHost)]
+    infos = [local.result(h.info.remote()) for h in actors]
+    grown = resident_bytes() if len(actors) < len(hosts) else before
+    kinds = ("total", "mapped_files")
+    return {k: sum(int(i["resident_bytes"][k]) for i in infos) + grown[k] - before[k] for k in kinds}
 
 
 def run_search_benchmark(
     settings: Settings,
     faces: int,
-    shards: int,
+    shards: int | str,
     queries: int,
     store_dir: Path | None,
     statistics: FaceStatistics,
@@ -243,6 +251,10 @@ def run_search_benchmark(
     model_id: str = DEFAULT_EMBEDDER,
 ) -> dict[str, Any]:
     say = progress or (lambda _: None)
+    if shards == "auto":
+        ensure_ray()
+        shards = auto_shard_count(len(alive_nodes()), faces)
+    shards = int(shards)
     body = {**BODY, **(knobs or {})}  # per-query nprobe / ef_search go with every search
     root = Path(tempfile.mkdtemp(prefix="facegrid-bench-", dir=store_dir))
     try:
@@ -274,6 +286,7 @@ def run_search_benchmark(
         with ExitStack() as stack:
             served = [stack.enter_context(_client(service, headers)) for service, headers in variants]
             say("loading shards")
+            before = resident_bytes()
             started = time.perf_counter()
             _found(
                 served[0][1].post("/v1/collections/bench/search-vector", json={**body, "vector": [1.0] * manifest.dim})
@@ -288,7 +301,7 @@ def run_search_benchmark(
             load = concurrent_load(served[0][0], variants[0][1], body, gallery.probes, clients)
             say("one search under the default per-search promise")
             promise = search_under_the_promise(accountable, served[0][1], manifest, gallery.probes[0], body)
-        resident = shard_memory(settings, manifest)
+        resident = shard_memory(settings, manifest, before)
         say("the same recipe in one in-process index")
         baseline = same_recipe_baseline(collections, manifest, gallery.probes[:BASELINE_TIMED], TOP, knobs or {})
         p50, p99 = percentiles_ms(times[0])
@@ -296,6 +309,7 @@ def run_search_benchmark(
         result: dict[str, Any] = {
             "faces": gallery.faces,
             "shards": shards,
+            "local_shards": settings.serving.local_shards,
             "index": index,
             "built_spec": manifest.built_spec,
             "knobs": knobs or "defaults",

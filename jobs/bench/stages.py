@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray
 
 from cluster.collections.index_spec import SearchKnobs, faiss_threads
 from cluster.collections.manifest import Collections, Manifest
@@ -82,14 +81,14 @@ def start_recording(settings: Settings, manifest: Manifest) -> None:
     """From now on the server records each request's stages and the shards their compute (both cleared)."""
     RECORDER.requests.clear()
     RECORDER.enabled = True
-    ray.get([h.timings.remote() for h in ShardSet(settings, manifest.name).live(manifest)])
+    ShardSet(settings, manifest.name).ask_all(manifest, "timings")
 
 
 def stop_recording(settings: Settings, manifest: Manifest) -> dict[str, Any]:
     """p50 per stage over the recorded requests, shard compute (the slowest host of each call, all its shards)
     split out of Ray."""
     RECORDER.enabled = False
-    shards = ray.get([h.timings.remote() for h in ShardSet(settings, manifest.name).live(manifest)])
+    shards = ShardSet(settings, manifest.name).ask_all(manifest, "timings")
     requests = [r for r in RECORDER.requests if "ray" in r]
     calls = min((len(s) for s in shards), default=0)
     slowest = np.max(np.array([s[:calls] for s in shards]), axis=0) if calls else np.zeros(0)

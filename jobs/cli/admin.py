@@ -14,7 +14,7 @@ import typer
 from cluster.collections.manifest import DEFAULT_MAX_FALSE_CANDIDATES
 from cluster.errors import DashboardUnreachable, InvalidRequest
 from cluster.keys.access import Caller, Role
-from jobs.cli.common import JsonFlag, ModelOption, RecipeOption, call, console, emit, fail
+from jobs.cli.common import JsonFlag, ModelOption, RecipeOption, call, console, emit, fail, shard_count
 
 if TYPE_CHECKING:
     from serving.usecases.context import Context
@@ -55,7 +55,7 @@ def collections_promise(name: str, max_false_candidates_per_search: float, as_js
 @collections_app.command("create")
 def collections_create(
     name: str,
-    shards: int = 4,
+    shards: Annotated[str, typer.Option(help="A count, or auto: a shard per node, more past 5M faces a node.")] = "4",
     max_false_match_rate: Annotated[float, typer.Option(help="The floor: most false matches per comparison.")] = 1e-5,
     max_false_candidates_per_search: Annotated[
         float, typer.Option(help="The per-search promise: strangers expected above the threshold in one search.")
@@ -78,7 +78,7 @@ def collections_create(
     promise = max_false_candidates_per_search
     created = call(
         lambda s, c: collections.create(
-            s, c, name, shards, max_false_match_rate, index, model, replicas, promise, recipe, keep_photos
+            s, c, name, shard_count(shards), max_false_match_rate, index, model, replicas, promise, recipe, keep_photos
         )
     )
     emit(created.model_dump(exclude={"shards"}), as_json)
@@ -122,7 +122,9 @@ def collections_delete(
 @collections_app.command("rebuild")
 def collections_rebuild(
     name: str,
-    shards: Annotated[int | None, typer.Option(help="Reshard to this many shards.")] = None,
+    shards: Annotated[
+        str | None, typer.Option(help="Reshard to this many shards, or auto (a shard per node, more past 5M a node).")
+    ] = None,
     index: Annotated[str | None, typer.Option(help="Rebuild with this index spec.")] = None,
     retrain: Annotated[bool, typer.Option(help="Train a compressed index afresh instead of adding to it.")] = False,
     as_json: JsonFlag = False,
@@ -130,7 +132,8 @@ def collections_rebuild(
     """Rebuild a collection's snapshots, retrain or reshard it; searches are answered from the old ones meanwhile."""
     from serving.usecases import collections
 
-    rebuilt = call(lambda s, c: collections.rebuild(s, c, name, shards, index, retrain))
+    count = None if shards is None else shard_count(shards)
+    rebuilt = call(lambda s, c: collections.rebuild(s, c, name, count, index, retrain))
     emit(rebuilt.model_dump(exclude={"shards"}), as_json)
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from jobs.cli.common import JsonFlag, ModelOption, RecipeOption, console, emit, settings
+from jobs.cli.common import JsonFlag, ModelOption, RecipeOption, console, emit, settings, shard_count
 
 bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
 
@@ -45,7 +45,7 @@ def bench_threads(
 @bench_app.command("search")
 def bench_search(
     faces: int = 100_000,
-    shards: int = 4,
+    shards: Annotated[str, typer.Option(help="Shard count, or auto: a shard a node, more past 5M faces a node.")] = "4",
     index: Annotated[str, typer.Option(help="Per-shard spec: auto, Flat, HNSW<M>, IVF<n>,SQ8, IVF<n>,PQ<m>")] = "auto",
     clients: Annotated[int, typer.Option(help="Concurrent clients for the throughput figure.")] = 16,
     queries: Annotated[int, typer.Option(help="Probes, each a held-out sample of an indexed identity.")] = 500,
@@ -75,7 +75,7 @@ def bench_search(
     result = run_search_benchmark(
         local,
         faces,
-        shards,
+        shard_count(shards),
         queries,
         store_dir,
         statistics,

@@ -123,3 +123,12 @@ def call(action: Callable[[Context, Caller], Any], using: Settings | None = None
         raise fail(exc) from exc
     finally:
         context.close()
+
+
+def shard_count(value: str) -> int | str:
+    """--shards: a count, or auto (resolved where the cluster is known)."""
+    if value == "auto":
+        return value
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise typer.BadParameter(f"{value!r}: a shard count (1 or more) or auto", param_hint="--shards")

@@ -13,6 +13,8 @@ from cluster.errors import InvalidRequest, PromiseNotSupported
 from cluster.keys.access import Action, Caller, authorize
 from cluster.models.calibration import Rates, calibration_sha256, check_calibration
 from cluster.models.recipes import Recipe, resolve
+from cluster.shards.host import auto_shard_count
+from cluster.shards.set import cluster_nodes
 from serving.schemas import CollectionDescription, CollectionInfo
 from serving.schemas_admin import CalibrationChange, PromiseChange
 from serving.usecases.audited import audited
@@ -29,11 +31,22 @@ def check_shards(ctx: Context, shards: int | None) -> None:
         raise InvalidRequest(f"shards must be between 1 and {most} (FACEGRID_SERVING__MAX_SHARDS)")
 
 
+async def shard_count(ctx: Context, shards: int | str, faces: int) -> int:
+    """A shard count as asked; `auto`: a shard per node of the cluster, more where a node's share of `faces`
+    passes AUTO_FACES_PER_SHARD (cluster/shards/host.py). Checked against the server's limit."""
+    if shards == AUTO:
+        shards = auto_shard_count(await ctx.in_thread(cluster_nodes), faces)
+    elif isinstance(shards, str):
+        raise InvalidRequest(f"shards must be a number or {AUTO!r}, not {shards!r}")
+    check_shards(ctx, shards)
+    return shards
+
+
 async def create(
     ctx: Context,
     caller: Caller,
     name: str,
-    shards: int,
+    shards: int | str,
     max_false_match_rate: float,
     index: str = AUTO,
     model: str | None = None,
@@ -50,13 +63,14 @@ async def create(
         chosen = resolve(recipe, model)
         entry.update(model_id=chosen.model_id, recipe=chosen.name)
         check_replicas(replicas)
-        check_shards(ctx, shards)
+        count = await shard_count(ctx, shards, 0)
+        entry.update(shard_count=count)
         pinned = pinned_by(ctx, chosen)
         floor = Rates(pinned["calibration"]).floor(max_false_match_rate)  # refuses rates it cannot support
         manifest = Manifest(
             name=name,
             **pinned,
-            shard_count=shards,
+            shard_count=count,
             replicas=replicas,
             max_false_match_rate=max_false_match_rate,
             max_false_candidates_per_search=check_promise(promise),
@@ -106,15 +120,25 @@ def _described(ctx: Context, name: str) -> CollectionDescription:
 
 
 async def rebuild(
-    ctx: Context, caller: Caller, name: str, shards: int | None = None, index: str | None = None, retrain: bool = False
+    ctx: Context,
+    caller: Caller,
+    name: str,
+    shards: int | str | None = None,
+    index: str | None = None,
+    retrain: bool = False,
 ) -> CollectionInfo:
     """Rebuild the snapshots (another index spec, fresh training) or reshard, while searches go on (see
     ShardSet.sync for how the new snapshots or the new shard set take over)."""
     async with audited(ctx, caller, "rebuild-collection", name, shards=shards, index_spec=index) as entry:
         authorize(caller, Action.COLLECTIONS_WRITE, name)
-        check_shards(ctx, shards)
+        check_shards(ctx, shards if isinstance(shards, int) else None)
         old = await ctx.read_manifest(name, fresh=True)
-        new = await ctx.publish_task(lambda p: p.rebuild(old, shards, index, retrain))
+        count = None
+        if shards is not None:
+            live = await ctx.in_thread(live_face_count, ctx.collections, old) if shards == AUTO else 0
+            count = await shard_count(ctx, shards, old.face_count + live)
+        entry.update(shard_count=count)
+        new = await ctx.publish_task(lambda p: p.rebuild(old, count, index, retrain))
         await ctx.shards(name).sync(old, new, ready=ctx.remember)
         entry.update(version=new.version, built_spec=new.built_spec, faces=new.face_count)
     return info(new)

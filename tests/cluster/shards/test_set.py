@@ -78,7 +78,7 @@ def test_a_replica_count_change_loads_the_new_layout_and_retires_the_old(tmp_pat
         assert all(len(held) == count for held in handles.values())
         answer = asyncio.run(fan_out(handles, vectors[:3], 1, timeout=10.0))
         assert not answer.partial and [hits[0].faiss_id for hits in answer.hits] == [1, 2, 3]
-        return [ray.get(host.info.remote()) for host in shards.live(new)]
+        return shards.ask_all(new, "info")
 
     asyncio.run(shards.handles(manifest))
     for count in (2, 1):
@@ -99,6 +99,7 @@ def test_a_server_that_did_not_reshard_retires_the_earlier_sets_it_holds(tmp_pat
     it serves the new one; left up, each held a share of a CPU until a rebuild's work could not be scheduled."""
     settings = Settings(store=str(tmp_path / "store"), shard_cache=tmp_path / "cache")
     settings.serving.retire_after_s = 0.0
+    settings.serving.local_shards = False  # the hosts of other servers: actors
     collections = Collections(LocalStore(tmp_path / "store"))
     publisher = Publisher(collections)
     manifest = collections.create(
@@ -132,6 +133,7 @@ def test_a_job_does_not_wait_for_ever_on_a_host_that_cannot_start(tmp_path: Path
     job's reload after its publish answers within its bound, naming one host late; once CPUs are free the host
     starts and serves the published version (with two such jobs it used to wait for ever)."""
     settings = Settings(store=str(tmp_path / "store"), shard_cache=tmp_path / "cache")
+    settings.serving.local_shards = False  # hosts that wait for a CPU share: actors
     collections = Collections(LocalStore(tmp_path / "store"))
     manifest = collections.create(
         Manifest(name="w", model_id="dlib-resnet-v1", model_sha256="x", shard_count=2, index_spec="Flat")
