@@ -8,6 +8,9 @@ each probe is one more, held-out sample of an indexed identity, whose indexed sa
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import gc
 import json
 import multiprocessing
 import random
@@ -23,6 +26,7 @@ from typing import Any
 import faiss
 import httpx
 import numpy as np
+import pyarrow as pa
 import ray
 
 from cluster.audit.verify import verify
@@ -246,6 +250,17 @@ def concurrent_load(
     return result
 
 
+def settled_resident_bytes() -> dict[str, int]:
+    """This process's resident memory once freed memory has gone back to the system (Python's garbage, Arrow's
+    pool, glibc's free lists): a build's freed gigabytes left resident made a later reading smaller than an
+    earlier one."""
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return resident_bytes()
+
+
 def shard_memory(settings: Settings, manifest: Manifest, before: dict[str, int]) -> dict[str, int]:
     """Resident memory of the shard hosts: in all, and the part that is file-backed pages (page cache of snapshot
     files read, and libraries). Summed over the actors; hosts in this process (`cluster/shards/local.py`) count as
@@ -253,7 +268,7 @@ def shard_memory(settings: Settings, manifest: Manifest, before: dict[str, int])
     hosts = ShardSet(settings, manifest.name).live(manifest)
     actors = [h for h in hosts if not isinstance(h, local.LocalHost)]
     infos = [local.result(h.info.remote()) for h in actors]
-    grown = resident_bytes() if len(actors) < len(hosts) else before
+    grown = settled_resident_bytes() if len(actors) < len(hosts) else before
     kinds = ("total", "mapped_files")
     return {k: sum(int(i["resident_bytes"][k]) for i in infos) + grown[k] - before[k] for k in kinds}
 
@@ -309,7 +324,7 @@ def run_search_benchmark(
         with ExitStack() as stack:
             served = [stack.enter_context(_client(service, headers)) for service, headers in variants]
             say("loading shards")
-            before = resident_bytes()
+            before = settled_resident_bytes()
             started = time.perf_counter()
             _found(
                 served[0][1].post("/v1/collections/bench/search-vector", json={**body, "vector": [1.0] * manifest.dim})
