@@ -60,7 +60,7 @@ class Body(BaseModel):
 def _takes_int(annotation: Any) -> bool:
     """An integer field (or an optional one), not one that takes floats too."""
     if get_origin(annotation) in (Union, types.UnionType):
-        members = get_args(annotation)
+        members = [get_args(m)[0] if get_origin(m) is Annotated else m for m in get_args(annotation)]
         return int in members and float not in members
     return annotation is int
 

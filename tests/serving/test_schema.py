@@ -281,3 +281,19 @@ def test_an_integer_field_takes_json_integers_only(body: str, accepted: bool) ->
         assert accepted
     except ValidationError:
         assert not accepted
+
+
+@pytest.mark.parametrize(
+    ("body", "shards"),
+    [("6", 6), ("6.0", 6), ('"auto"', "auto"), ("6.5", None), ("true", None), ('"6"', None), ('"many"', None)],
+)
+def test_a_shard_count_is_an_integer_or_auto(body: str, shards: int | str | None) -> None:
+    from pydantic import ValidationError
+
+    from serving.schemas import CreateCollection, RebuildCollection
+
+    for model, fields in ((CreateCollection, '"name": "c", '), (RebuildCollection, "")):
+        try:
+            assert model.model_validate_json(f'{{{fields}"shards": {body}}}').shards == shards
+        except ValidationError:
+            assert shards is None
