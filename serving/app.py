@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,6 +43,17 @@ VALUE_RULES = frozenset(
         "less_than_equal",
     }
 )
+
+
+def _value_refusal(errors: Sequence[Any]) -> bool:
+    """Every error a rule on a value; a union's literal member not matched counts with its sibling's value error
+    (a shard count of 0 is out of range, not of the wrong shape, though it is not "auto" either)."""
+    valued = {tuple(e["loc"][:-1]) for e in errors if e["type"] in VALUE_RULES}
+    return all(
+        e["type"] in VALUE_RULES or (e["type"] == "literal_error" and tuple(e["loc"][:-1]) in valued) for e in errors
+    )
+
+
 # Routes whose refusals count as refused searches in the transparency report, by the action they audit.
 AUDITED_ROUTES = {
     "/v1/collections/{collection}/search": "search",
@@ -143,7 +155,7 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
             await record(request.app.state.context, caller, entry, "refused", "INVALID_REQUEST")
         # A value the rules refuse (not finite, out of range, too long) is a 400 like our own checks'; a body of
         # the wrong shape (a field missing, a type wrong) stays FastAPI's 422.
-        status = 400 if all(e["type"] in VALUE_RULES for e in exc.errors()) else 422
+        status = 400 if _value_refusal(exc.errors()) else 422
         return envelope(status, "INVALID_REQUEST", message)
 
     return app

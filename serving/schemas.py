@@ -283,9 +283,7 @@ class Replicas(Body):
 
 
 class RebuildCollection(Body):
-    shards: ShardCount | Literal["auto"] | None = Field(
-        default=None, description=f"Reshard to a count, or {SHARDS_AUTO} (of the faces held now)"
-    )
+    shards: ShardCount | Literal["auto"] | None = Field(default=None, description=f"A count, or {SHARDS_AUTO} (now)")
     index_spec: str | None = Field(default=None, json_schema_extra={"pattern": SPEC_PATTERN})
     retrain: bool = False
 

@@ -19,6 +19,7 @@ from cluster.keys.access import Role, local_operator
 from cluster.models.registry import DEFAULT_EMBEDDER, embedding_of
 from cluster.pipeline.quality import QualityFilter
 from cluster.settings import Settings
+from cluster.shards.set import ShardSet
 from cluster.storage import S3Store, open_store
 from serving.threaded import serve_in_thread
 from serving.usecases import collections, search
@@ -182,7 +183,9 @@ def test_list_compare_detect(world: dict[str, Any]) -> None:
 def test_shard_actor_restarts_from_snapshot(world: dict[str, Any]) -> None:
     service: Context = world["service"]
     manifest = service.collections.get(COLLECTION)
-    handle = asyncio.run(service.shards(COLLECTION).handles(manifest))[0][0]
+    actors = service.settings.model_copy(deep=True)
+    actors.serving.local_shards = False  # the server holds its node's shards itself; other nodes' are actors
+    handle = asyncio.run(ShardSet(actors, COLLECTION).handles(manifest))[0][0]
     count = ray.get(handle.count.remote())
     ray.kill(handle, no_restart=False)
     deadline = time.monotonic() + 60
