@@ -88,10 +88,10 @@ def test_replicas_stay_actors_and_local_shards_can_be_switched_off(tmp_path: Pat
     collections.store.put_parquet("collections/n/faces/a.parquet", records(vectors))
     published = Publisher(collections).publish(manifest, ["collections/n/faces/a.parquet"])
     twice = Publisher(collections).amend("n", lambda m: setattr(m, "replicas", 2))[1]
-    for wanted, setting in ((twice, True), (published, False)):
+    for wanted, setting in ((twice, True), (published, False)):  # two replicas; one replica with the switch off
         settings.serving.local_shards = setting
         shards = ShardSet(settings, "n")
-        handles = asyncio.run(shards.handles(wanted if setting else Collections(collections.store).get("n")))
+        handles = asyncio.run(shards.handles(wanted))
         assert not any(isinstance(h, local.LocalHost) for replicas in handles.values() for h in replicas)
         answer = asyncio.run(fan_out(handles, vectors[:2], 1, timeout=10.0))
         assert [hits[0].faiss_id for hits in answer.hits] == [1, 2]
