@@ -4,7 +4,6 @@ per-shard timeout, and merge the top-k with a heap."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import heapq
 import itertools
 import logging
@@ -17,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
-import ray
 
 from cluster.collections.index_spec import SearchKnobs
 from cluster.shards import local
@@ -131,7 +129,7 @@ def _collect(
             open_groups = [group for group in open_groups if group]
             overlapping = sum(map(len, open_groups)) > len({s for group in open_groups for s in group})
             useful = 1 if overlapping else max(1, len(open_groups))
-            ready = _wait(list(asked), min(useful, len(asked)), max(0.0, wake - now))
+            ready, _ = local.wait(list(asked), min(useful, len(asked)), max(0.0, wake - now))
             failed: list[int] = []
             for ref in ready:
                 host, group = asked.pop(ref)
@@ -155,18 +153,6 @@ def _collect(
         # A shard no replica answered is reported by number in the answer, never silently dropped.
         log.warning("shard %d did not answer within %.1f s", shard, timeout)
     return answers
-
-
-def _wait(refs: list[Any], wanted: int, timeout: float) -> list[Any]:
-    """The calls answered (at least `wanted` of them, or all by `timeout`): `ray.wait` where all went to actors,
-    else their futures (a host in this process answers through one; an actor's ObjectRef gives one too)."""
-    if not any(isinstance(r, local.LocalRef) for r in refs):
-        ready, _ = ray.wait(refs, num_returns=wanted, timeout=timeout)
-        return list(ready)
-    futures = {r.future(): r for r in refs}
-    how = concurrent.futures.ALL_COMPLETED if wanted >= len(refs) else concurrent.futures.FIRST_COMPLETED
-    done, _ = concurrent.futures.wait(futures, timeout, return_when=how)
-    return [futures[f] for f in done]
 
 
 def merge(per_shard: dict[int, ShardAnswer], n_queries: int, k: int) -> list[list[Hit]]:

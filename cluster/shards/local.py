@@ -12,10 +12,13 @@ so replicas stay actors on distinct nodes.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
+
+import ray
 
 from cluster.shards.host import ShardHost
 
@@ -121,6 +124,17 @@ def result(ref: Any, timeout: float | None = None) -> Any:
     """A call's value, whether it went to an actor (an ObjectRef) or to a local host."""
     if isinstance(ref, LocalRef):
         return ref.future().result(timeout)
-    import ray
-
     return ray.get(ref, timeout=timeout)
+
+
+def wait(refs: list[Any], wanted: int, timeout: float) -> tuple[list[Any], list[Any]]:
+    """`ray.wait` over calls to actors and to this process's hosts alike: (the calls answered, at least `wanted`
+    of them or all by `timeout`; the rest). Where every call went to an actor it is `ray.wait` itself; else their
+    futures are waited on (an actor's ObjectRef gives one too)."""
+    if not any(isinstance(r, LocalRef) for r in refs):
+        ready, rest = ray.wait(refs, num_returns=wanted, timeout=timeout)
+        return list(ready), list(rest)
+    futures = {r.future(): r for r in refs}
+    how = concurrent.futures.ALL_COMPLETED if wanted >= len(refs) else concurrent.futures.FIRST_COMPLETED
+    done, _ = concurrent.futures.wait(futures, timeout, return_when=how)
+    return [futures[f] for f in futures if f in done], [futures[f] for f in futures if f not in done]

@@ -4,7 +4,6 @@ use, reloaded after a publish, retired after a reshard. Nothing else reaches int
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -105,6 +104,7 @@ class ShardSet:
         hosts = layout(manifest.shard_count, manifest.replicas, len(nodes))
         here = ray.get_runtime_context().get_node_id()
         in_process = self.settings.serving.local_shards and manifest.replicas == 1
+        scope = self.scope
         options: dict[str, Any] = {
             "namespace": NAMESPACE,
             "get_if_exists": True,
@@ -123,7 +123,7 @@ class ShardSet:
             args = (self.settings, self.collection, sorted(set(shards)), manifest.shard_count, manifest.shard_set)
             handle: Any
             if in_process and node == here:
-                handle = local.host(self.scope, name, functools.partial(ShardHost, *args))
+                handle = local.host(scope, name, functools.partial(ShardHost, *args))
             else:
                 placed = dict(options)
                 if nodes:
@@ -170,9 +170,10 @@ class ShardSet:
         """Hosts of the set's earlier layouts (another replica count), once the current one has loaded."""
         hosts = len(_hosts(held))
         current = {host_name(self.collection, manifest, h, hosts) for h in range(hosts)}
+        scope = self.scope
         for name, handle in self._named(manifest):
             if name not in current:
-                _stop(self.scope, name, handle)
+                _stop(scope, name, handle)
 
     async def sync(self, old: Manifest, new: Manifest, ready: Callable[[Manifest], Any] | None = None) -> None:
         """Make a publish visible, then call `ready` (the caller starts routing to it): the same set reloads; a
@@ -249,7 +250,7 @@ class ShardSet:
         refs = [h.reload.remote() for h in self.live(new)]
         if not refs:
             return 0
-        done, late = wait_all(refs, timeout_s)
+        done, late = local.wait(refs, len(refs), timeout_s)
         for ref in done:
             with contextlib.suppress(*RETIRED):  # retired meanwhile: nothing to show
                 local.result(ref)
@@ -275,15 +276,17 @@ class ShardSet:
 
     def retire_older(self, manifest: Manifest) -> None:
         """Every host of this collection's sets older than the manifest's (set numbers only grow)."""
-        for name, handle in _named_actors(self.scope, f"shards:{self.collection}/"):
+        scope = self.scope
+        for name, handle in _named_actors(scope, f"shards:{self.collection}/"):
             found = _SET_NUMBER.search(name)
             if found is not None and int(found.group(1)) < manifest.shard_set:
-                _stop(self.scope, name, handle)
+                _stop(scope, name, handle)
                 log.info("retired %s (the collection's set is now %s)", name, manifest.shard_set)
 
     def retire(self, manifest: Manifest) -> None:
+        scope = self.scope
         for name, handle in self._named(manifest):
-            _stop(self.scope, name, handle)
+            _stop(scope, name, handle)
         self._handles.pop(_key(manifest), None)
         log.info("retired shard set %s of %s", _key(manifest), self.collection)
 
@@ -326,16 +329,6 @@ def _stop(scope: str, name: str, handle: Any) -> None:
         local.close(scope, name)
     else:
         ray.kill(handle)
-
-
-def wait_all(refs: list[Any], timeout_s: float) -> tuple[list[Any], list[Any]]:
-    """`ray.wait` for every call, whether to actors or to this process's hosts: (done, not done in time)."""
-    if not any(isinstance(r, local.LocalRef) for r in refs):
-        done, late = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-        return list(done), list(late)
-    futures = {r.future(): r for r in refs}
-    finished, _ = concurrent.futures.wait(futures, timeout_s)
-    return [futures[f] for f in futures if f in finished], [futures[f] for f in futures if f not in finished]
 
 
 def _hosts(handles: dict[int, list[Any]]) -> list[Any]:

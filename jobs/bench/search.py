@@ -40,7 +40,7 @@ from cluster.raycluster import ensure_ray
 from cluster.settings import Settings
 from cluster.shards import local
 from cluster.shards.host import auto_shard_count
-from cluster.shards.set import ShardSet, alive_nodes
+from cluster.shards.set import ShardSet, cluster_nodes
 from cluster.storage import LocalStore
 from jobs.bench.promise import search_under_the_promise
 from jobs.bench.stages import percentiles_ms, same_recipe_baseline, start_recording, stop_recording, time_each
@@ -290,8 +290,7 @@ def run_search_benchmark(
 ) -> dict[str, Any]:
     say = progress or (lambda _: None)
     if shards == "auto":
-        ensure_ray()
-        shards = auto_shard_count(len(alive_nodes()), faces)
+        shards = auto_shard_count(cluster_nodes(), faces)
     shards = int(shards)
     body = {**BODY, **(knobs or {})}  # per-query nprobe / ef_search go with every search
     root = Path(tempfile.mkdtemp(prefix="facegrid-bench-", dir=store_dir))
